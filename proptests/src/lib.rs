@@ -1,0 +1,1 @@
+//! Model-based property tests (see issue 4).

@@ -1,0 +1,242 @@
+//! The IOVA allocator for the SVQ window: best fit, O(log n) per operation.
+//!
+//! Free space is kept twice: by start address (to coalesce on free and to
+//! carve out ranges) and by `(length, start)` (to find the smallest hole
+//! that fits in one ordered-set lookup). Every operation is a constant number
+//! of B-tree operations, except [`IovaAllocator::carve`], which costs
+//! O(k log n) for the k holes it touches.
+//!
+//! All sizes and addresses are multiples of the page size, and IOVA 0 is
+//! never handed out (QEMU avoids it too: some devices treat a 0 address as
+//! "not set"). Holes are stored inclusive, so a window may end at `2^64 - 1`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::addr::{Iova, PageSize, Span};
+
+/// Best-fit allocator over one inclusive IOVA window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IovaAllocator {
+    window: (u64, u64),
+    page: PageSize,
+    /// start -> last (inclusive)
+    by_start: BTreeMap<u64, u64>,
+    /// (last - start, start)
+    by_len: BTreeSet<(u64, u64)>,
+}
+
+impl IovaAllocator {
+    /// An allocator owning the page-aligned part of `[first, last]`, minus
+    /// page 0. Returns `None` when no whole page is left.
+    pub fn new(first: u64, last: u64, page: PageSize) -> Option<Self> {
+        let f = page.align_up(first.max(page.get()))?;
+        // last + 1 rounded down, minus one; careful at 2^64 - 1.
+        let l = match last.checked_add(1) {
+            Some(end) => page.align_down(end).checked_sub(1)?,
+            None => u64::MAX,
+        };
+        if l < f || l - f < page.get() - 1 {
+            return None;
+        }
+        let mut a = IovaAllocator {
+            window: (f, l),
+            page,
+            by_start: BTreeMap::new(),
+            by_len: BTreeSet::new(),
+        };
+        a.insert_hole(f, l);
+        Some(a)
+    }
+
+    /// The window `[first, last]` this allocator owns.
+    pub fn window(&self) -> (u64, u64) {
+        self.window
+    }
+
+    /// Size in bytes of the largest free range (0 when full).
+    pub fn largest_free(&self) -> u64 {
+        self.by_len
+            .iter()
+            .next_back()
+            .map_or(0, |&(len_m1, _)| len_m1.saturating_add(1))
+    }
+
+    /// Total free bytes (saturating at `u64::MAX`).
+    pub fn free_bytes(&self) -> u64 {
+        self.by_len
+            .iter()
+            .fold(0u64, |acc, &(l, _)| acc.saturating_add(l).saturating_add(1))
+    }
+
+    /// Number of free holes.
+    pub fn holes(&self) -> usize {
+        self.by_start.len()
+    }
+
+    /// Iterates the free holes `(first, last)` by address.
+    pub fn free_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.by_start.iter().map(|(&f, &l)| (f, l))
+    }
+
+    fn insert_hole(&mut self, f: u64, l: u64) {
+        self.by_start.insert(f, l);
+        self.by_len.insert((l - f, f));
+    }
+
+    fn remove_hole(&mut self, f: u64, l: u64) {
+        self.by_start.remove(&f);
+        self.by_len.remove(&(l - f, f));
+    }
+
+    /// Allocates `size` bytes (a non-zero multiple of the page size) from the
+    /// smallest hole that fits, at that hole's lowest address.
+    pub fn alloc(&mut self, size: u64) -> Option<Span<Iova>> {
+        if size == 0 || !self.page.is_aligned(size) {
+            return None;
+        }
+        let &(len_m1, f) = self.by_len.range((size - 1, 0)..).next()?;
+        let l = f + len_m1;
+        self.remove_hole(f, l);
+        if len_m1 > size - 1 {
+            self.insert_hole(f + size, l);
+        }
+        Some(Span::trusted(f, size))
+    }
+
+    /// Returns a range to the free space, merging it with its neighbours.
+    /// Only the part inside the window is taken back.
+    ///
+    /// Returns `false` (and changes nothing) when the range overlaps free
+    /// space already, which would be a double free.
+    pub fn free(&mut self, span: Span<Iova>) -> bool {
+        let (sf, sl) = span.bounds();
+        let Some((mut f, mut l)) = clip(self.window, sf, sl) else {
+            return true;
+        };
+        if self.overlaps_free(f, l) {
+            return false;
+        }
+        if let Some((&pf, &pl)) = self.by_start.range(..f).next_back() {
+            if pl.checked_add(1) == Some(f) {
+                self.remove_hole(pf, pl);
+                f = pf;
+            }
+        }
+        if let Some(next) = l.checked_add(1) {
+            if let Some(&nl) = self.by_start.get(&next) {
+                self.remove_hole(next, nl);
+                l = nl;
+            }
+        }
+        self.insert_hole(f, l);
+        true
+    }
+
+    /// Whether any byte of `[f, l]` is free.
+    pub fn overlaps_free(&self, f: u64, l: u64) -> bool {
+        if let Some((_, &pl)) = self.by_start.range(..=l).next_back() {
+            return pl >= f;
+        }
+        false
+    }
+
+    /// Removes `[first, last]` from the free space wherever it is free (used
+    /// when guest memory lands inside the window). Allocated parts are left alone.
+    pub fn carve(&mut self, first: u64, last: u64) {
+        let Some((f, l)) = clip(self.window, first, last) else {
+            return;
+        };
+        // Collect the holes overlapping [f, l]: the one starting before f
+        // that may reach in, and every one starting inside.
+        let mut hit: Vec<(u64, u64)> = Vec::new();
+        if let Some((&hf, &hl)) = self.by_start.range(..f).next_back() {
+            if hl >= f {
+                hit.push((hf, hl));
+            }
+        }
+        hit.extend(self.by_start.range(f..=l).map(|(&a, &b)| (a, b)));
+        for (hf, hl) in hit {
+            self.remove_hole(hf, hl);
+            if hf < f {
+                self.insert_hole(hf, f - 1);
+            }
+            if hl > l {
+                self.insert_hole(l + 1, hl);
+            }
+        }
+    }
+}
+
+fn clip(window: (u64, u64), f: u64, l: u64) -> Option<(u64, u64)> {
+    let a = f.max(window.0);
+    let b = l.min(window.1);
+    (a <= b).then_some((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: PageSize = PageSize::SIZE_4K;
+
+    #[test]
+    fn never_hands_out_zero_and_is_best_fit() {
+        let mut a = IovaAllocator::new(0, 0xf_ffff, P).unwrap();
+        assert_eq!(a.window(), (0x1000, 0xf_ffff));
+        let x = a.alloc(0x1000).unwrap();
+        assert_eq!(x.first(), Iova(0x1000));
+        let y = a.alloc(0x3000).unwrap();
+        let z = a.alloc(0x1000).unwrap();
+        assert_eq!((y.first(), z.first()), (Iova(0x2000), Iova(0x5000)));
+        // Free y: a 3-page hole. A 1-page request takes it (smallest fit),
+        // a 4-page request goes to the big hole above.
+        assert!(a.free(y));
+        assert!(!a.free(y), "double free is refused");
+        assert_eq!(a.alloc(0x4000).unwrap().first(), Iova(0x6000));
+        assert_eq!(a.alloc(0x1000).unwrap().first(), Iova(0x2000));
+    }
+
+    #[test]
+    fn frees_coalesce() {
+        let mut a = IovaAllocator::new(0x1000, 0x8fff, P).unwrap();
+        let v: Vec<_> = (0..8).map(|_| a.alloc(0x1000).unwrap()).collect();
+        assert!(a.alloc(0x1000).is_none());
+        for s in [v[1], v[3], v[2]] {
+            assert!(a.free(s));
+        }
+        assert_eq!(a.holes(), 1);
+        assert_eq!(a.largest_free(), 0x3000);
+    }
+
+    #[test]
+    fn window_at_the_top_of_the_space() {
+        let mut a = IovaAllocator::new(u64::MAX - 0x3fff, u64::MAX, P).unwrap();
+        let s = a.alloc(0x4000).unwrap();
+        assert_eq!(s.last(), Iova(u64::MAX));
+        assert!(a.free(s));
+        assert_eq!(a.largest_free(), 0x4000);
+        assert!(
+            IovaAllocator::new(0, 0xfff, P).is_none(),
+            "page 0 alone is nothing"
+        );
+        assert!(IovaAllocator::new(0x1001, 0x1fff, P).is_none());
+    }
+
+    #[test]
+    fn carve_splits_holes() {
+        let mut a = IovaAllocator::new(0x1000, 0xf_ffff, P).unwrap();
+        a.carve(0x4000, 0x7fff);
+        assert_eq!(
+            a.free_ranges().collect::<Vec<_>>(),
+            vec![(0x1000, 0x3fff), (0x8000, 0xf_ffff)]
+        );
+        a.carve(0x0, 0x1fff);
+        a.carve(0xf_0000, 0x10_0000_0000);
+        assert_eq!(
+            a.free_ranges().collect::<Vec<_>>(),
+            vec![(0x2000, 0x3fff), (0x8000, 0xe_ffff)]
+        );
+        assert!(!a.overlaps_free(0x4000, 0x7fff));
+        assert!(a.overlaps_free(0x3000, 0x4fff));
+    }
+}

@@ -1,0 +1,165 @@
+//! The crate's one error type.
+
+use core::fmt;
+
+use crate::strategy::Mode;
+
+/// Why the planner refused an input.
+///
+/// Every refusal leaves the planner exactly as it was before the call: an
+/// event either returns a whole plan and commits it, or returns one of these
+/// and changes nothing. Addresses print as hex.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// A page size that is not a power of two of at least 4 KiB.
+    BadPageSize {
+        /// The offending size.
+        size: u64,
+    },
+    /// A device IOVA range whose last address is below its first.
+    BadDeviceRange {
+        /// First IOVA.
+        first: u64,
+        /// Last IOVA.
+        last: u64,
+    },
+    /// A device that claims zero address spaces.
+    NoAddressSpaces,
+    /// A range of size zero.
+    ZeroSize {
+        /// Address kind ("gpa", "iova", "hva").
+        kind: &'static str,
+        /// Where it started.
+        first: u64,
+    },
+    /// A range that would pass `2^64 - 1`.
+    Wraps {
+        /// Address kind.
+        kind: &'static str,
+        /// Where it started.
+        first: u64,
+        /// Its size (0 when given as a reversed or full-space inclusive range).
+        size: u64,
+    },
+    /// A range not aligned to the device's page size.
+    Unaligned {
+        /// Address kind.
+        kind: &'static str,
+        /// Where it started.
+        first: u64,
+        /// Its size.
+        size: u64,
+        /// The page size it must be a multiple of.
+        page: u64,
+    },
+    /// A new guest region overlaps one already present (or another one of the same event).
+    RegionOverlap {
+        /// The new region `[first, last]`.
+        new: (u64, u64),
+        /// The region it overlaps `[first, last]`.
+        existing: (u64, u64),
+    },
+    /// No guest region starts at this GPA.
+    UnknownRegion {
+        /// The GPA given.
+        gpa: u64,
+    },
+    /// An event that makes no sense in the planner's current mode.
+    OutOfOrder {
+        /// The event.
+        event: &'static str,
+        /// The mode the planner is in.
+        mode: Mode,
+    },
+    /// Shadow virtqueue parameters that cannot describe a vring.
+    BadSvqConfig {
+        /// Number of queues asked for.
+        queues: u32,
+        /// Queue size asked for.
+        queue_size: u32,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// `svq_switch` without a prior `svq_prepare` and without parameters.
+    MissingSvqConfig,
+    /// No free IOVA range of the size needed.
+    OutOfIova {
+        /// Bytes needed in one contiguous range.
+        needed: u64,
+        /// What it was for.
+        purpose: &'static str,
+        /// The IOVA window searched `[first, last]`, if one was chosen.
+        window: Option<(u64, u64)>,
+        /// The largest free range in it, in bytes.
+        largest_free: u64,
+    },
+    /// `translate` was asked for an address that is not guest memory.
+    NotGuestMemory {
+        /// The first GPA that is not guest memory.
+        gpa: u64,
+    },
+    /// `translate` was asked for guest memory the device cannot reach now
+    /// (outside the device's IOVA range while in passthrough).
+    Unreachable {
+        /// The first unreachable GPA.
+        gpa: u64,
+    },
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanError::BadPageSize { size } => {
+                write!(f, "page size {size:#x} is not a power of two of at least 4 KiB")
+            }
+            PlanError::BadDeviceRange { first, last } => {
+                write!(f, "device IOVA range [{first:#x}, {last:#x}] ends before it starts")
+            }
+            PlanError::NoAddressSpaces => write!(f, "device has no address space"),
+            PlanError::ZeroSize { kind, first } => {
+                write!(f, "{kind} range at {first:#x} has size zero")
+            }
+            PlanError::Wraps { kind, first, size } => {
+                write!(f, "{kind} range at {first:#x} of size {size:#x} wraps past 2^64-1")
+            }
+            PlanError::Unaligned { kind, first, size, page } => write!(
+                f,
+                "{kind} range at {first:#x} of size {size:#x} is not aligned to the page size {page:#x}"
+            ),
+            PlanError::RegionOverlap { new, existing } => write!(
+                f,
+                "guest region [{:#x}, {:#x}] overlaps region [{:#x}, {:#x}]",
+                new.0, new.1, existing.0, existing.1
+            ),
+            PlanError::UnknownRegion { gpa } => write!(f, "no guest region starts at gpa {gpa:#x}"),
+            PlanError::OutOfOrder { event, mode } => {
+                write!(f, "event {event} is not allowed in mode {mode}")
+            }
+            PlanError::BadSvqConfig { queues, queue_size, reason } => write!(
+                f,
+                "shadow virtqueues ({queues} queues of size {queue_size}): {reason}"
+            ),
+            PlanError::MissingSvqConfig => {
+                write!(f, "svq_switch without svq_prepare needs queues, queue_size and hva")
+            }
+            PlanError::OutOfIova { needed, purpose, window, largest_free } => {
+                write!(f, "out of IOVA space: {purpose} needs {needed:#x} contiguous bytes")?;
+                match window {
+                    Some((a, b)) => write!(
+                        f,
+                        " in window [{a:#x}, {b:#x}], whose largest free range is {largest_free:#x} bytes"
+                    ),
+                    None => write!(f, " and the device range has no free hole that large"),
+                }
+            }
+            PlanError::NotGuestMemory { gpa } => write!(f, "gpa {gpa:#x} is not guest memory"),
+            PlanError::Unreachable { gpa } => write!(
+                f,
+                "gpa {gpa:#x} is guest memory outside the device's IOVA range and not mapped now"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}

@@ -1,0 +1,743 @@
+//! A model of the kernel's vhost-vdpa IOTLB: the one place where the
+//! kernel's rules for each message are written down.
+//!
+//! Every plan a test produces is replayed on this model, and the adapter's
+//! dry run and pre-checks use it too. It follows `drivers/vhost/vdpa.c`
+//! (`vhost_vdpa_process_iotlb_msg` and friends) as of Linux 6.12:
+//!
+//! * `asid >= address_spaces` is refused (EINVAL). An UPDATE or BATCH_BEGIN
+//!   creates the address space on first use (even when the UPDATE itself is
+//!   then refused); an INVALIDATE or BATCH_END naming an address space that
+//!   was never created is refused (EINVAL).
+//! * Inside a batch, any message for another asid is refused (EINVAL).
+//! * UPDATE is refused for size 0, for `iova + size` wrapping past `2^64`,
+//!   for any byte outside the device range (EINVAL), and for overlapping
+//!   **any** live entry (EEXIST): there is no replace.
+//! * INVALIDATE removes every whole entry that overlaps the range; it never
+//!   splits one.
+//!
+//! Userspace sees every one of these refusals as EFAULT: the model says which
+//! rule was broken so the caller does not have to guess.
+//!
+//! The model is also **strict** where the kernel accepts a message whose
+//! effect is not what it says (see [`Violation::kernel_errno`] returning
+//! `None`): an INVALIDATE that cuts through an entry (on a pinning device one
+//! UPDATE may have become several kernel entries, so what gets removed
+//! depends on physical memory layout), an INVALIDATE of size 0 or that wraps
+//! (the kernel computes `iova + size - 1` and may remove entries far away),
+//! an UPDATE with a perm other than RO/WO/RW, a BATCH_BEGIN inside a batch
+//! and a BATCH_END outside one. A plan must never need any of these.
+//!
+//! Device reset is modelled at the level the planner needs: [`KernelIotlb::reset_device`]
+//! marks the device's view stale unless maps persist; the vhost-side table,
+//! which decides what later messages are accepted, is kept (the kernel
+//! keeps its pinned entries across a reset).
+
+use std::collections::BTreeMap;
+
+use core::fmt;
+
+use smallvec::SmallVec;
+
+use crate::addr::{DeviceRange, Hva, Iova, Span};
+use crate::caps::DeviceCaps;
+use crate::plan::{Op, OpKind, Perm};
+
+/// Message types of `struct vhost_iotlb_msg`'s `type` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum MsgType {
+    /// `VHOST_IOTLB_UPDATE` (2).
+    Update,
+    /// `VHOST_IOTLB_INVALIDATE` (3).
+    Invalidate,
+    /// `VHOST_IOTLB_BATCH_BEGIN` (5).
+    BatchBegin,
+    /// `VHOST_IOTLB_BATCH_END` (6).
+    BatchEnd,
+}
+
+/// A message as the kernel receives it: raw fields, nothing validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct RawMsg {
+    /// Address space.
+    pub asid: u32,
+    /// Message type.
+    pub kind: MsgType,
+    /// `iova` field.
+    pub iova: u64,
+    /// `size` field.
+    pub size: u64,
+    /// `uaddr` field.
+    pub uaddr: u64,
+    /// `perm` field.
+    pub perm: u8,
+}
+
+impl From<&Op> for RawMsg {
+    fn from(op: &Op) -> Self {
+        let (kind, iova, size, uaddr, perm) = match op.kind {
+            OpKind::BatchBegin => (MsgType::BatchBegin, 0, 0, 0, 0),
+            OpKind::BatchEnd => (MsgType::BatchEnd, 0, 0, 0, 0),
+            OpKind::Update { iova, hva, perm } => (
+                MsgType::Update,
+                iova.first().0,
+                iova.size(),
+                hva.0,
+                perm.to_kernel(),
+            ),
+            OpKind::Invalidate { iova } => (MsgType::Invalidate, iova.first().0, iova.size(), 0, 0),
+        };
+        RawMsg {
+            asid: op.asid,
+            kind,
+            iova,
+            size,
+            uaddr,
+            perm,
+        }
+    }
+}
+
+/// One live IOTLB entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Entry {
+    /// Device addresses.
+    pub iova: Span<Iova>,
+    /// Host address of the first byte.
+    pub hva: Hva,
+    /// Device access.
+    pub perm: Perm,
+}
+
+/// A rule a message broke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Violation {
+    /// `asid` is not below the number of address spaces (EINVAL).
+    AsidOutOfRange {
+        /// Asid of the message.
+        asid: u32,
+        /// Address spaces the device has.
+        address_spaces: u32,
+    },
+    /// INVALIDATE or BATCH_END for an address space never created by an
+    /// UPDATE or BATCH_BEGIN (EINVAL).
+    NoAddressSpace {
+        /// Asid of the message.
+        asid: u32,
+    },
+    /// A message for another asid inside a batch (EINVAL).
+    BatchAsidMismatch {
+        /// Asid the open batch belongs to.
+        batch: u32,
+        /// Asid of the message.
+        asid: u32,
+    },
+    /// UPDATE of size 0 (EINVAL).
+    ZeroSize,
+    /// UPDATE whose `iova + size` wraps past `2^64` (EINVAL).
+    Wraps {
+        /// `iova` field.
+        iova: u64,
+        /// `size` field.
+        size: u64,
+    },
+    /// UPDATE with bytes outside the device range (EINVAL).
+    OutsideRange {
+        /// First IOVA of the update.
+        first: u64,
+        /// Last IOVA of the update.
+        last: u64,
+        /// The device range.
+        range: DeviceRange,
+    },
+    /// UPDATE overlapping a live entry (EEXIST).
+    Overlap {
+        /// The first live entry it overlaps.
+        existing: Entry,
+    },
+    /// Strict: UPDATE with a perm other than RO, WO, RW (the kernel maps it anyway).
+    BadPerm {
+        /// `perm` field.
+        perm: u8,
+    },
+    /// Strict: INVALIDATE of size 0 (the kernel computes `iova - 1` as the
+    /// last address; at iova 0 that removes every entry).
+    InvalidateZeroSize {
+        /// `iova` field.
+        iova: u64,
+    },
+    /// Strict: INVALIDATE whose range wraps past `2^64`.
+    InvalidateWraps {
+        /// `iova` field.
+        iova: u64,
+        /// `size` field.
+        size: u64,
+    },
+    /// Strict: INVALIDATE that covers only part of an entry (the kernel
+    /// drops the whole entry, or on pinning devices some of its pieces).
+    PartialInvalidate {
+        /// First IOVA of the invalidate.
+        first: u64,
+        /// Last IOVA of the invalidate.
+        last: u64,
+        /// The entry it cuts.
+        entry: Entry,
+    },
+    /// Strict: BATCH_BEGIN while a batch is open.
+    BatchAlreadyOpen {
+        /// Asid of the open batch.
+        batch: u32,
+    },
+    /// Strict: BATCH_END with no batch open.
+    BatchNotOpen,
+}
+
+impl Violation {
+    /// The errno the kernel's message handler returns (userspace sees EFAULT
+    /// for all of them), or `None` for the strict rules the kernel does not enforce.
+    pub fn kernel_errno(&self) -> Option<i32> {
+        const EINVAL: i32 = 22;
+        const EEXIST: i32 = 17;
+        match self {
+            Violation::AsidOutOfRange { .. }
+            | Violation::NoAddressSpace { .. }
+            | Violation::BatchAsidMismatch { .. }
+            | Violation::ZeroSize
+            | Violation::Wraps { .. }
+            | Violation::OutsideRange { .. } => Some(EINVAL),
+            Violation::Overlap { .. } => Some(EEXIST),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Violation::AsidOutOfRange {
+                asid,
+                address_spaces,
+            } => {
+                write!(
+                    f,
+                    "asid {asid} but the device has {address_spaces} address spaces (EINVAL)"
+                )
+            }
+            Violation::NoAddressSpace { asid } => {
+                write!(
+                    f,
+                    "asid {asid} was never created by an update or batch begin (EINVAL)"
+                )
+            }
+            Violation::BatchAsidMismatch { batch, asid } => {
+                write!(
+                    f,
+                    "message for asid {asid} inside a batch of asid {batch} (EINVAL)"
+                )
+            }
+            Violation::ZeroSize => write!(f, "update of size 0 (EINVAL)"),
+            Violation::Wraps { iova, size } => {
+                write!(
+                    f,
+                    "update at {iova:#x} of size {size:#x} wraps past 2^64 (EINVAL)"
+                )
+            }
+            Violation::OutsideRange { first, last, range } => write!(
+                f,
+                "update [{first:#x}, {last:#x}] is not inside the device range {range} (EINVAL)"
+            ),
+            Violation::Overlap { existing } => write!(
+                f,
+                "update overlaps the live entry {} -> {:#x} (EEXIST)",
+                existing.iova, existing.hva.0
+            ),
+            Violation::BadPerm { perm } => write!(f, "update with perm {perm} (strict)"),
+            Violation::InvalidateZeroSize { iova } => {
+                write!(f, "invalidate at {iova:#x} of size 0 (strict)")
+            }
+            Violation::InvalidateWraps { iova, size } => {
+                write!(
+                    f,
+                    "invalidate at {iova:#x} of size {size:#x} wraps (strict)"
+                )
+            }
+            Violation::PartialInvalidate { first, last, entry } => write!(
+                f,
+                "invalidate [{first:#x}, {last:#x}] cuts through the entry {} (strict)",
+                entry.iova
+            ),
+            Violation::BatchAlreadyOpen { batch } => {
+                write!(
+                    f,
+                    "batch begin while the batch of asid {batch} is open (strict)"
+                )
+            }
+            Violation::BatchNotOpen => write!(f, "batch end with no batch open (strict)"),
+        }
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// What an accepted message did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// An UPDATE added this entry.
+    Mapped(Entry),
+    /// An INVALIDATE removed these entries (possibly none).
+    Unmapped(SmallVec<[Entry; 1]>),
+    /// A batch was opened.
+    BatchBegun,
+    /// A batch was closed; on `set_map` devices the table was pushed.
+    BatchEnded,
+}
+
+/// The kernel's IOTLB for one vhost-vdpa device: one table per address space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelIotlb {
+    range: DeviceRange,
+    address_spaces: u32,
+    /// `None` until the address space is created.
+    spaces: Vec<Option<BTreeMap<u64, Entry>>>,
+    batch: Option<u32>,
+    persist: bool,
+    stale: Vec<bool>,
+}
+
+impl KernelIotlb {
+    /// An empty IOTLB for a device with these capabilities.
+    pub fn new(caps: &DeviceCaps) -> Self {
+        // Cap the allocation: an adversarial address_spaces value must not
+        // make the model allocate gigabytes; spaces are created lazily anyway.
+        KernelIotlb {
+            range: caps.range,
+            address_spaces: caps.address_spaces,
+            spaces: Vec::new(),
+            batch: None,
+            persist: caps.persist,
+            stale: Vec::new(),
+        }
+    }
+
+    /// The device range the model enforces.
+    pub fn range(&self) -> DeviceRange {
+        self.range
+    }
+
+    /// The asid of the open batch, if any.
+    pub fn open_batch(&self) -> Option<u32> {
+        self.batch
+    }
+
+    fn space(&self, asid: u32) -> Option<&BTreeMap<u64, Entry>> {
+        self.spaces.get(asid as usize).and_then(Option::as_ref)
+    }
+
+    fn create(&mut self, asid: u32) -> &mut BTreeMap<u64, Entry> {
+        let i = asid as usize;
+        if self.spaces.len() <= i {
+            self.spaces.resize_with(i + 1, || None);
+            self.stale.resize(i + 1, false);
+        }
+        self.spaces[i].get_or_insert_with(BTreeMap::new)
+    }
+
+    /// The live entries of an address space, by IOVA.
+    pub fn entries(&self, asid: u32) -> impl Iterator<Item = &Entry> + '_ {
+        self.space(asid).into_iter().flat_map(|m| m.values())
+    }
+
+    /// Number of live entries in an address space.
+    pub fn len(&self, asid: u32) -> usize {
+        self.space(asid).map_or(0, BTreeMap::len)
+    }
+
+    /// Whether no address space holds any entry.
+    pub fn is_empty(&self) -> bool {
+        self.spaces.iter().flatten().all(BTreeMap::is_empty)
+    }
+
+    /// The entry translating `iova`, if any.
+    pub fn lookup(&self, asid: u32, iova: Iova) -> Option<&Entry> {
+        let m = self.space(asid)?;
+        let (_, e) = m.range(..=iova.0).next_back()?;
+        e.iova.contains(iova).then_some(e)
+    }
+
+    /// Whether the device itself has lost its maps of `asid` after a reset
+    /// (the vhost table still holds them) and has not been re-programmed.
+    pub fn device_stale(&self, asid: u32) -> bool {
+        self.stale.get(asid as usize).copied().unwrap_or(false)
+    }
+
+    /// A device reset: without `IOTLB_PERSIST` the device forgets its maps
+    /// (they stay in the vhost table, pinned). Also closes any open batch.
+    pub fn reset_device(&mut self) {
+        self.batch = None;
+        if !self.persist {
+            for (i, s) in self.spaces.iter().enumerate() {
+                if s.as_ref().is_some_and(|m| !m.is_empty()) {
+                    self.stale[i] = true;
+                }
+            }
+        }
+    }
+
+    /// Replays a plan operation.
+    ///
+    /// # Errors
+    /// The [`Violation`] the op commits; the model is then unchanged (except
+    /// that an UPDATE may have created its address space, as in the kernel).
+    pub fn apply(&mut self, op: &Op) -> Result<Applied, Violation> {
+        self.apply_raw(&RawMsg::from(op))
+    }
+
+    /// Replays every op of a slice, stopping at the first violation, which is
+    /// returned with the op's index.
+    ///
+    /// # Errors
+    /// `(index, violation)` of the first refused op; the ops before it stay applied.
+    pub fn apply_all<'a>(
+        &mut self,
+        ops: impl IntoIterator<Item = &'a Op>,
+    ) -> Result<(), (usize, Violation)> {
+        for (i, op) in ops.into_iter().enumerate() {
+            self.apply(op).map_err(|v| (i, v))?;
+        }
+        Ok(())
+    }
+
+    /// Replays a raw message, exactly as the kernel would judge it.
+    ///
+    /// # Errors
+    /// See [`KernelIotlb::apply`].
+    pub fn apply_raw(&mut self, m: &RawMsg) -> Result<Applied, Violation> {
+        let asid = m.asid;
+        let creates = matches!(m.kind, MsgType::Update | MsgType::BatchBegin);
+        if asid >= self.address_spaces {
+            return Err(Violation::AsidOutOfRange {
+                asid,
+                address_spaces: self.address_spaces,
+            });
+        }
+        if creates {
+            self.create(asid);
+        } else if self.space(asid).is_none() {
+            return Err(Violation::NoAddressSpace { asid });
+        }
+        if let Some(batch) = self.batch {
+            if batch != asid {
+                return Err(Violation::BatchAsidMismatch { batch, asid });
+            }
+        }
+        match m.kind {
+            MsgType::BatchBegin => {
+                if let Some(batch) = self.batch {
+                    return Err(Violation::BatchAlreadyOpen { batch });
+                }
+                self.batch = Some(asid);
+                Ok(Applied::BatchBegun)
+            }
+            MsgType::BatchEnd => {
+                if self.batch.is_none() {
+                    return Err(Violation::BatchNotOpen);
+                }
+                self.batch = None;
+                // The whole-table push re-programs the device.
+                self.stale[asid as usize] = false;
+                Ok(Applied::BatchEnded)
+            }
+            MsgType::Update => self.update(m),
+            MsgType::Invalidate => self.invalidate(m),
+        }
+    }
+
+    fn update(&mut self, m: &RawMsg) -> Result<Applied, Violation> {
+        if m.size == 0 {
+            return Err(Violation::ZeroSize);
+        }
+        let last = m.iova.checked_add(m.size - 1).ok_or(Violation::Wraps {
+            iova: m.iova,
+            size: m.size,
+        })?;
+        if !self.range.contains_bounds(m.iova, last) {
+            return Err(Violation::OutsideRange {
+                first: m.iova,
+                last,
+                range: self.range,
+            });
+        }
+        let map = self.space(m.asid).expect("created above");
+        if let Some((_, e)) = map.range(..=last).next_back() {
+            if e.iova.last().0 >= m.iova {
+                return Err(Violation::Overlap { existing: *e });
+            }
+        }
+        let perm = Perm::from_kernel(m.perm).ok_or(Violation::BadPerm { perm: m.perm })?;
+        let entry = Entry {
+            iova: Span::trusted(m.iova, m.size),
+            hva: Hva(m.uaddr),
+            perm,
+        };
+        self.create(m.asid).insert(m.iova, entry);
+        Ok(Applied::Mapped(entry))
+    }
+
+    fn invalidate(&mut self, m: &RawMsg) -> Result<Applied, Violation> {
+        if m.size == 0 {
+            return Err(Violation::InvalidateZeroSize { iova: m.iova });
+        }
+        let last = m
+            .iova
+            .checked_add(m.size - 1)
+            .ok_or(Violation::InvalidateWraps {
+                iova: m.iova,
+                size: m.size,
+            })?;
+        let map = self.space(m.asid).expect("checked above");
+        let mut hit: SmallVec<[Entry; 1]> = SmallVec::new();
+        // Entries starting inside the range, plus the one starting before it
+        // that may reach into it.
+        if let Some((_, e)) = map.range(..m.iova).next_back() {
+            if e.iova.last().0 >= m.iova {
+                hit.push(*e);
+            }
+        }
+        hit.extend(map.range(m.iova..=last).map(|(_, e)| *e));
+        if let Some(cut) = hit
+            .iter()
+            .find(|e| e.iova.first().0 < m.iova || e.iova.last().0 > last)
+        {
+            return Err(Violation::PartialInvalidate {
+                first: m.iova,
+                last,
+                entry: *cut,
+            });
+        }
+        let map = self.create(m.asid);
+        for e in &hit {
+            map.remove(&e.iova.first().0);
+        }
+        Ok(Applied::Unmapped(hit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::{DeviceRange, PageSize};
+    use crate::plan::Phase;
+
+    fn caps() -> DeviceCaps {
+        DeviceCaps {
+            address_spaces: 2,
+            ..DeviceCaps::default()
+        }
+    }
+
+    fn upd(asid: u32, iova: u64, size: u64) -> RawMsg {
+        RawMsg {
+            asid,
+            kind: MsgType::Update,
+            iova,
+            size,
+            uaddr: 0x7f00_0000_0000u64.wrapping_add(iova),
+            perm: 3,
+        }
+    }
+
+    fn inv(asid: u32, iova: u64, size: u64) -> RawMsg {
+        RawMsg {
+            asid,
+            kind: MsgType::Invalidate,
+            iova,
+            size,
+            uaddr: 0,
+            perm: 0,
+        }
+    }
+
+    fn marker(asid: u32, kind: MsgType) -> RawMsg {
+        RawMsg {
+            asid,
+            kind,
+            iova: 0,
+            size: 0,
+            uaddr: 0,
+            perm: 0,
+        }
+    }
+
+    #[test]
+    fn update_rules() {
+        let mut k = KernelIotlb::new(&DeviceCaps {
+            range: DeviceRange::new(0x1000, 0xffff_ffff).unwrap(),
+            ..caps()
+        });
+        assert_eq!(k.apply_raw(&upd(0, 0x1000, 0)), Err(Violation::ZeroSize));
+        assert!(matches!(
+            k.apply_raw(&upd(0, u64::MAX - 0xfff, 0x2000)),
+            Err(Violation::Wraps { .. })
+        ));
+        assert!(matches!(
+            k.apply_raw(&upd(0, 0, 0x2000)),
+            Err(Violation::OutsideRange { .. })
+        ));
+        assert!(matches!(
+            k.apply_raw(&upd(0, 0xffff_f000, 0x2000)),
+            Err(Violation::OutsideRange { .. })
+        ));
+        assert!(k.apply_raw(&upd(0, 0x1000, 0x2000)).is_ok());
+        // Any overlap, including one byte at either end, is EEXIST.
+        for (iova, size) in [
+            (0x1000, 0x1000),
+            (0x2000, 0x1000),
+            (0x0, 0x2000 + 1),
+            (0x2fff, 0x1),
+        ] {
+            let r = k.apply_raw(&upd(0, iova.max(0x1000), size));
+            assert!(
+                matches!(r, Err(Violation::Overlap { .. })),
+                "{iova:#x}+{size:#x}: {r:?}"
+            );
+            assert_eq!(r.unwrap_err().kernel_errno(), Some(17));
+        }
+        // Adjacent is fine.
+        assert!(k.apply_raw(&upd(0, 0x3000, 0x1000)).is_ok());
+        assert_eq!(k.len(0), 2);
+        let mut bad = upd(0, 0x10000, 0x1000);
+        bad.perm = 0;
+        assert_eq!(k.apply_raw(&bad), Err(Violation::BadPerm { perm: 0 }));
+        assert_eq!(k.len(0), 2);
+    }
+
+    #[test]
+    fn update_can_end_at_the_top_of_the_space() {
+        let mut k = KernelIotlb::new(&caps());
+        assert!(k.apply_raw(&upd(0, u64::MAX - 0xfff, 0x1000)).is_ok());
+        assert!(k.lookup(0, Iova(u64::MAX)).is_some());
+        assert!(k.apply_raw(&inv(0, u64::MAX - 0xfff, 0x1000)).is_ok());
+        assert!(k.is_empty());
+    }
+
+    #[test]
+    fn invalidate_drops_whole_entries_and_refuses_partial() {
+        let mut k = KernelIotlb::new(&caps());
+        k.apply_raw(&upd(0, 0x10000, 0x200_0000)).unwrap();
+        k.apply_raw(&upd(0, 0x300_0000, 0x1000)).unwrap();
+        let r = k.apply_raw(&inv(0, 0x20000, 0x1000));
+        assert!(matches!(r, Err(Violation::PartialInvalidate { .. })));
+        assert_eq!(r.unwrap_err().kernel_errno(), None);
+        assert_eq!(k.len(0), 2);
+        // A range covering both whole entries and the gap between them is exact.
+        match k.apply_raw(&inv(0, 0x10000, 0x300_0000)).unwrap() {
+            Applied::Unmapped(v) => assert_eq!(v.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(k.is_empty());
+        // Invalidating nothing is accepted.
+        assert_eq!(
+            k.apply_raw(&inv(0, 0x10000, 0x1000)),
+            Ok(Applied::Unmapped(SmallVec::new()))
+        );
+        assert_eq!(
+            k.apply_raw(&inv(0, 0, 0)),
+            Err(Violation::InvalidateZeroSize { iova: 0 })
+        );
+        assert!(matches!(
+            k.apply_raw(&inv(0, u64::MAX, 2)),
+            Err(Violation::InvalidateWraps { .. })
+        ));
+    }
+
+    #[test]
+    fn address_space_and_batch_rules() {
+        let mut k = KernelIotlb::new(&caps());
+        assert!(matches!(
+            k.apply_raw(&upd(2, 0x1000, 0x1000)),
+            Err(Violation::AsidOutOfRange { .. })
+        ));
+        assert_eq!(
+            k.apply_raw(&inv(1, 0x1000, 0x1000)),
+            Err(Violation::NoAddressSpace { asid: 1 })
+        );
+        assert_eq!(
+            k.apply_raw(&marker(1, MsgType::BatchEnd)),
+            Err(Violation::NoAddressSpace { asid: 1 })
+        );
+        assert_eq!(
+            k.apply_raw(&marker(0, MsgType::BatchBegin)),
+            Ok(Applied::BatchBegun)
+        );
+        assert_eq!(
+            k.apply_raw(&upd(1, 0x1000, 0x1000)),
+            Err(Violation::BatchAsidMismatch { batch: 0, asid: 1 })
+        );
+        assert_eq!(
+            k.apply_raw(&marker(0, MsgType::BatchBegin)),
+            Err(Violation::BatchAlreadyOpen { batch: 0 })
+        );
+        k.apply_raw(&upd(0, 0x1000, 0x1000)).unwrap();
+        assert_eq!(
+            k.apply_raw(&marker(1, MsgType::BatchEnd)),
+            Err(Violation::BatchAsidMismatch { batch: 0, asid: 1 })
+        );
+        assert_eq!(
+            k.apply_raw(&marker(0, MsgType::BatchEnd)),
+            Ok(Applied::BatchEnded)
+        );
+        assert_eq!(
+            k.apply_raw(&marker(0, MsgType::BatchEnd)),
+            Err(Violation::BatchNotOpen)
+        );
+        // Asid 1 is independent: the same IOVA maps there.
+        k.apply_raw(&upd(1, 0x1000, 0x1000)).unwrap();
+        assert_eq!(k.len(1), 1);
+    }
+
+    #[test]
+    fn reset_marks_device_stale_unless_persist() {
+        let mut k = KernelIotlb::new(&caps());
+        k.apply_raw(&upd(0, 0x1000, 0x1000)).unwrap();
+        k.reset_device();
+        assert!(k.device_stale(0));
+        // The vhost table still holds the entry: mapping it again is EEXIST.
+        assert!(matches!(
+            k.apply_raw(&upd(0, 0x1000, 0x1000)),
+            Err(Violation::Overlap { .. })
+        ));
+        k.apply_raw(&marker(0, MsgType::BatchBegin)).unwrap();
+        k.apply_raw(&marker(0, MsgType::BatchEnd)).unwrap();
+        assert!(!k.device_stale(0));
+        let mut p = KernelIotlb::new(&DeviceCaps {
+            persist: true,
+            ..caps()
+        });
+        p.apply_raw(&upd(0, 0x1000, 0x1000)).unwrap();
+        p.reset_device();
+        assert!(!p.device_stale(0));
+    }
+
+    #[test]
+    fn ops_convert_to_raw_messages() {
+        let span = Span::new(Iova(0x2000), 0x1000, PageSize::SIZE_4K).unwrap();
+        let op = Op {
+            phase: Phase::Critical,
+            asid: 1,
+            kind: OpKind::Update {
+                iova: span,
+                hva: Hva(0x5000),
+                perm: Perm::Ro,
+            },
+        };
+        let raw = RawMsg::from(&op);
+        assert_eq!(
+            (raw.kind, raw.iova, raw.size, raw.uaddr, raw.perm, raw.asid),
+            (MsgType::Update, 0x2000, 0x1000, 0x5000, 1, 1)
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! Plans: ordered IOTLB operations tagged by phase, and what they cost.
+
+use core::fmt;
+
+use crate::addr::{Hva, Iova, Span};
+use crate::caps::DeviceCaps;
+
+/// Access the device is given to a mapping (the kernel's `VHOST_ACCESS_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Perm {
+    /// The device may only read (`VHOST_ACCESS_RO` = 1).
+    Ro,
+    /// The device may only write (`VHOST_ACCESS_WO` = 2).
+    Wo,
+    /// The device may read and write (`VHOST_ACCESS_RW` = 3).
+    Rw,
+}
+
+impl Perm {
+    /// The value of the `perm` byte in `struct vhost_iotlb_msg`.
+    pub fn to_kernel(self) -> u8 {
+        match self {
+            Perm::Ro => 1,
+            Perm::Wo => 2,
+            Perm::Rw => 3,
+        }
+    }
+
+    /// Parses the `perm` byte; `None` for anything but 1, 2, 3.
+    pub fn from_kernel(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Perm::Ro),
+            2 => Some(Perm::Wo),
+            3 => Some(Perm::Rw),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name, as in the JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Perm::Ro => "ro",
+            Perm::Wo => "wo",
+            Perm::Rw => "rw",
+        }
+    }
+}
+
+/// When an operation runs relative to the device being stopped.
+///
+/// Ops of a plan are ordered by phase: every `Prepare` op, then every
+/// `Critical` op, then every `Background` op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum Phase {
+    /// While the device still runs, before the event takes effect (before a
+    /// switch stops the device; before hot-plugged memory is announced to
+    /// the guest; before unplugged memory is freed).
+    Prepare,
+    /// While the device is stopped: this is the downtime the guest sees.
+    Critical,
+    /// After the device runs again; may be deferred.
+    Background,
+}
+
+impl Phase {
+    /// Lower-case name, as in the JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Prepare => "prepare",
+            Phase::Critical => "critical",
+            Phase::Background => "background",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One IOTLB message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum OpKind {
+    /// `VHOST_IOTLB_BATCH_BEGIN`.
+    BatchBegin,
+    /// `VHOST_IOTLB_BATCH_END`: on devices with a whole-table `set_map`, the
+    /// table is pushed to the device here.
+    BatchEnd,
+    /// `VHOST_IOTLB_UPDATE`: map `iova` to `hva` with `perm`.
+    Update {
+        /// Device addresses.
+        iova: Span<Iova>,
+        /// Start of the host memory behind them.
+        hva: Hva,
+        /// Device access.
+        perm: Perm,
+    },
+    /// `VHOST_IOTLB_INVALIDATE`: unmap exactly one entry previously mapped by
+    /// an `Update` of the same range (the kernel drops whole entries).
+    Invalidate {
+        /// The entry's device addresses.
+        iova: Span<Iova>,
+    },
+}
+
+impl OpKind {
+    /// Lower-case name, as in the JSON output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OpKind::BatchBegin => "batch_begin",
+            OpKind::BatchEnd => "batch_end",
+            OpKind::Update { .. } => "update",
+            OpKind::Invalidate { .. } => "invalidate",
+        }
+    }
+}
+
+/// An operation of a plan: one message to write to `/dev/vhost-vdpa-N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Op {
+    /// When it runs.
+    pub phase: Phase,
+    /// Address space it applies to.
+    pub asid: u32,
+    /// What it does.
+    pub kind: OpKind,
+}
+
+/// What a plan costs. Bytes count only on devices that pin (for `use_va`
+/// devices mapping pins nothing, so pinned bytes are zero).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Cost {
+    /// Bytes pinned by the plan's UPDATEs.
+    pub pinned_bytes: u64,
+    /// Of those, bytes pinned while the device is stopped.
+    pub critical_pinned_bytes: u64,
+    /// Bytes unpinned by the plan's INVALIDATEs.
+    pub unpinned_bytes: u64,
+    /// Of those, bytes unpinned while the device is stopped.
+    pub critical_unpinned_bytes: u64,
+    /// Messages written, batch markers included.
+    pub messages: u64,
+    /// Of those, messages written while the device is stopped.
+    pub critical_messages: u64,
+    /// BATCH_END messages while the device is stopped: on a device with a
+    /// whole-table `set_map` (mlx5, vdpa_sim, VDUSE) each is a full table push.
+    pub critical_batch_ends: u64,
+}
+
+impl Cost {
+    /// Adds up the cost of `ops` on a device that pins (`pinning`) or not.
+    pub fn of(ops: &[Op], pinning: bool) -> Cost {
+        let mut c = Cost::default();
+        for op in ops {
+            let crit = op.phase == Phase::Critical;
+            c.messages += 1;
+            c.critical_messages += u64::from(crit);
+            match op.kind {
+                OpKind::Update { iova, .. } if pinning => {
+                    c.pinned_bytes += iova.size();
+                    if crit {
+                        c.critical_pinned_bytes += iova.size();
+                    }
+                }
+                OpKind::Invalidate { iova } if pinning => {
+                    c.unpinned_bytes += iova.size();
+                    if crit {
+                        c.critical_unpinned_bytes += iova.size();
+                    }
+                }
+                OpKind::BatchEnd if crit => c.critical_batch_ends += 1,
+                _ => {}
+            }
+        }
+        c
+    }
+
+    /// Sum of two costs (saturating; sums of u64 byte counts of real plans never saturate).
+    pub fn add(&self, o: &Cost) -> Cost {
+        Cost {
+            pinned_bytes: self.pinned_bytes.saturating_add(o.pinned_bytes),
+            critical_pinned_bytes: self
+                .critical_pinned_bytes
+                .saturating_add(o.critical_pinned_bytes),
+            unpinned_bytes: self.unpinned_bytes.saturating_add(o.unpinned_bytes),
+            critical_unpinned_bytes: self
+                .critical_unpinned_bytes
+                .saturating_add(o.critical_unpinned_bytes),
+            messages: self.messages + o.messages,
+            critical_messages: self.critical_messages + o.critical_messages,
+            critical_batch_ends: self.critical_batch_ends + o.critical_batch_ends,
+        }
+    }
+}
+
+/// An ordered list of operations and its cost.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Plan {
+    ops: Vec<Op>,
+    cost: Cost,
+}
+
+impl Plan {
+    /// The operations, in the order they must be written.
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// What the plan costs.
+    pub fn cost(&self) -> &Cost {
+        &self.cost
+    }
+
+    /// Whether the plan has no operation at all.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The operations of one phase.
+    pub fn phase(&self, phase: Phase) -> impl Iterator<Item = &Op> + '_ {
+        self.ops.iter().filter(move |o| o.phase == phase)
+    }
+
+    /// Consumes the plan, giving its operations.
+    pub fn into_ops(self) -> Vec<Op> {
+        self.ops
+    }
+}
+
+/// Collects the map and unmap operations of one event, then orders them by
+/// phase and adds batch markers where the device batches.
+#[derive(Debug, Default)]
+pub(crate) struct PlanBuilder {
+    ops: Vec<Op>,
+}
+
+impl PlanBuilder {
+    pub(crate) fn new() -> Self {
+        PlanBuilder { ops: Vec::new() }
+    }
+
+    pub(crate) fn update(
+        &mut self,
+        phase: Phase,
+        asid: u32,
+        iova: Span<Iova>,
+        hva: Hva,
+        perm: Perm,
+    ) {
+        self.ops.push(Op {
+            phase,
+            asid,
+            kind: OpKind::Update { iova, hva, perm },
+        });
+    }
+
+    pub(crate) fn invalidate(&mut self, phase: Phase, asid: u32, iova: Span<Iova>) {
+        self.ops.push(Op {
+            phase,
+            asid,
+            kind: OpKind::Invalidate { iova },
+        });
+    }
+
+    /// Orders the ops by phase (stable: the order within a phase is the
+    /// order they were added), then wraps each run of two or more ops of
+    /// the same phase and asid in a batch when the device batches.
+    ///
+    /// A single op is never wrapped: on a `set_map` device an unbatched op
+    /// pushes the table once, exactly like a batch of one, with two fewer
+    /// messages. A batch never spans two phases, because the device is
+    /// stopped or started between them, nor two address spaces, which the
+    /// kernel refuses.
+    pub(crate) fn finish(mut self, caps: &DeviceCaps) -> Plan {
+        self.ops.sort_by_key(|o| o.phase);
+        let ops = if caps.batching {
+            let mut out = Vec::with_capacity(self.ops.len() + 4);
+            let mut i = 0;
+            while i < self.ops.len() {
+                let (phase, asid) = (self.ops[i].phase, self.ops[i].asid);
+                let mut j = i + 1;
+                while j < self.ops.len() && self.ops[j].phase == phase && self.ops[j].asid == asid {
+                    j += 1;
+                }
+                let wrap = j - i >= 2;
+                if wrap {
+                    out.push(Op {
+                        phase,
+                        asid,
+                        kind: OpKind::BatchBegin,
+                    });
+                }
+                out.extend_from_slice(&self.ops[i..j]);
+                if wrap {
+                    out.push(Op {
+                        phase,
+                        asid,
+                        kind: OpKind::BatchEnd,
+                    });
+                }
+                i = j;
+            }
+            out
+        } else {
+            self.ops
+        };
+        let cost = Cost::of(&ops, caps.pinning);
+        Plan { ops, cost }
+    }
+}
+
+/// Builds a plan from explicit ops (for strategies that control batching themselves).
+pub(crate) fn plan_from_ops(ops: Vec<Op>, caps: &DeviceCaps) -> Plan {
+    let cost = Cost::of(&ops, caps.pinning);
+    Plan { ops, cost }
+}

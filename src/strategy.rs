@@ -1,0 +1,273 @@
+//! What every planning strategy shares: the events a VMM feeds in, the
+//! modes a device goes through, and what a strategy reports about where
+//! guest memory and vrings are mapped.
+
+use core::fmt;
+
+use smallvec::SmallVec;
+
+use crate::addr::{Address, Gpa, Hva, Iova, Span};
+use crate::caps::DeviceCaps;
+use crate::error::PlanError;
+use crate::plan::{Perm, Plan};
+use crate::svq::{SvqConfig, VringArea};
+
+/// Where the device is in its migration life cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum Mode {
+    /// The device runs on the guest's own virtqueues, addresses are GPAs.
+    Passthrough,
+    /// Still passthrough, with the shadow vrings already mapped.
+    Prepared,
+    /// The device runs on the shadow virtqueues.
+    Svq,
+    /// Migration completed: this device is done and holds no mapping.
+    Completed,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Passthrough => "passthrough",
+            Mode::Prepared => "prepared",
+            Mode::Svq => "svq",
+            Mode::Completed => "completed",
+        })
+    }
+}
+
+/// A guest memory region as the VMM declares it: `size` bytes of guest
+/// memory at `gpa`, backed by the VMM's memory at `hva`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct RegionSpec {
+    /// First guest-physical address.
+    pub gpa: Gpa,
+    /// Size in bytes (a non-zero multiple of the page size).
+    pub size: u64,
+    /// Host virtual address of the first byte.
+    pub hva: Hva,
+    /// ROM-like memory: the device may only read it.
+    pub readonly: bool,
+}
+
+impl RegionSpec {
+    /// The device access this region gets.
+    pub fn perm(&self) -> Perm {
+        if self.readonly {
+            Perm::Ro
+        } else {
+            Perm::Rw
+        }
+    }
+}
+
+/// An event a VMM feeds to a strategy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Event {
+    /// Regions present at boot (all or nothing).
+    Boot(Vec<RegionSpec>),
+    /// One region hot-plugged.
+    Hotplug(RegionSpec),
+    /// The region starting at this GPA unplugged.
+    Unplug(Gpa),
+    /// Map the shadow vrings while the device still runs.
+    SvqPrepare(SvqConfig),
+    /// Switch the device to the shadow virtqueues (config needed only when not prepared).
+    SvqSwitch(Option<SvqConfig>),
+    /// Migration failed: back to passthrough.
+    Failback,
+    /// Migration completed: unmap everything.
+    Complete,
+}
+
+impl Event {
+    /// Short name, as in the scenario format.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Boot(_) => "boot",
+            Event::Hotplug(_) => "hotplug",
+            Event::Unplug(_) => "unplug",
+            Event::SvqPrepare(_) => "svq_prepare",
+            Event::SvqSwitch(_) => "svq_switch",
+            Event::Failback => "failback",
+            Event::Complete => "complete",
+        }
+    }
+}
+
+/// A part of a region mapped by one IOTLB entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Piece {
+    /// The guest memory it maps.
+    pub gpa: Span<Gpa>,
+    /// Where the device sees it.
+    pub iova: Span<Iova>,
+}
+
+impl Piece {
+    /// Whether the device sees this memory at its guest-physical address.
+    pub fn is_identity(&self) -> bool {
+        self.gpa.first().raw() == self.iova.first().raw()
+    }
+}
+
+/// Where one region is mapped now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Placement {
+    /// The region's guest memory.
+    pub gpa: Span<Gpa>,
+    /// Its host memory.
+    pub hva: Hva,
+    /// Device access.
+    pub perm: Perm,
+    /// Its mapped pieces, by GPA; bytes of the region in no piece are
+    /// unreachable by the device now.
+    pub pieces: SmallVec<[Piece; 2]>,
+}
+
+impl Placement {
+    /// Host address of guest address `gpa` (which must lie in the region).
+    pub fn hva_of(&self, gpa: Gpa) -> Hva {
+        Hva(self.hva.raw() + (gpa.raw() - self.gpa.first().raw()))
+    }
+
+    /// The parts of the region that no piece maps.
+    pub fn unreachable(&self) -> SmallVec<[Span<Gpa>; 2]> {
+        let mut out = SmallVec::new();
+        let mut next = self.gpa.first().raw();
+        for p in &self.pieces {
+            let (f, l) = p.gpa.bounds();
+            if f > next {
+                out.push(Span::trusted(next, f - next));
+            }
+            next = l.wrapping_add(1);
+        }
+        let end = self.gpa.last().raw();
+        if next != 0 && next <= end {
+            out.push(Span::trusted(next, end - next + 1));
+        }
+        out
+    }
+}
+
+/// A guest address range translated to device addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Device address of the first byte.
+    pub iova: Iova,
+    /// Bytes.
+    pub len: u64,
+    /// Device access.
+    pub perm: Perm,
+}
+
+/// Segments returned by `translate`: almost always one.
+pub type Segments = SmallVec<[Segment; 2]>;
+
+/// A planning strategy: a state machine fed by VMM events, returning plans.
+///
+/// Every event either returns a plan and commits the new state, or returns
+/// an error and leaves the state exactly as it was.
+pub trait Strategy {
+    /// Short name ("identity", "qemu").
+    fn name(&self) -> &'static str;
+    /// The device's capabilities.
+    fn caps(&self) -> &DeviceCaps;
+    /// Current mode.
+    fn mode(&self) -> Mode;
+    /// Maps regions present at boot, or hot-plugged together.
+    ///
+    /// # Errors
+    /// Bad or overlapping regions, or an event out of order.
+    fn add_regions(&mut self, regions: &[RegionSpec]) -> Result<Plan, PlanError>;
+    /// Unmaps the region starting at `gpa`.
+    ///
+    /// # Errors
+    /// [`PlanError::UnknownRegion`], or an event out of order.
+    fn remove_region(&mut self, gpa: Gpa) -> Result<Plan, PlanError>;
+    /// Maps the shadow vrings while the device runs.
+    ///
+    /// # Errors
+    /// Bad config, no IOVA space, or an event out of order.
+    fn svq_prepare(&mut self, cfg: SvqConfig) -> Result<Plan, PlanError>;
+    /// Switches to the shadow virtqueues.
+    ///
+    /// # Errors
+    /// As `svq_prepare`; [`PlanError::MissingSvqConfig`] when not prepared and `cfg` is `None`.
+    fn svq_switch(&mut self, cfg: Option<SvqConfig>) -> Result<Plan, PlanError>;
+    /// Back to passthrough after a failed migration.
+    ///
+    /// # Errors
+    /// An event out of order.
+    fn failback(&mut self) -> Result<Plan, PlanError>;
+    /// Migration done: unmap everything.
+    ///
+    /// # Errors
+    /// An event out of order.
+    fn complete(&mut self) -> Result<Plan, PlanError>;
+    /// Where each region is mapped now, by GPA.
+    fn placements(&self) -> Vec<Placement>;
+    /// The vring areas mapped now.
+    fn vring_areas(&self) -> Vec<VringArea>;
+    /// Device addresses of `len` bytes of guest memory at `gpa`.
+    ///
+    /// # Errors
+    /// [`PlanError::NotGuestMemory`] or [`PlanError::Unreachable`] for the
+    /// first byte that cannot be translated; `ZeroSize`/`Wraps` for bad lengths.
+    fn translate(&self, gpa: Gpa, len: u64) -> Result<Segments, PlanError>;
+
+    /// Feeds one event.
+    ///
+    /// # Errors
+    /// As the event's method.
+    fn apply(&mut self, ev: &Event) -> Result<Plan, PlanError> {
+        match ev {
+            Event::Boot(r) => self.add_regions(r),
+            Event::Hotplug(r) => self.add_regions(core::slice::from_ref(r)),
+            Event::Unplug(g) => self.remove_region(*g),
+            Event::SvqPrepare(c) => self.svq_prepare(*c),
+            Event::SvqSwitch(c) => self.svq_switch(*c),
+            Event::Failback => self.failback(),
+            Event::Complete => self.complete(),
+        }
+    }
+}
+
+/// Validates new regions against each other and against `existing`
+/// (an overlap lookup: the present region overlapping `[first, last]`).
+pub(crate) fn validate_regions(
+    caps: &DeviceCaps,
+    regions: &[RegionSpec],
+    existing: impl Fn(u64, u64) -> Option<(u64, u64)>,
+) -> Result<Vec<(Span<Gpa>, RegionSpec)>, PlanError> {
+    let mut out: Vec<(Span<Gpa>, RegionSpec)> = Vec::with_capacity(regions.len());
+    for r in regions {
+        let g = Span::new(r.gpa, r.size, caps.page_size)?;
+        Span::new(r.hva, r.size, caps.page_size)?;
+        if let Some(e) = existing(g.first().raw(), g.last().raw()) {
+            return Err(PlanError::RegionOverlap {
+                new: g.bounds(),
+                existing: e,
+            });
+        }
+        out.push((g, *r));
+    }
+    out.sort_by_key(|(g, _)| g.first());
+    for w in out.windows(2) {
+        if w[0].0.overlaps(&w[1].0) {
+            return Err(PlanError::RegionOverlap {
+                new: w[1].0.bounds(),
+                existing: w[0].0.bounds(),
+            });
+        }
+    }
+    Ok(out)
+}
