@@ -142,17 +142,18 @@ impl Placement {
     /// The parts of the region that no piece maps.
     pub fn unreachable(&self) -> SmallVec<[Span<Gpa>; 2]> {
         let mut out = SmallVec::new();
-        let mut next = self.gpa.first().raw();
+        // `None` once a piece reaches 2^64 - 1: nothing can follow it.
+        let mut next = Some(self.gpa.first().raw());
         for p in &self.pieces {
             let (f, l) = p.gpa.bounds();
-            if f > next {
-                out.push(Span::trusted(next, f - next));
+            if let Some(n) = next.filter(|&n| f > n) {
+                out.push(Span::trusted(n, f - n));
             }
-            next = l.wrapping_add(1);
+            next = l.checked_add(1);
         }
         let end = self.gpa.last().raw();
-        if next != 0 && next <= end {
-            out.push(Span::trusted(next, end - next + 1));
+        if let Some(n) = next.filter(|&n| n <= end) {
+            out.push(Span::trusted(n, end - n + 1));
         }
         out
     }

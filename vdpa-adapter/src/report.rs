@@ -1,0 +1,289 @@
+//! Human and machine output of `plan`.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+use vdpa_iova_planner::{DeviceCaps, OpKind};
+
+use crate::runner::RunReport;
+
+/// `4096` -> `"4 KiB"`, `64 GiB + 204 KiB` -> `"64 GiB+204 KiB"`: exact
+/// whole units, with the remainder in the next unit that fits, so a plan
+/// that pins a few vring pages more than another never prints the same.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let unit = |n: u64| {
+        (0..UNITS.len())
+            .rev()
+            .find(|&u| n >> (10 * u) > 0)
+            .unwrap_or(0)
+    };
+    let u = unit(n);
+    let whole = n >> (10 * u);
+    let rest = n - (whole << (10 * u));
+    if rest == 0 {
+        return format!("{whole} {}", UNITS[u]);
+    }
+    let r = unit(rest);
+    let rv = rest as f64 / (1u64 << (10 * r)) as f64;
+    if rv.fract() == 0.0 {
+        format!("{whole} {}+{rv:.0} {}", UNITS[u], UNITS[r])
+    } else {
+        format!("{whole} {}+{rv:.1} {}", UNITS[u], UNITS[r])
+    }
+}
+
+fn ratio(ours: u64, theirs: u64) -> String {
+    match (ours, theirs) {
+        (0, 0) => "-".to_string(),
+        (0, _) => "inf".to_string(),
+        (a, b) => format!("{:.1}x", b as f64 / a as f64),
+    }
+}
+
+/// One line describing the device.
+pub fn describe(caps: &DeviceCaps) -> String {
+    format!(
+        "IOVA range {}, {} pages, {}, {} address space{}, {}{}",
+        caps.range,
+        bytes(caps.page_size.get()),
+        if caps.batching {
+            "batching"
+        } else {
+            "no batching"
+        },
+        caps.address_spaces,
+        if caps.address_spaces == 1 { "" } else { "s" },
+        if caps.pinning {
+            "pins memory"
+        } else {
+            "no pinning (use_va)"
+        },
+        if caps.persist {
+            ", maps persist across reset"
+        } else {
+            ""
+        },
+    )
+}
+
+/// The comparison table: per step, the critical phase of every strategy,
+/// and the ratio of critical pinned bytes of the last strategy over the first.
+pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
+    let mut out = String::new();
+    let first = &runs[0];
+    let _ = writeln!(out, "scenario: {}", first.name);
+    let _ = writeln!(out, "device:   {}", describe(caps));
+    let _ = writeln!(out, "critical phase (device stopped), per step:");
+    let _ = writeln!(out);
+    let mut head = format!("{:<4} {:<12}", "step", "event");
+    for r in runs {
+        let _ = write!(
+            head,
+            " | {:>9} {:>15} {:>15}",
+            format!("{} ops", r.strategy),
+            "pinned",
+            "unpinned"
+        );
+    }
+    let _ = write!(head, " | {:>9}", "ratio");
+    let _ = writeln!(out, "{head}");
+    let _ = writeln!(out, "{}", "-".repeat(head.len()));
+    let last = &runs[runs.len() - 1];
+    for i in 0..first.steps.len() {
+        let mut line = format!("{:<4} {:<12}", i, first.steps[i].event);
+        for r in runs {
+            let c = &r.steps[i].cost;
+            let _ = write!(
+                line,
+                " | {:>9} {:>15} {:>15}",
+                c.critical_messages,
+                bytes(c.critical_pinned_bytes),
+                bytes(c.critical_unpinned_bytes)
+            );
+        }
+        let _ = write!(
+            line,
+            " | {:>9}",
+            ratio(
+                first.steps[i].cost.critical_pinned_bytes,
+                last.steps[i].cost.critical_pinned_bytes
+            )
+        );
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = writeln!(out, "{}", "-".repeat(head.len()));
+    let mut tot = format!("{:<17}", "total");
+    let sum = |r: &RunReport| {
+        r.steps
+            .iter()
+            .fold(Default::default(), |a: vdpa_iova_planner::Cost, s| {
+                a.add(&s.cost)
+            })
+    };
+    for r in runs {
+        let c = sum(r);
+        let _ = write!(
+            tot,
+            " | {:>9} {:>15} {:>15}",
+            c.critical_messages,
+            bytes(c.critical_pinned_bytes),
+            bytes(c.critical_unpinned_bytes)
+        );
+    }
+    let _ = write!(
+        tot,
+        " | {:>9}",
+        ratio(
+            sum(first).critical_pinned_bytes,
+            sum(last).critical_pinned_bytes
+        )
+    );
+    let _ = writeln!(out, "{tot}");
+    let _ = writeln!(
+        out,
+        "ratio: critical bytes pinned by {} over {} (inf: {} pins nothing while the device is stopped)",
+        last.strategy, first.strategy, first.strategy
+    );
+    let _ = writeln!(out);
+    for r in runs {
+        let c = sum(r);
+        let lost = r
+            .steps
+            .iter()
+            .filter(|s| s.mode != vdpa_iova_planner::Mode::Completed)
+            .map(|s| s.unreachable_bytes)
+            .max()
+            .unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{:<9} all phases: {} messages, {} pinned, {} unpinned; guest memory the device could not reach: {}",
+            r.strategy,
+            c.messages,
+            bytes(c.pinned_bytes),
+            bytes(c.unpinned_bytes),
+            bytes(lost)
+        );
+    }
+    out
+}
+
+/// Every operation of every step of one run.
+pub fn detail_table(caps: &DeviceCaps, run: &RunReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "scenario: {} ({} strategy)", run.name, run.strategy);
+    let _ = writeln!(out, "device:   {}", describe(caps));
+    for (i, s) in run.steps.iter().enumerate() {
+        let c = &s.cost;
+        let _ = writeln!(
+            out,
+            "\nstep {i}: {} -> {} | {} messages ({} critical), pinned {} ({} critical)",
+            s.event,
+            s.mode,
+            c.messages,
+            c.critical_messages,
+            bytes(c.pinned_bytes),
+            bytes(c.critical_pinned_bytes)
+        );
+        for op in &s.ops {
+            let body = match op.kind {
+                OpKind::Update { iova, hva, perm } => {
+                    format!(
+                        "update     {iova} ({}) -> hva {hva} {}",
+                        bytes(iova.size()),
+                        perm.as_str()
+                    )
+                }
+                OpKind::Invalidate { iova } => {
+                    format!("invalidate {iova} ({})", bytes(iova.size()))
+                }
+                k => k.as_str().to_string(),
+            };
+            let _ = writeln!(out, "  {:<10} asid {} {body}", op.phase.as_str(), op.asid);
+        }
+        for d in &s.displaced {
+            let _ = writeln!(
+                out,
+                "  displaced: gpa {:#x} ({}) at iova {:#x}",
+                d.gpa,
+                bytes(d.size),
+                d.iova
+            );
+        }
+        if s.unreachable_bytes > 0 {
+            let _ = writeln!(
+                out,
+                "  unreachable guest memory: {}",
+                bytes(s.unreachable_bytes)
+            );
+        }
+    }
+    out
+}
+
+/// The JSON document of one run (the format the README documents).
+pub fn json(run: &RunReport) -> Value {
+    let steps: Vec<Value> = run
+        .steps
+        .iter()
+        .map(|s| {
+            let ops: Vec<Value> = s
+                .ops
+                .iter()
+                .map(|op| {
+                    let mut o = json!({"kind": op.kind.as_str(), "phase": op.phase.as_str(), "asid": op.asid});
+                    match op.kind {
+                        OpKind::Update { iova, hva, perm } => {
+                            o["iova"] = json!(iova.first().0);
+                            o["size"] = json!(iova.size());
+                            o["hva"] = json!(hva.0);
+                            o["perm"] = json!(perm.as_str());
+                        }
+                        OpKind::Invalidate { iova } => {
+                            o["iova"] = json!(iova.first().0);
+                            o["size"] = json!(iova.size());
+                        }
+                        _ => {}
+                    }
+                    o
+                })
+                .collect();
+            let c = &s.cost;
+            json!({
+                "event": s.event,
+                "mode": s.mode.to_string(),
+                "ops": ops,
+                "cost": {
+                    "pinned_bytes": c.pinned_bytes,
+                    "critical_pinned_bytes": c.critical_pinned_bytes,
+                    "unpinned_bytes": c.unpinned_bytes,
+                    "critical_unpinned_bytes": c.critical_unpinned_bytes,
+                    "messages": c.messages,
+                    "critical_messages": c.critical_messages,
+                    "critical_batch_ends": c.critical_batch_ends,
+                },
+                "svq": s.svq.iter().map(|a| json!({
+                    "vq": a.vq, "area": a.area.as_str(), "iova": a.iova.first().0, "size": a.iova.size(), "hva": a.hva.0,
+                })).collect::<Vec<_>>(),
+                "displaced": s.displaced.iter().map(|d| json!({"gpa": d.gpa, "iova": d.iova, "size": d.size})).collect::<Vec<_>>(),
+                "unreachable_bytes": s.unreachable_bytes,
+            })
+        })
+        .collect();
+    json!({"name": run.name, "strategy": run.strategy, "steps": steps})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes;
+
+    #[test]
+    fn byte_formatting() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(4096), "4 KiB");
+        assert_eq!(bytes(64 << 30), "64 GiB");
+        assert_eq!(bytes((64 << 30) + 17 * 12288), "64 GiB+204 KiB");
+        assert_eq!(bytes((1 << 30) + 1536), "1 GiB+1.5 KiB");
+        assert!(bytes(u64::MAX).starts_with("16383 PiB+"));
+    }
+}

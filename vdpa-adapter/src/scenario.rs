@@ -1,0 +1,349 @@
+//! The scenario file format (TOML): a device, a guest, and a list of events.
+//!
+//! Numbers may be TOML integers (`0x8000_0000` works) or strings, which also
+//! take values beyond 2^63 and size suffixes: `"0xffff_ffff_ffff_ffff"`,
+//! `"64GiB"`, `"2M"`. Missing device keys take the defaults shown in the README.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use vdpa_iova_planner::{
+    DeviceCaps, DeviceRange, Event, Gpa, Hva, PageSize, PlanError, RegionSpec, SvqConfig,
+};
+
+use crate::error::AdapterError;
+
+/// The built-in default scenario: a 64 GiB guest with a PCI hole, 8 queue
+/// pairs plus a control queue, a migration that fails back and one that completes.
+pub const DEFAULT_SCENARIO: &str = include_str!("../../scenarios/default.toml");
+
+/// A parsed, validated scenario.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scenario {
+    /// Its name.
+    pub name: String,
+    /// The device.
+    pub caps: DeviceCaps,
+    /// `[guest] max_gpa`, if given.
+    pub max_gpa: Option<u64>,
+    /// Regions present at boot.
+    pub boot: Vec<RegionSpec>,
+    /// Events after boot, in order.
+    pub events: Vec<Event>,
+}
+
+/// A `u64` written as a TOML integer or as a string (hex, decimal, size suffix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Num(u64);
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Num;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-negative integer, or a string like \"0xffff_ffff_ffff_ffff\" or \"64GiB\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Num, E> {
+                u64::try_from(v)
+                    .map(Num)
+                    .map_err(|_| E::custom(format!("{v} is negative")))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Num, E> {
+                Ok(Num(v))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Num, E> {
+                parse_num(s)
+                    .map(Num)
+                    .ok_or_else(|| E::custom(format!("{s:?} is not a number")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses `"0x1000"`, `"4096"`, `"4_096"`, `"64GiB"`, `"2M"` (binary units).
+pub fn parse_num(s: &str) -> Option<u64> {
+    let t: String = s.trim().chars().filter(|&c| c != '_').collect();
+    if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        return u64::from_str_radix(h, 16).ok();
+    }
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" | "k" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    name: Option<String>,
+    #[serde(default)]
+    device: DeviceSection,
+    #[serde(default)]
+    guest: GuestSection,
+    #[serde(default)]
+    events: Vec<EventEntry>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeviceSection {
+    iova_first: Option<Num>,
+    iova_last: Option<Num>,
+    page_size: Option<Num>,
+    batching: Option<bool>,
+    address_spaces: Option<u32>,
+    desc_asid: Option<bool>,
+    persist: Option<bool>,
+    pinning: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GuestSection {
+    max_gpa: Option<Num>,
+    #[serde(default)]
+    regions: Vec<RegionEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegionEntry {
+    gpa: Num,
+    size: Num,
+    hva: Num,
+    #[serde(default)]
+    readonly: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventEntry {
+    kind: String,
+    queues: Option<u32>,
+    queue_size: Option<u32>,
+    hva: Option<Num>,
+    gpa: Option<Num>,
+    size: Option<Num>,
+    readonly: Option<bool>,
+}
+
+impl Scenario {
+    /// Parses and validates a scenario; `origin` names the file in errors.
+    ///
+    /// # Errors
+    /// [`AdapterError::Scenario`] naming the file, and the event and field when
+    /// the problem is in one.
+    pub fn parse(text: &str, origin: &str) -> Result<Scenario, AdapterError> {
+        let err = |what: String| AdapterError::Scenario {
+            file: origin.to_string(),
+            what,
+        };
+        let f: File =
+            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+        let d = f.device;
+        let defaults = DeviceCaps::default();
+        let range = DeviceRange::new(
+            d.iova_first.map_or(defaults.range.first(), |n| n.0),
+            d.iova_last.map_or(defaults.range.last(), |n| n.0),
+        )
+        .map_err(|e| err(format!("[device]: {e}")))?;
+        let page_size = match d.page_size {
+            Some(n) => PageSize::new(n.0).map_err(|e| err(format!("[device] page_size: {e}")))?,
+            None => defaults.page_size,
+        };
+        let caps = DeviceCaps {
+            range,
+            page_size,
+            batching: d.batching.unwrap_or(defaults.batching),
+            address_spaces: d.address_spaces.unwrap_or(defaults.address_spaces),
+            desc_asid: d.desc_asid.unwrap_or(defaults.desc_asid),
+            persist: d.persist.unwrap_or(defaults.persist),
+            pinning: d.pinning.unwrap_or(defaults.pinning),
+        };
+        caps.validate().map_err(|e| err(format!("[device]: {e}")))?;
+        let boot = f
+            .guest
+            .regions
+            .iter()
+            .map(|r| RegionSpec {
+                gpa: Gpa(r.gpa.0),
+                size: r.size.0,
+                hva: Hva(r.hva.0),
+                readonly: r.readonly,
+            })
+            .collect();
+        let mut events = Vec::with_capacity(f.events.len());
+        for (i, e) in f.events.iter().enumerate() {
+            let at = |field: &str, what: &str| {
+                err(format!(
+                    "event {} ({}): field `{field}`: {what}",
+                    i + 1,
+                    e.kind
+                ))
+            };
+            let need =
+                |v: Option<Num>, field: &str| v.map(|n| n.0).ok_or_else(|| at(field, "missing"));
+            let unexpected = |fields: &[(&str, bool)]| -> Result<(), AdapterError> {
+                for (name, present) in fields {
+                    if *present {
+                        return Err(at(name, "not used by this event"));
+                    }
+                }
+                Ok(())
+            };
+            let svq_fields = [
+                ("queues", e.queues.is_some()),
+                ("queue_size", e.queue_size.is_some()),
+            ];
+            let region_fields = [
+                ("gpa", e.gpa.is_some()),
+                ("size", e.size.is_some()),
+                ("readonly", e.readonly.is_some()),
+            ];
+            let svq = |e: &EventEntry| -> Result<SvqConfig, AdapterError> {
+                Ok(SvqConfig {
+                    queues: e.queues.ok_or_else(|| at("queues", "missing"))?,
+                    queue_size: e.queue_size.ok_or_else(|| at("queue_size", "missing"))?,
+                    hva: Hva(need(e.hva, "hva")?),
+                })
+            };
+            let ev = match e.kind.as_str() {
+                "svq_prepare" => {
+                    unexpected(&region_fields)?;
+                    Event::SvqPrepare(svq(e)?)
+                }
+                "svq_switch" => {
+                    unexpected(&region_fields)?;
+                    if e.queues.is_none() && e.queue_size.is_none() && e.hva.is_none() {
+                        Event::SvqSwitch(None)
+                    } else {
+                        Event::SvqSwitch(Some(svq(e)?))
+                    }
+                }
+                "hotplug" => {
+                    unexpected(&svq_fields)?;
+                    Event::Hotplug(RegionSpec {
+                        gpa: Gpa(need(e.gpa, "gpa")?),
+                        size: need(e.size, "size")?,
+                        hva: Hva(need(e.hva, "hva")?),
+                        readonly: e.readonly.unwrap_or(false),
+                    })
+                }
+                "unplug" => {
+                    unexpected(&svq_fields)?;
+                    unexpected(&[("size", e.size.is_some()), ("hva", e.hva.is_some()), ("readonly", e.readonly.is_some())])?;
+                    Event::Unplug(Gpa(need(e.gpa, "gpa")?))
+                }
+                "failback" | "complete" => {
+                    unexpected(&svq_fields)?;
+                    unexpected(&region_fields)?;
+                    unexpected(&[("hva", e.hva.is_some())])?;
+                    if e.kind == "failback" {
+                        Event::Failback
+                    } else {
+                        Event::Complete
+                    }
+                }
+                other => {
+                    return Err(err(format!(
+                        "event {} : unknown kind {other:?} (expected svq_prepare, svq_switch, hotplug, unplug, failback, complete)",
+                        i + 1
+                    )))
+                }
+            };
+            events.push(ev);
+        }
+        Ok(Scenario {
+            name: f.name.unwrap_or_else(|| origin.to_string()),
+            caps,
+            max_gpa: f.guest.max_gpa.map(|n| n.0),
+            boot,
+            events,
+        })
+    }
+
+    /// Every step: boot first, then the events.
+    pub fn steps(&self) -> impl Iterator<Item = Event> + '_ {
+        std::iter::once(Event::Boot(self.boot.clone())).chain(self.events.iter().cloned())
+    }
+}
+
+/// Maps a planner refusal to the scenario's terms.
+pub(crate) fn step_error(
+    file: &str,
+    step: usize,
+    ev: &Event,
+    strategy: &str,
+    e: PlanError,
+) -> AdapterError {
+    AdapterError::Refused {
+        file: file.to_string(),
+        step,
+        event: ev.name(),
+        strategy: strategy.to_string(),
+        source: Box::new(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_num("0xffff_ffff_ffff_ffff"), Some(u64::MAX));
+        assert_eq!(parse_num("64GiB"), Some(64 << 30));
+        assert_eq!(parse_num("2M"), Some(2 << 20));
+        assert_eq!(parse_num("4_096"), Some(4096));
+        assert_eq!(parse_num("17179869184T"), None, "overflow");
+        assert_eq!(parse_num("12 parsecs"), None);
+        assert_eq!(parse_num(""), None);
+    }
+
+    #[test]
+    fn default_scenario_parses() {
+        let s = Scenario::parse(DEFAULT_SCENARIO, "default").unwrap();
+        assert_eq!(s.boot.iter().map(|r| r.size).sum::<u64>(), 64 << 30);
+        assert!(s.events.contains(&Event::Failback) && s.events.contains(&Event::Complete));
+    }
+
+    #[test]
+    fn errors_name_event_and_field() {
+        let e = Scenario::parse(
+            "[[events]]\nkind = \"hotplug\"\ngpa = 0\nsize = 4096\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "x.toml: event 1 (hotplug): field `hva`: missing"
+        );
+        let e =
+            Scenario::parse("[[events]]\nkind = \"failback\"\nqueues = 2\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("field `queues`: not used"), "{e}");
+        let e = Scenario::parse("[device]\niova_lats = 5\n", "x.toml").unwrap_err();
+        assert!(e.to_string().starts_with("x.toml: "), "{e}");
+        assert!(e.to_string().contains("iova_lats"), "{e}");
+        let e = Scenario::parse("[device]\npage_size = 1000\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("page_size"), "{e}");
+        let e = Scenario::parse("[guest]\nmax_gpa = -1\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("negative"), "{e}");
+        let s = Scenario::parse(
+            "[device]\niova_last = \"0xffff_ffff_ffff_ffff\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(s.caps.range.last(), u64::MAX);
+    }
+}

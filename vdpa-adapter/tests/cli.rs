@@ -1,0 +1,155 @@
+//! The CLI as a user runs it: golden output, JSON shape, exit codes, and
+//! every scenario in `scenarios/` planned under both strategies.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vdpa_adapter::{run, Scenario, StrategyKind};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vdpa-adapter"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Compares with a golden file; `UPDATE_GOLDEN=1` rewrites it.
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
+    assert_eq!(
+        actual,
+        want,
+        "output differs from {}; if intended, rerun with UPDATE_GOLDEN=1",
+        path.display()
+    );
+}
+
+#[test]
+fn default_plan_table_is_golden() {
+    let out = bin().arg("plan").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    golden("plan-default.txt", &String::from_utf8(out.stdout).unwrap());
+}
+
+#[test]
+fn upstream_collision_detail_is_golden() {
+    let out = bin()
+        .args(["plan", "--strategy", "identity"])
+        .arg(repo().join("scenarios/upstream-collision.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    golden(
+        "plan-upstream-collision-identity.txt",
+        &String::from_utf8(out.stdout).unwrap(),
+    );
+}
+
+#[test]
+fn json_follows_the_documented_format() {
+    let out = bin()
+        .args(["plan", "--format", "json", "--strategy", "qemu"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["strategy"], "qemu");
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["event"], "boot");
+    assert_eq!(steps.len(), 7);
+    let switch = &steps[2];
+    assert_eq!(switch["event"], "svq_switch");
+    let ops = switch["ops"].as_array().unwrap();
+    assert_eq!(
+        switch["cost"]["messages"].as_u64().unwrap(),
+        ops.len() as u64
+    );
+    let upd = ops.iter().find(|o| o["kind"] == "update").unwrap();
+    for k in ["phase", "asid", "iova", "size", "hva", "perm"] {
+        assert!(!upd[k].is_null(), "update op lacks {k}");
+    }
+    assert_eq!(switch["svq"].as_array().unwrap().len(), 17 * 3);
+    // QEMU moves all guest memory: both regions are displaced in SVQ mode.
+    assert_eq!(switch["displaced"].as_array().unwrap().len(), 2);
+    let pinned: u64 = ops
+        .iter()
+        .filter(|o| o["kind"] == "update" && o["phase"] == "critical")
+        .map(|o| o["size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        switch["cost"]["critical_pinned_bytes"].as_u64().unwrap(),
+        pinned
+    );
+}
+
+#[test]
+fn errors_name_file_event_and_field_and_set_exit_codes() {
+    let dir = std::env::temp_dir().join(format!("vdpa-adapter-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[events]]\nkind = \"hotplug\"\ngpa = 0\nsize = 4096\n",
+    )
+    .unwrap();
+    let out = bin().arg("plan").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml: event 1 (hotplug): field `hva`: missing"),
+        "{err}"
+    );
+    let refused = dir.join("refused.toml");
+    std::fs::write(&refused, "[[guest.regions]]\ngpa = 0\nsize = 4096\nhva = 0x1000\n[[events]]\nkind = \"unplug\"\ngpa = 0x2000\n").unwrap();
+    let out = bin().arg("plan").arg(&refused).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("step 1 (unplug)") && err.contains("no guest region starts at gpa 0x2000"),
+        "{err}"
+    );
+    let out = bin()
+        .arg("plan")
+        .arg(dir.join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn every_scenario_file_plans_cleanly_under_both_strategies() {
+    let mut n = 0;
+    for e in std::fs::read_dir(repo().join("scenarios")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let name = p.display().to_string();
+            let scn = Scenario::parse(&std::fs::read_to_string(&p).unwrap(), &name).unwrap();
+            for k in [StrategyKind::Identity, StrategyKind::Qemu] {
+                let r = run(&scn, &name, k).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(r.steps.len(), scn.events.len() + 1);
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "scenarios/ holds {n} files");
+}
