@@ -128,6 +128,27 @@ impl SvqState {
         })
     }
 
+    /// Maps `gpa` (part of region `r`, keyed `key`) at a free IOVA of the window.
+    fn displace(
+        &mut self,
+        b: &mut PlanBuilder,
+        phase: Phase,
+        key: u64,
+        r: &mut Region,
+        gpa: Span<Gpa>,
+        purpose: &'static str,
+    ) -> Result<(), PlanError> {
+        let iova = self.alloc(gpa.size(), purpose)?;
+        let piece = Piece { gpa, iova };
+        self.entries.insert(
+            iova.first().raw(),
+            SvqEntry::Displaced { region: key, piece },
+        );
+        Planner::map_piece(b, phase, r, &piece);
+        r.pieces.push(piece);
+        Ok(())
+    }
+
     fn map_queue(&self, b: &mut PlanBuilder, phase: Phase, vq: u32, iova: u64) {
         let [desc, _, dev] = areas(&self.cfg, &self.layout, vq, iova);
         b.update(
@@ -353,12 +374,14 @@ impl Planner {
             }
             let mut nr = r.clone();
             for o in outs {
-                let iova = s.alloc(o.size(), "guest memory outside the device range")?;
-                let piece = Piece { gpa: o, iova };
-                s.entries
-                    .insert(iova.first().raw(), SvqEntry::Displaced { region: k, piece });
-                Self::map_piece(&mut b, phase, &nr, &piece);
-                nr.pieces.push(piece);
+                s.displace(
+                    &mut b,
+                    phase,
+                    k,
+                    &mut nr,
+                    o,
+                    "guest memory outside the device range",
+                )?;
             }
             nr.pieces.sort();
             staged.insert(k, nr);
@@ -506,31 +529,25 @@ impl Strategy for Planner {
                             Self::map_piece(&mut b, Phase::Prepare, &r, &piece);
                             r.pieces.push(piece);
                         } else {
-                            let iova = s.alloc(i.size(), "displaced hot-plugged memory")?;
-                            let piece = Piece { gpa: i, iova };
-                            s.entries.insert(
-                                iova.first().raw(),
-                                SvqEntry::Displaced {
-                                    region: g.first().raw(),
-                                    piece,
-                                },
-                            );
-                            Self::map_piece(&mut b, Phase::Prepare, &r, &piece);
-                            r.pieces.push(piece);
+                            s.displace(
+                                &mut b,
+                                Phase::Prepare,
+                                g.first().raw(),
+                                &mut r,
+                                i,
+                                "displaced hot-plugged memory",
+                            )?;
                         }
                     }
                     for o in outs {
-                        let iova = s.alloc(o.size(), "guest memory outside the device range")?;
-                        let piece = Piece { gpa: o, iova };
-                        s.entries.insert(
-                            iova.first().raw(),
-                            SvqEntry::Displaced {
-                                region: g.first().raw(),
-                                piece,
-                            },
-                        );
-                        Self::map_piece(&mut b, Phase::Prepare, &r, &piece);
-                        r.pieces.push(piece);
+                        s.displace(
+                            &mut b,
+                            Phase::Prepare,
+                            g.first().raw(),
+                            &mut r,
+                            o,
+                            "guest memory outside the device range",
+                        )?;
                     }
                 }
             }
