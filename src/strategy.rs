@@ -99,6 +99,18 @@ impl Event {
             Event::Complete => "complete",
         }
     }
+
+    /// Updates a caller's own list of guest regions for an event the
+    /// strategy accepted, so layout checks can compare the strategy with
+    /// regions tracked independently of it.
+    pub fn track_regions(&self, regions: &mut Vec<RegionSpec>) {
+        match self {
+            Event::Boot(r) => regions.extend(r),
+            Event::Hotplug(r) => regions.push(*r),
+            Event::Unplug(g) => regions.retain(|r| r.gpa != *g),
+            _ => {}
+        }
+    }
 }
 
 /// A part of a region mapped by one IOTLB entry.
@@ -271,4 +283,37 @@ pub(crate) fn validate_regions(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_unreachable_of_unmapped_region_at_gpa_zero() {
+        // A region at GPA 0 with no piece (after `complete`) was reported as
+        // fully reachable: the end-of-walk check mistook 0 for a wrap.
+        let p = Placement {
+            gpa: Span::trusted(0, 0x2000),
+            hva: Hva(0x1000),
+            perm: Perm::Rw,
+            pieces: SmallVec::new(),
+        };
+        assert_eq!(p.unreachable().as_slice(), &[Span::trusted(0, 0x2000)]);
+        // A piece ending at 2^64 - 1 leaves nothing after it.
+        let top = Span::<Gpa>::trusted(u64::MAX - 0x1fff, 0x2000);
+        let p = Placement {
+            gpa: top,
+            hva: Hva(0x1000),
+            perm: Perm::Rw,
+            pieces: smallvec::smallvec![Piece {
+                gpa: Span::trusted(u64::MAX - 0xfff, 0x1000),
+                iova: Span::trusted(0x1000, 0x1000)
+            }],
+        };
+        assert_eq!(
+            p.unreachable().as_slice(),
+            &[Span::trusted(u64::MAX - 0x1fff, 0x1000)]
+        );
+    }
 }

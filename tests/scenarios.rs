@@ -73,12 +73,7 @@ impl<S: Strategy> Rig<S> {
             }
         }
         assert_eq!(self.k.open_batch(), None, "plan leaves a batch open");
-        match &ev {
-            Event::Boot(r) => self.regions.extend(r),
-            Event::Hotplug(r) => self.regions.push(*r),
-            Event::Unplug(g) => self.regions.retain(|r| r.gpa != *g),
-            _ => {}
-        }
+        ev.track_regions(&mut self.regions);
         let rep = layout::check(self.k.entries(0), &self.s, &self.regions)
             .unwrap_or_else(|e| panic!("{}: after {ev:?}: {e}", self.s.name()));
         (plan, rep)

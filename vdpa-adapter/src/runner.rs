@@ -3,9 +3,7 @@
 
 use vdpa_iova_planner::kernel::KernelIotlb;
 use vdpa_iova_planner::layout;
-use vdpa_iova_planner::{
-    Cost, Event, Mode, Op, Planner, QemuPlanner, RegionSpec, Strategy, VringArea,
-};
+use vdpa_iova_planner::{Cost, Mode, Op, Planner, QemuPlanner, RegionSpec, Strategy, VringArea};
 
 use crate::error::AdapterError;
 use crate::scenario::{step_error, Scenario};
@@ -106,12 +104,7 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
                 violation: Box::new(violation),
             });
         }
-        match &ev {
-            Event::Boot(r) => regions.extend(r),
-            Event::Hotplug(r) => regions.push(*r),
-            Event::Unplug(g) => regions.retain(|r| r.gpa != *g),
-            _ => {}
-        }
+        ev.track_regions(&mut regions);
         let rep = layout::check(k.entries(0), s.as_ref(), &regions).map_err(|e| {
             AdapterError::Layout {
                 file: file.to_string(),
