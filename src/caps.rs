@@ -27,6 +27,41 @@ pub struct DeviceCaps {
     /// Mapping pins host pages (`use_va == false`: real NICs behind an IOMMU,
     /// vdpa_sim with `use_va=0`). VDUSE and `use_va` devices do not pin.
     pub pinning: bool,
+    /// How the parent driver programs the device's translation, which
+    /// decides what a device reset loses and how it is restored.
+    pub map_style: MapStyle,
+}
+
+/// How a vDPA parent driver programs the device's translation (the kernel's
+/// `vdpa_config_ops`: `set_map`, `dma_map`, or neither). Not visible through
+/// the vhost-vdpa uAPI: the adapter infers it from the parent driver's name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum MapStyle {
+    /// A whole-table `set_map` (mlx5, vdpa_sim, VDUSE): every message outside
+    /// a batch, and every BATCH_END, pushes the whole table to the device.
+    #[default]
+    SetMap,
+    /// Per-entry `dma_map`/`dma_unmap` (vdpa_sim loaded with
+    /// `batch_mapping=0`): each message programs its entry alone, and
+    /// BATCH_END pushes nothing.
+    DmaMap,
+    /// Neither: the kernel maps into the platform IOMMU domain it owns
+    /// (ifcvf, octeon_ep, pds). A device reset never touches those maps.
+    Platform,
+}
+
+impl MapStyle {
+    /// Lower-case name, as in the scenario format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MapStyle::SetMap => "set_map",
+            MapStyle::DmaMap => "dma_map",
+            MapStyle::Platform => "platform",
+        }
+    }
 }
 
 impl Default for DeviceCaps {
@@ -41,6 +76,7 @@ impl Default for DeviceCaps {
             desc_asid: false,
             persist: false,
             pinning: true,
+            map_style: MapStyle::SetMap,
         }
     }
 }

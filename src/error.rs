@@ -105,6 +105,49 @@ pub enum PlanError {
         /// The first unreachable GPA.
         gpa: u64,
     },
+    /// A vIOMMU event for a planner built without a guest vIOMMU, or a
+    /// memory event that needs one.
+    NoViommu {
+        /// The event.
+        event: &'static str,
+    },
+    /// A guest vIOMMU map the planner cannot honour.
+    BadGuestMap {
+        /// Guest IOVA of the map.
+        giova: u64,
+        /// Guest-physical address it maps.
+        gpa: u64,
+        /// Bytes.
+        size: u64,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A guest vIOMMU map overlapping a live one (the guest must unmap first).
+    GuestMapOverlap {
+        /// The new map `[first, last]` (guest IOVAs).
+        new: (u64, u64),
+        /// The live map it overlaps.
+        existing: (u64, u64),
+    },
+    /// A guest vIOMMU unmap of a range where nothing is mapped.
+    NotMapped {
+        /// First guest IOVA of the unmap.
+        first: u64,
+        /// Last guest IOVA.
+        last: u64,
+    },
+    /// Unplug of a region the guest's vIOMMU still maps.
+    RegionInUse {
+        /// The region's first GPA.
+        gpa: u64,
+        /// A guest IOVA still mapping into it.
+        giova: u64,
+    },
+    /// Something this strategy does not do (QEMU's refusals, reproduced).
+    Unsupported {
+        /// What.
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for PlanError {
@@ -158,6 +201,26 @@ impl fmt::Display for PlanError {
                 f,
                 "gpa {gpa:#x} is guest memory outside the device's IOVA range and not mapped now"
             ),
+            PlanError::NoViommu { event } => {
+                write!(f, "event {event} needs a planner built with a guest vIOMMU")
+            }
+            PlanError::BadGuestMap { giova, gpa, size, reason } => write!(
+                f,
+                "guest map of {size:#x} bytes at giova {giova:#x} to gpa {gpa:#x}: {reason}"
+            ),
+            PlanError::GuestMapOverlap { new, existing } => write!(
+                f,
+                "guest map [{:#x}, {:#x}] overlaps the live guest map [{:#x}, {:#x}]",
+                new.0, new.1, existing.0, existing.1
+            ),
+            PlanError::NotMapped { first, last } => {
+                write!(f, "guest unmap [{first:#x}, {last:#x}]: nothing is mapped there")
+            }
+            PlanError::RegionInUse { gpa, giova } => write!(
+                f,
+                "region at gpa {gpa:#x} is still mapped by the guest's vIOMMU (at giova {giova:#x})"
+            ),
+            PlanError::Unsupported { what } => write!(f, "not supported: {what}"),
         }
     }
 }

@@ -28,10 +28,33 @@
 //! an UPDATE with a perm other than RO/WO/RW, a BATCH_BEGIN inside a batch
 //! and a BATCH_END outside one. A plan must never need any of these.
 //!
-//! Device reset is modelled at the level the planner needs: [`KernelIotlb::reset_device`]
-//! marks the device's view stale unless maps persist; the vhost-side table,
-//! which decides what later messages are accepted, is kept (the kernel
-//! keeps its pinned entries across a reset).
+//! # The device's own view
+//! The vhost table (what [`KernelIotlb::entries`] returns) decides which
+//! messages are accepted. What the device translates with
+//! ([`KernelIotlb::device_entries`]) can lag behind it, depending on the
+//! parent driver's [`MapStyle`]:
+//!
+//! * `SetMap`: each UPDATE or INVALIDATE outside a batch, and each BATCH_END,
+//!   pushes the whole table; inside a batch the device keeps the table it had
+//!   at BATCH_BEGIN.
+//! * `DmaMap`: each message programs its own entry at once; BATCH_END does nothing.
+//! * `Platform`: the kernel's IOMMU domain is the device's view.
+//!
+//! A device reset ([`KernelIotlb::reset_device`]) without `IOTLB_PERSIST`
+//! makes `SetMap` and `DmaMap` devices forget every map (the kernel passes
+//! `VDPA_RESET_F_CLEAN_MAP`; vdpa_sim and mlx5 then fall back to a
+//! pass-through translation, which the model shows as empty: it is neither
+//! the table nor safe). The vhost table keeps its entries, still pinned, so
+//! mapping them again is EEXIST: a `SetMap` device is restored by an empty
+//! BATCH_BEGIN/BATCH_END pair, a `DmaMap` device only by unmapping and
+//! mapping each entry again.
+//!
+//! # Permissive replay
+//! [`KernelIotlb::permissive`] accepts a partial INVALIDATE the way the kernel
+//! does (every overlapping entry is dropped whole) and records it in
+//! [`KernelIotlb::quirks`]; it exists to replay other software's plans (the
+//! QEMU baseline) and show what they lose. Plans of this crate are always
+//! replayed strictly.
 
 use std::collections::BTreeMap;
 
@@ -40,7 +63,7 @@ use core::fmt;
 use smallvec::SmallVec;
 
 use crate::addr::{DeviceRange, Hva, Iova, Span};
-use crate::caps::DeviceCaps;
+use crate::caps::{DeviceCaps, MapStyle};
 use crate::plan::{Op, OpKind, Perm};
 
 /// Message types of `struct vhost_iotlb_msg`'s `type` field.
@@ -303,24 +326,49 @@ pub struct KernelIotlb {
     address_spaces: u32,
     /// `None` until the address space is created.
     spaces: Vec<Option<BTreeMap<u64, Entry>>>,
+    /// Per address space: `None` while the device holds exactly the vhost
+    /// table, otherwise what it holds.
+    device: Vec<Option<BTreeMap<u64, Entry>>>,
     batch: Option<u32>,
     persist: bool,
-    stale: Vec<bool>,
+    style: MapStyle,
+    strict: bool,
+    quirks: Vec<Violation>,
 }
 
 impl KernelIotlb {
-    /// An empty IOTLB for a device with these capabilities.
+    /// An empty IOTLB for a device with these capabilities, enforcing the
+    /// kernel's rules and the strict ones.
     pub fn new(caps: &DeviceCaps) -> Self {
-        // Cap the allocation: an adversarial address_spaces value must not
-        // make the model allocate gigabytes; spaces are created lazily anyway.
+        // Address spaces are created lazily: an adversarial address_spaces
+        // value must not make the model allocate gigabytes.
         KernelIotlb {
             range: caps.range,
             address_spaces: caps.address_spaces,
             spaces: Vec::new(),
+            device: Vec::new(),
             batch: None,
             persist: caps.persist,
-            stale: Vec::new(),
+            style: caps.map_style,
+            strict: true,
+            quirks: Vec::new(),
         }
+    }
+
+    /// Like [`KernelIotlb::new`], but a partial INVALIDATE is applied as the
+    /// kernel applies it (whole entries dropped) and recorded in
+    /// [`KernelIotlb::quirks`] instead of refused.
+    pub fn permissive(caps: &DeviceCaps) -> Self {
+        KernelIotlb {
+            strict: false,
+            ..KernelIotlb::new(caps)
+        }
+    }
+
+    /// Messages a strict model would have refused that this permissive one
+    /// applied with the kernel's semantics, oldest first.
+    pub fn quirks(&self) -> &[Violation] {
+        &self.quirks
     }
 
     /// The device range the model enforces.
@@ -341,7 +389,7 @@ impl KernelIotlb {
         let i = asid as usize;
         if self.spaces.len() <= i {
             self.spaces.resize_with(i + 1, || None);
-            self.stale.resize(i + 1, false);
+            self.device.resize_with(i + 1, || None);
         }
         self.spaces[i].get_or_insert_with(BTreeMap::new)
     }
@@ -368,22 +416,51 @@ impl KernelIotlb {
         e.iova.contains(iova).then_some(e)
     }
 
-    /// Whether the device itself has lost its maps of `asid` after a reset
-    /// (the vhost table still holds them) and has not been re-programmed.
-    pub fn device_stale(&self, asid: u32) -> bool {
-        self.stale.get(asid as usize).copied().unwrap_or(false)
+    /// The entries the device itself translates with now (see the
+    /// [module documentation](self)): the vhost table, unless a reset or an
+    /// open batch left the device behind it.
+    pub fn device_entries(&self, asid: u32) -> impl Iterator<Item = &Entry> + '_ {
+        let view = match self.device.get(asid as usize).and_then(Option::as_ref) {
+            Some(d) => Some(d),
+            None => self.space(asid),
+        };
+        view.into_iter().flat_map(BTreeMap::values)
     }
 
-    /// A device reset: without `IOTLB_PERSIST` the device forgets its maps
-    /// (they stay in the vhost table, pinned). Also closes any open batch.
+    /// What the device translates with, every address space, indexed by asid
+    /// (the input of [`crate::layout::check`]).
+    pub fn device_tables(&self) -> Vec<Vec<Entry>> {
+        (0..self.spaces.len() as u32)
+            .map(|a| self.device_entries(a).copied().collect())
+            .collect()
+    }
+
+    /// Whether the device translates `asid` differently from the vhost table.
+    pub fn device_stale(&self, asid: u32) -> bool {
+        match self.device.get(asid as usize).and_then(Option::as_ref) {
+            None => false,
+            Some(d) => self.space(asid).map_or(!d.is_empty(), |m| m != d),
+        }
+    }
+
+    /// A device reset (status 0). Without `IOTLB_PERSIST`, `SetMap` and
+    /// `DmaMap` devices forget their maps while the vhost table keeps them
+    /// pinned. Any open batch is closed without a push, as the kernel does.
     pub fn reset_device(&mut self) {
         self.batch = None;
-        if !self.persist {
-            for (i, s) in self.spaces.iter().enumerate() {
-                if s.as_ref().is_some_and(|m| !m.is_empty()) {
-                    self.stale[i] = true;
-                }
+        if !self.persist && self.style != MapStyle::Platform {
+            for d in self.device.iter_mut() {
+                *d = Some(BTreeMap::new());
             }
+        }
+    }
+
+    /// Gives the device its own copy of `asid`'s table, for a batch that
+    /// defers the push (a no-op when the device is already behind).
+    fn fork_device(&mut self, asid: u32) {
+        let i = asid as usize;
+        if self.device[i].is_none() {
+            self.device[i] = self.spaces[i].clone();
         }
     }
 
@@ -440,6 +517,10 @@ impl KernelIotlb {
                     return Err(Violation::BatchAlreadyOpen { batch });
                 }
                 self.batch = Some(asid);
+                if self.style == MapStyle::SetMap {
+                    // The device keeps its table until BATCH_END.
+                    self.fork_device(asid);
+                }
                 Ok(Applied::BatchBegun)
             }
             MsgType::BatchEnd => {
@@ -447,12 +528,52 @@ impl KernelIotlb {
                     return Err(Violation::BatchNotOpen);
                 }
                 self.batch = None;
-                // The whole-table push re-programs the device.
-                self.stale[asid as usize] = false;
+                if self.style == MapStyle::SetMap {
+                    // The whole-table push re-programs the device.
+                    self.device[asid as usize] = None;
+                }
                 Ok(Applied::BatchEnded)
             }
-            MsgType::Update => self.update(m),
-            MsgType::Invalidate => self.invalidate(m),
+            MsgType::Update => {
+                let a = self.update(m)?;
+                if let Applied::Mapped(e) = &a {
+                    self.sync_device(asid, core::slice::from_ref(e), true);
+                }
+                Ok(a)
+            }
+            MsgType::Invalidate => {
+                let a = self.invalidate(m)?;
+                if let Applied::Unmapped(gone) = &a {
+                    self.sync_device(asid, gone, false);
+                }
+                Ok(a)
+            }
+        }
+    }
+
+    /// What an accepted UPDATE (`mapped`) or INVALIDATE does to the device.
+    fn sync_device(&mut self, asid: u32, entries: &[Entry], mapped: bool) {
+        let i = asid as usize;
+        match self.style {
+            MapStyle::Platform => {}
+            MapStyle::SetMap => {
+                if self.batch.is_none() {
+                    // set_map with the whole table.
+                    self.device[i] = None;
+                }
+            }
+            MapStyle::DmaMap => {
+                // dma_map / dma_unmap of exactly these entries.
+                if let Some(d) = self.device[i].as_mut() {
+                    for e in entries {
+                        if mapped {
+                            d.insert(e.iova.first().0, *e);
+                        } else {
+                            d.remove(&e.iova.first().0);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -512,11 +633,15 @@ impl KernelIotlb {
             .iter()
             .find(|e| e.iova.first().0 < m.iova || e.iova.last().0 > last)
         {
-            return Err(Violation::PartialInvalidate {
+            let v = Violation::PartialInvalidate {
                 first: m.iova,
                 last,
                 entry: *cut,
-            });
+            };
+            if self.strict {
+                return Err(v);
+            }
+            self.quirks.push(v);
         }
         let map = self.create(m.asid);
         for e in &hit {
@@ -699,27 +824,103 @@ mod tests {
         assert_eq!(k.len(1), 1);
     }
 
+    fn device(k: &KernelIotlb, asid: u32) -> Vec<(u64, u64)> {
+        k.device_entries(asid)
+            .map(|e| (e.iova.first().0, e.iova.size()))
+            .collect()
+    }
+
     #[test]
-    fn reset_marks_device_stale_unless_persist() {
+    fn set_map_reset_is_restored_by_an_empty_batch() {
         let mut k = KernelIotlb::new(&caps());
         k.apply_raw(&upd(0, 0x1000, 0x1000)).unwrap();
         k.reset_device();
         assert!(k.device_stale(0));
+        assert_eq!(device(&k, 0), vec![]);
         // The vhost table still holds the entry: mapping it again is EEXIST.
         assert!(matches!(
             k.apply_raw(&upd(0, 0x1000, 0x1000)),
             Err(Violation::Overlap { .. })
         ));
         k.apply_raw(&marker(0, MsgType::BatchBegin)).unwrap();
+        assert!(k.device_stale(0), "nothing is pushed before BATCH_END");
         k.apply_raw(&marker(0, MsgType::BatchEnd)).unwrap();
         assert!(!k.device_stale(0));
-        let mut p = KernelIotlb::new(&DeviceCaps {
-            persist: true,
+        assert_eq!(device(&k, 0), vec![(0x1000, 0x1000)]);
+    }
+
+    #[test]
+    fn set_map_device_keeps_its_table_until_batch_end() {
+        let mut k = KernelIotlb::new(&caps());
+        k.apply_raw(&upd(0, 0x1000, 0x1000)).unwrap();
+        k.apply_raw(&marker(0, MsgType::BatchBegin)).unwrap();
+        k.apply_raw(&inv(0, 0x1000, 0x1000)).unwrap();
+        k.apply_raw(&upd(0, 0x4000, 0x2000)).unwrap();
+        assert_eq!(device(&k, 0), vec![(0x1000, 0x1000)]);
+        k.apply_raw(&marker(0, MsgType::BatchEnd)).unwrap();
+        assert_eq!(device(&k, 0), vec![(0x4000, 0x2000)]);
+        // Unbatched messages push at once.
+        k.apply_raw(&upd(0, 0x8000, 0x1000)).unwrap();
+        assert_eq!(device(&k, 0), vec![(0x4000, 0x2000), (0x8000, 0x1000)]);
+    }
+
+    #[test]
+    fn dma_map_reset_needs_every_entry_mapped_again() {
+        let c = DeviceCaps {
+            map_style: MapStyle::DmaMap,
             ..caps()
-        });
-        p.apply_raw(&upd(0, 0x1000, 0x1000)).unwrap();
-        p.reset_device();
-        assert!(!p.device_stale(0));
+        };
+        let mut k = KernelIotlb::new(&c);
+        k.apply_raw(&upd(0, 0x1000, 0x1000)).unwrap();
+        k.apply_raw(&upd(0, 0x4000, 0x1000)).unwrap();
+        k.reset_device();
+        // An empty batch does nothing on a dma_map device.
+        k.apply_raw(&marker(0, MsgType::BatchBegin)).unwrap();
+        k.apply_raw(&marker(0, MsgType::BatchEnd)).unwrap();
+        assert!(k.device_stale(0));
+        k.apply_raw(&inv(0, 0x1000, 0x1000)).unwrap();
+        k.apply_raw(&upd(0, 0x1000, 0x1000)).unwrap();
+        assert_eq!(device(&k, 0), vec![(0x1000, 0x1000)]);
+        assert!(k.device_stale(0));
+        k.apply_raw(&inv(0, 0x4000, 0x1000)).unwrap();
+        k.apply_raw(&upd(0, 0x4000, 0x1000)).unwrap();
+        assert!(!k.device_stale(0));
+    }
+
+    #[test]
+    fn persist_and_platform_devices_keep_their_maps() {
+        for c in [
+            DeviceCaps {
+                persist: true,
+                ..caps()
+            },
+            DeviceCaps {
+                map_style: MapStyle::Platform,
+                ..caps()
+            },
+        ] {
+            let mut k = KernelIotlb::new(&c);
+            k.apply_raw(&upd(0, 0x1000, 0x1000)).unwrap();
+            k.reset_device();
+            assert!(!k.device_stale(0), "{c:?}");
+            assert_eq!(device(&k, 0), vec![(0x1000, 0x1000)]);
+        }
+    }
+
+    #[test]
+    fn permissive_model_drops_whole_entries_like_the_kernel() {
+        let mut k = KernelIotlb::permissive(&caps());
+        k.apply_raw(&upd(0, 0x1000, 0x4000)).unwrap();
+        k.apply_raw(&upd(0, 0x8000, 0x1000)).unwrap();
+        let gone = k.apply_raw(&inv(0, 0x2000, 0x1000)).unwrap();
+        assert!(matches!(gone, Applied::Unmapped(v) if v.len() == 1));
+        assert_eq!(device(&k, 0), vec![(0x8000, 0x1000)]);
+        assert!(matches!(
+            k.quirks(),
+            [Violation::PartialInvalidate { first: 0x2000, .. }]
+        ));
+        // The rules the kernel enforces stay enforced.
+        assert!(k.apply_raw(&upd(0, 0x8000, 0x1000)).is_err());
     }
 
     #[test]

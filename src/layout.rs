@@ -12,7 +12,8 @@ use rangemap::RangeInclusiveMap;
 use crate::addr::{Address, Gpa};
 use crate::kernel::Entry;
 use crate::plan::Perm;
-use crate::strategy::{Mode, RegionSpec, Strategy};
+use crate::planner::GUEST_ASID;
+use crate::strategy::{GuestView, Mode, Strategy};
 
 /// How the device's view breaks the expected layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub enum LayoutError {
     },
     /// The device's table and the expected layout differ.
     Mismatch {
+        /// Address space.
+        asid: u32,
         /// First IOVA where they differ.
         iova: u64,
         /// What was expected there: (hva, perm), or nothing.
@@ -59,6 +62,7 @@ impl fmt::Display for LayoutError {
                 write!(f, "reported mappings overlap at iova {iova:#x}")
             }
             LayoutError::Mismatch {
+                asid,
                 iova,
                 expected,
                 actual,
@@ -69,7 +73,7 @@ impl fmt::Display for LayoutError {
                 };
                 write!(
                     f,
-                    "at iova {iova:#x} expected {} but the device has {}",
+                    "asid {asid} at iova {iova:#x}: expected {} but the device has {}",
                     show(expected),
                     show(actual)
                 )
@@ -115,27 +119,36 @@ fn put(v: &mut View, first: u64, last: u64, hva: u64, perm: Perm) -> Result<(), 
     Ok(())
 }
 
-/// Checks that `table` (the live entries of the strategy's address space,
-/// from the kernel model or read back from a device) holds exactly the
-/// strategy's guest pieces and vring areas, that the strategy's regions are
-/// `regions`, that passthrough memory is identity, and that `translate`
-/// agrees with each piece.
+/// Checks that `tables` (the device's live entries, one list per address
+/// space indexed by asid: from [`KernelIotlb::device_tables`] or read back from
+/// a device) hold exactly the strategy's guest pieces and vring areas, that
+/// the strategy's regions (or guest maps) are the ones `guest` tracked, that
+/// passthrough memory is identity, and that `translate` agrees with each piece.
+///
+/// [`KernelIotlb::device_tables`]: crate::kernel::KernelIotlb::device_tables
 ///
 /// # Errors
 /// The first [`LayoutError`] found.
-pub fn check<'a>(
-    table: impl IntoIterator<Item = &'a Entry>,
+pub fn check(
+    tables: &[Vec<Entry>],
     strategy: &dyn Strategy,
-    regions: &[RegionSpec],
+    guest: &GuestView,
 ) -> Result<LayoutReport, LayoutError> {
     let mut rep = LayoutReport::default();
-    let mut expected = View::new();
+    let mut expected: Vec<View> = Vec::new();
+    let view = |v: &mut Vec<View>, asid: u32| -> usize {
+        let i = asid as usize;
+        if v.len() <= i {
+            v.resize_with(i + 1, View::new);
+        }
+        i
+    };
     let placements = strategy.placements();
-    let mut want: Vec<_> = regions
+    let want: Vec<_> = guest
+        .units()
         .iter()
-        .map(|r| (r.gpa.raw(), r.size, r.hva.raw(), r.perm()))
+        .map(|u| (u.addr.first().raw(), u.addr.size(), u.hva.raw(), u.perm))
         .collect();
-    want.sort_unstable();
     let have: Vec<_> = placements
         .iter()
         .map(|p| (p.gpa.first().raw(), p.gpa.size(), p.hva.raw(), p.perm))
@@ -147,11 +160,12 @@ pub fn check<'a>(
     }
     let range = strategy.caps().range;
     let passthrough = matches!(strategy.mode(), Mode::Passthrough | Mode::Prepared);
+    let g = view(&mut expected, GUEST_ASID);
     for pl in &placements {
         for piece in &pl.pieces {
             let (f, l) = piece.iova.bounds();
             put(
-                &mut expected,
+                &mut expected[g],
                 f,
                 l,
                 pl.hva_of(piece.gpa.first()).raw(),
@@ -189,30 +203,30 @@ pub fn check<'a>(
     }
     for a in strategy.vring_areas() {
         let (f, l) = a.iova.bounds();
-        put(&mut expected, f, l, a.hva.raw(), a.perm())?;
+        let i = view(&mut expected, a.asid);
+        put(&mut expected[i], f, l, a.hva.raw(), a.perm())?;
         rep.vring_bytes += a.iova.size();
     }
-    let mut actual = View::new();
-    for e in table {
-        let (f, l) = e.iova.bounds();
-        actual.insert(f..=l, (e.hva.raw().wrapping_sub(f), e.perm));
-    }
-    let ex: Vec<_> = expected
-        .iter()
-        .map(|(r, v)| (*r.start(), *r.end(), *v))
-        .collect();
-    let ac: Vec<_> = actual
-        .iter()
-        .map(|(r, v)| (*r.start(), *r.end(), *v))
-        .collect();
-    if ex != ac {
-        let at = first_difference(&ex, &ac);
-        let lookup = |m: &View| m.get(&at).map(|&(d, p)| (at.wrapping_add(d), p));
-        return Err(LayoutError::Mismatch {
-            iova: at,
-            expected: lookup(&expected),
-            actual: lookup(&actual),
-        });
+    for asid in 0..expected.len().max(tables.len()) {
+        let mut actual = View::new();
+        for e in tables.get(asid).into_iter().flatten() {
+            let (f, l) = e.iova.bounds();
+            actual.insert(f..=l, (e.hva.raw().wrapping_sub(f), e.perm));
+        }
+        let empty = View::new();
+        let expected = expected.get(asid).unwrap_or(&empty);
+        let flat = |m: &View| -> Vec<_> { m.iter().map(|(r, v)| (*r.start(), *r.end(), *v)).collect() };
+        let (ex, ac) = (flat(expected), flat(&actual));
+        if ex != ac {
+            let at = first_difference(&ex, &ac);
+            let lookup = |m: &View| m.get(&at).map(|&(d, p)| (at.wrapping_add(d), p));
+            return Err(LayoutError::Mismatch {
+                asid: asid as u32,
+                iova: at,
+                expected: lookup(expected),
+                actual: lookup(&actual),
+            });
+        }
     }
     Ok(rep)
 }

@@ -12,8 +12,9 @@
 //! and puts the vrings in a reserved IOVA window above guest memory, mapped
 //! before the device stops. The switch then costs no operation at all. It
 //! handles what naive designs get wrong: memory hot-plugged into the window,
-//! devices whose IOVA range is smaller than guest memory, and a failback that
-//! the kernel accepts message by message.
+//! devices whose IOVA range is smaller than guest memory, a guest vIOMMU,
+//! vrings in an address space of their own, device resets, and a failback
+//! that the kernel accepts message by message.
 //!
 //! The crate is pure: no I/O, no unsafe, no clocks. A [`Strategy`] takes VMM
 //! events and returns [`Plan`]s (ordered, batched operations tagged by
@@ -23,7 +24,8 @@
 //!
 //! ```
 //! use vdpa_iova_planner::{
-//!     DeviceCaps, Gpa, Hva, KernelIotlb, Phase, Planner, RegionSpec, Strategy, SvqConfig,
+//!     DeviceCaps, Event, Gpa, GuestView, Hva, KernelIotlb, Phase, Planner, RegionSpec, Strategy,
+//!     SvqConfig,
 //! };
 //!
 //! let caps = DeviceCaps::default(); // pinning, batching, IOVA range [0, 2^64-1]
@@ -53,7 +55,11 @@
 //! let back = planner.failback()?;
 //! assert_eq!(back.cost().critical_pinned_bytes, 0);
 //! device.apply_all(back.ops()).unwrap();
-//! vdpa_iova_planner::layout::check(device.entries(0), &planner, &[ram]).unwrap();
+//!
+//! // Every byte the device can reach is what it should reach.
+//! let mut guest = GuestView::new(false);
+//! guest.track(&Event::Boot(vec![ram]));
+//! vdpa_iova_planner::layout::check(&device.device_tables(), &planner, &guest).unwrap();
 //! # Ok::<(), vdpa_iova_planner::PlanError>(())
 //! ```
 
@@ -74,11 +80,13 @@ pub mod svq;
 
 pub use addr::{Address, DeviceRange, Gpa, Hva, Iova, PageSize, Span};
 pub use alloc::IovaAllocator;
-pub use caps::DeviceCaps;
+pub use caps::{DeviceCaps, MapStyle};
 pub use error::PlanError;
 pub use kernel::{Entry, KernelIotlb, Violation};
 pub use plan::{Cost, Op, OpKind, Perm, Phase, Plan};
-pub use planner::Planner;
+pub use planner::{Planner, PlannerBuilder, GUEST_ASID, VRING_ASID};
 pub use qemu::QemuPlanner;
-pub use strategy::{Event, Mode, Piece, Placement, RegionSpec, Segment, Segments, Strategy};
+pub use strategy::{
+    Event, GuestUnit, GuestView, Mode, Piece, Placement, RegionSpec, Segment, Segments, Strategy,
+};
 pub use svq::{AreaKind, SvqConfig, VringArea};

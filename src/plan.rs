@@ -3,7 +3,8 @@
 use core::fmt;
 
 use crate::addr::{Hva, Iova, Span};
-use crate::caps::DeviceCaps;
+use crate::caps::{DeviceCaps, MapStyle};
+use crate::kernel::Entry;
 
 /// Access the device is given to a mapping (the kernel's `VHOST_ACCESS_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -323,4 +324,53 @@ impl PlanBuilder {
 pub(crate) fn plan_from_ops(ops: Vec<Op>, caps: &DeviceCaps) -> Plan {
     let cost = Cost::of(&ops, caps.pinning);
     Plan { ops, cost }
+}
+
+/// The cheapest correct plan restoring a device after a reset, given every
+/// entry mapped (`(asid, entry)`), for the device's map style (see
+/// [`crate::kernel`]): nothing when maps persist or live in the platform
+/// IOMMU; on a `set_map` device an empty batch per address space (a table
+/// push, nothing pinned again) or, without batching, an unmap and map of the
+/// smallest entry (each unbatched message pushes the whole table); on a
+/// `dma_map` device every entry unmapped and mapped again.
+pub(crate) fn reset_plan(caps: &DeviceCaps, mapped: &[(u32, Entry)]) -> Plan {
+    if caps.persist || caps.map_style == MapStyle::Platform {
+        return Plan::default();
+    }
+    let mut b = PlanBuilder::new();
+    let phase = Phase::Critical;
+    match caps.map_style {
+        MapStyle::SetMap => {
+            let mut smallest: std::collections::BTreeMap<u32, Entry> = Default::default();
+            for &(asid, e) in mapped {
+                let s = smallest.entry(asid).or_insert(e);
+                if e.iova.size() < s.iova.size() {
+                    *s = e;
+                }
+            }
+            if caps.batching {
+                let mut ops = Vec::with_capacity(2 * smallest.len());
+                for &asid in smallest.keys() {
+                    for kind in [OpKind::BatchBegin, OpKind::BatchEnd] {
+                        ops.push(Op { phase, asid, kind });
+                    }
+                }
+                return plan_from_ops(ops, caps);
+            }
+            for (&asid, e) in &smallest {
+                b.invalidate(phase, asid, e.iova);
+                b.update(phase, asid, e.iova, e.hva, e.perm);
+            }
+        }
+        MapStyle::DmaMap => {
+            let mut by_asid = mapped.to_vec();
+            by_asid.sort_by_key(|(a, e)| (*a, e.iova.first()));
+            for (asid, e) in by_asid {
+                b.invalidate(phase, asid, e.iova);
+                b.update(phase, asid, e.iova, e.hva, e.perm);
+            }
+        }
+        MapStyle::Platform => {}
+    }
+    b.finish(caps)
 }

@@ -46,14 +46,21 @@ use crate::addr::{Address, Gpa, Hva, Iova, Span};
 use crate::alloc::IovaAllocator;
 use crate::caps::DeviceCaps;
 use crate::error::PlanError;
-use crate::plan::{Perm, Phase, Plan, PlanBuilder};
+use crate::kernel::Entry;
+use crate::plan::{reset_plan, Perm, Phase, Plan, PlanBuilder};
 use crate::strategy::{
-    validate_regions, Mode, Piece, Placement, RegionSpec, Segment, Segments, Strategy,
+    validate_regions, GuestMemory, Mode, Piece, Placement, RegionSpec, Segment, Segments, Strategy,
 };
 use crate::svq::{areas, QueueLayout, SvqConfig, VringArea};
 
-/// The address space guest memory and vrings use (this planner keeps one).
-const ASID: u32 = 0;
+/// The address space of guest memory (and of the vrings, unless they have
+/// their own).
+const ASID: u32 = GUEST_ASID;
+
+/// The address space guest memory is mapped in.
+pub const GUEST_ASID: u32 = 0;
+/// The address space the vrings go to when the device can put them apart.
+pub const VRING_ASID: u32 = 1;
 
 #[derive(Clone, Debug)]
 struct Region {
@@ -89,6 +96,14 @@ enum SvqEntry {
 struct SvqState {
     cfg: SvqConfig,
     layout: QueueLayout,
+    /// Address space of the vrings.
+    ring_asid: u32,
+    /// With vrings in their own address space: their allocator, over the
+    /// whole device range (nothing else lives there). `None`: vrings share
+    /// `alloc` and `entries` with displaced memory.
+    rings: Option<IovaAllocator>,
+    /// The window of the guest's address space: vrings (when shared) and
+    /// displaced memory.
     alloc: IovaAllocator,
     /// IOVA of each queue's block.
     queues: Vec<u64>,
@@ -128,6 +143,37 @@ impl SvqState {
         })
     }
 
+    /// Allocates and records the block of queue `vq`.
+    fn place_queue(&mut self, vq: u32, purpose: &'static str) -> Result<u64, PlanError> {
+        let size = self.layout.total();
+        let blk = match &mut self.rings {
+            Some(r) => r.alloc(size).ok_or(PlanError::OutOfIova {
+                needed: size,
+                purpose,
+                window: Some(r.window()),
+                largest_free: r.largest_free(),
+            })?,
+            None => {
+                let blk = self.alloc(size, purpose)?;
+                self.entries.insert(
+                    blk.first().raw(),
+                    SvqEntry::Queue {
+                        vq,
+                        last: blk.last().raw(),
+                    },
+                );
+                blk
+            }
+        };
+        let f = blk.first().raw();
+        if let Some(q) = self.queues.get_mut(vq as usize) {
+            *q = f;
+        } else {
+            self.queues.push(f);
+        }
+        Ok(f)
+    }
+
     /// Maps `gpa` (part of region `r`, keyed `key`) at a free IOVA of the window.
     fn displace(
         &mut self,
@@ -149,23 +195,39 @@ impl SvqState {
         Ok(())
     }
 
+    /// The two entries of queue `vq` at `iova`: descriptor table and driver
+    /// area read-only, device area read-write.
+    fn queue_entries(&self, vq: u32, iova: u64) -> [Entry; 2] {
+        let [desc, _, dev] = areas(&self.cfg, &self.layout, self.ring_asid, vq, iova);
+        [
+            Entry {
+                iova: Span::trusted(iova, self.layout.ro()),
+                hva: desc.hva,
+                perm: Perm::Ro,
+            },
+            Entry {
+                iova: dev.iova,
+                hva: dev.hva,
+                perm: Perm::Rw,
+            },
+        ]
+    }
+
     fn map_queue(&self, b: &mut PlanBuilder, phase: Phase, vq: u32, iova: u64) {
-        let [desc, _, dev] = areas(&self.cfg, &self.layout, vq, iova);
-        b.update(
-            phase,
-            ASID,
-            Span::trusted(iova, self.layout.ro()),
-            desc.hva,
-            Perm::Ro,
-        );
-        b.update(phase, ASID, dev.iova, dev.hva, Perm::Rw);
+        for e in self.queue_entries(vq, iova) {
+            b.update(phase, self.ring_asid, e.iova, e.hva, e.perm);
+        }
     }
 
     fn unmap_queue(&self, b: &mut PlanBuilder, phase: Phase, iova: u64) {
-        b.invalidate(phase, ASID, Span::trusted(iova, self.layout.ro()));
         b.invalidate(
             phase,
-            ASID,
+            self.ring_asid,
+            Span::trusted(iova, self.layout.ro()),
+        );
+        b.invalidate(
+            phase,
+            self.ring_asid,
             Span::trusted(iova + self.layout.ro(), self.layout.device),
         );
     }
@@ -178,25 +240,66 @@ pub struct Planner {
     /// The device range shrunk to whole pages.
     usable: (u64, u64),
     max_gpa: Option<u64>,
+    ring_asid: u32,
+    viommu: Option<GuestMemory>,
     mode: Mode,
+    /// What the guest's device addresses map, by first address: guest
+    /// regions, or with a vIOMMU the guest's maps.
     regions: BTreeMap<u64, Region>,
     xlate: RangeInclusiveMap<u64, Xlate>,
     svq: Option<SvqState>,
 }
 
-impl Planner {
-    /// A planner for a device with `caps`, with nothing mapped yet.
-    ///
-    /// `max_gpa` is the exclusive end of guest-physical memory: no region will
-    /// ever reach it or beyond (QEMU: the end of the device-memory area sized
-    /// by `maxmem`). `None` takes the end of the highest region present when
-    /// the window is chosen, which leaves memory hot-plugged above it to the
+/// Builds a [`Planner`] for a device and a guest.
+#[derive(Clone, Copy, Debug)]
+pub struct PlannerBuilder {
+    caps: DeviceCaps,
+    max_gpa: Option<u64>,
+    viommu_last: Option<u64>,
+    separate_vrings: bool,
+}
+
+impl PlannerBuilder {
+    /// The exclusive end of guest-physical memory: no region will ever
+    /// reach it (QEMU: the end of the device-memory area sized by `maxmem`).
+    /// Without it, the end of the highest region present when the window is
+    /// chosen is taken, which leaves memory hot-plugged above it to the
     /// collision handling.
+    pub fn max_gpa(mut self, end: u64) -> Self {
+        self.max_gpa = Some(end);
+        self
+    }
+
+    /// The guest has a vIOMMU whose highest usable guest IOVA is `last`:
+    /// the device sees guest IOVAs, nothing is mapped until the guest maps
+    /// it, and the window goes above `last` when the device range allows.
+    pub fn viommu(mut self, last: u64) -> Self {
+        self.viommu_last = Some(last);
+        self
+    }
+
+    /// Puts the vrings in address space [`VRING_ASID`], apart from guest
+    /// memory: no window in the guest's address space, so nothing collides
+    /// with them. Needs `desc_asid` and two address spaces.
+    pub fn separate_vring_asid(mut self, yes: bool) -> Self {
+        self.separate_vrings = yes;
+        self
+    }
+
+    /// The planner, with nothing mapped yet.
     ///
     /// # Errors
-    /// Capabilities that fail [`DeviceCaps::validate`].
-    pub fn new(caps: DeviceCaps, max_gpa: Option<u64>) -> Result<Self, PlanError> {
+    /// Capabilities that fail [`DeviceCaps::validate`];
+    /// [`PlanError::Unsupported`] for a separate vring address space on a
+    /// device without `desc_asid` and two address spaces.
+    pub fn build(self) -> Result<Planner, PlanError> {
+        let caps = self.caps;
         caps.validate()?;
+        if self.separate_vrings && !(caps.desc_asid && caps.address_spaces > VRING_ASID) {
+            return Err(PlanError::Unsupported {
+                what: "vrings in their own address space need desc_asid and two address spaces",
+            });
+        }
         let p = caps.page_size;
         let first = p
             .align_up(caps.range.first())
@@ -211,12 +314,50 @@ impl Planner {
         Ok(Planner {
             caps,
             usable: (first, last),
-            max_gpa,
+            max_gpa: self.max_gpa,
+            ring_asid: if self.separate_vrings {
+                VRING_ASID
+            } else {
+                GUEST_ASID
+            },
+            viommu: self.viommu_last.map(GuestMemory::new),
             mode: Mode::Passthrough,
             regions: BTreeMap::new(),
             xlate: RangeInclusiveMap::new(),
             svq: None,
         })
+    }
+}
+
+impl Planner {
+    /// A planner for a device with `caps`, with nothing mapped yet; see
+    /// [`PlannerBuilder::max_gpa`] for `max_gpa`. [`Planner::builder`] gives
+    /// the other options.
+    ///
+    /// # Errors
+    /// Capabilities that fail [`DeviceCaps::validate`].
+    pub fn new(caps: DeviceCaps, max_gpa: Option<u64>) -> Result<Self, PlanError> {
+        let b = Planner::builder(caps);
+        match max_gpa {
+            Some(m) => b.max_gpa(m),
+            None => b,
+        }
+        .build()
+    }
+
+    /// A builder for a planner with a vIOMMU or separate vring address space.
+    pub fn builder(caps: DeviceCaps) -> PlannerBuilder {
+        PlannerBuilder {
+            caps,
+            max_gpa: None,
+            viommu_last: None,
+            separate_vrings: false,
+        }
+    }
+
+    /// The address space the vrings are mapped in.
+    pub fn vring_asid(&self) -> u32 {
+        self.ring_asid
     }
 
     /// The IOVA window the vrings are allocated from, while one is in use.
@@ -245,8 +386,12 @@ impl Planner {
         self.regions.len()
     }
 
-    /// The effective `max_gpa` now.
+    /// The effective `max_gpa` now: the exclusive end of the guest's device
+    /// addresses (with a vIOMMU, `viommu_last + 1`).
     pub fn max_gpa(&self) -> u64 {
+        if let Some(v) = &self.viommu {
+            return v.last.saturating_add(1);
+        }
         self.max_gpa.unwrap_or_else(|| {
             self.regions
                 .values()
@@ -334,6 +479,10 @@ impl Planner {
             let mut s = SvqState {
                 cfg,
                 layout,
+                ring_asid: self.ring_asid,
+                rings: (self.ring_asid != GUEST_ASID)
+                    .then(|| IovaAllocator::new(uf, ul, p))
+                    .flatten(),
                 alloc,
                 queues: Vec::new(),
                 entries: BTreeMap::new(),
@@ -354,16 +503,7 @@ impl Planner {
         let mut b = PlanBuilder::new();
         s.queues.reserve(s.cfg.queues as usize);
         for vq in 0..s.cfg.queues {
-            let blk = s.alloc(s.layout.total(), "shadow vrings")?;
-            let f = blk.first().raw();
-            s.queues.push(f);
-            s.entries.insert(
-                f,
-                SvqEntry::Queue {
-                    vq,
-                    last: blk.last().raw(),
-                },
-            );
+            let f = s.place_queue(vq, "shadow vrings")?;
             s.map_queue(&mut b, phase, vq, f);
         }
         let mut staged = BTreeMap::new();
@@ -408,56 +548,17 @@ impl Planner {
         }
     }
 
-    fn out_of_order(&self, event: &'static str) -> PlanError {
-        PlanError::OutOfOrder {
-            event,
-            mode: self.mode,
-        }
-    }
-
-    /// Unmaps every svq entry except those in `skip`, in `phase`.
-    fn teardown_svq(s: &SvqState, b: &mut PlanBuilder, phase: Phase, skip: &BTreeMap<u64, ()>) {
-        for (&f, e) in &s.entries {
-            if skip.contains_key(&f) {
-                continue;
-            }
-            match e {
-                SvqEntry::Queue { .. } => s.unmap_queue(b, phase, f),
-                SvqEntry::Displaced { piece, .. } => b.invalidate(phase, ASID, piece.iova),
-            }
-        }
-    }
-}
-
-impl Strategy for Planner {
-    fn name(&self) -> &'static str {
-        "identity"
-    }
-
-    fn caps(&self) -> &DeviceCaps {
-        &self.caps
-    }
-
-    fn mode(&self) -> Mode {
-        self.mode
-    }
-
-    fn add_regions(&mut self, specs: &[RegionSpec]) -> Result<Plan, PlanError> {
-        if self.mode == Mode::Completed {
-            return Err(self.out_of_order("hotplug"));
-        }
-        let specs = validate_regions(&self.caps, specs, |f, l| {
-            let (_, r) = self.regions.range(..=l).next_back()?;
-            (r.gpa.last().raw() >= f).then(|| r.gpa.bounds())
-        })?;
+    /// Maps new units (regions, or guest maps) at identity, displacing or
+    /// moving what collides. Validated input only; commits on success.
+    fn add_units(&mut self, units: Vec<(Span<Gpa>, Hva, Perm)>) -> Result<Plan, PlanError> {
         let mut b = PlanBuilder::new();
         let mut staged: BTreeMap<u64, Region> = BTreeMap::new();
         let mut svq = self.svq.clone();
-        for (g, spec) in specs {
+        for (g, hva, perm) in units {
             let mut r = Region {
                 gpa: g,
-                hva: spec.hva,
-                perm: spec.perm(),
+                hva,
+                perm,
                 pieces: SmallVec::new(),
             };
             let (inside, outs) = self.split(g);
@@ -482,17 +583,7 @@ impl Strategy for Planner {
                                 match e {
                                     SvqEntry::Queue { vq, .. } => {
                                         s.unmap_queue(&mut b, Phase::Prepare, at);
-                                        let blk =
-                                            s.alloc(s.layout.total(), "moving a shadow vring")?;
-                                        let nf = blk.first().raw();
-                                        s.queues[vq as usize] = nf;
-                                        s.entries.insert(
-                                            nf,
-                                            SvqEntry::Queue {
-                                                vq,
-                                                last: blk.last().raw(),
-                                            },
-                                        );
+                                        let nf = s.place_queue(vq, "moving a shadow vring")?;
                                         s.map_queue(&mut b, Phase::Prepare, vq, nf);
                                     }
                                     SvqEntry::Displaced { region, piece } => {
@@ -560,10 +651,9 @@ impl Strategy for Planner {
         Ok(plan)
     }
 
-    fn remove_region(&mut self, gpa: Gpa) -> Result<Plan, PlanError> {
-        if self.mode == Mode::Completed {
-            return Err(self.out_of_order("unplug"));
-        }
+
+    /// Unmaps the unit starting at `gpa`.
+    fn remove_unit(&mut self, gpa: Gpa) -> Result<Plan, PlanError> {
         let r = self
             .regions
             .get(&gpa.raw())
@@ -590,6 +680,84 @@ impl Strategy for Planner {
         Ok(plan)
     }
 
+    fn out_of_order(&self, event: &'static str) -> PlanError {
+        PlanError::OutOfOrder {
+            event,
+            mode: self.mode,
+        }
+    }
+
+    /// Unmaps every svq entry except those in `skip`, in `phase`.
+    fn teardown_svq(s: &SvqState, b: &mut PlanBuilder, phase: Phase, skip: &BTreeMap<u64, ()>) {
+        if s.rings.is_some() {
+            for &q in &s.queues {
+                s.unmap_queue(b, phase, q);
+            }
+        }
+        for (&f, e) in &s.entries {
+            if skip.contains_key(&f) {
+                continue;
+            }
+            match e {
+                SvqEntry::Queue { .. } => s.unmap_queue(b, phase, f),
+                SvqEntry::Displaced { piece, .. } => b.invalidate(phase, ASID, piece.iova),
+            }
+        }
+    }
+}
+
+impl Strategy for Planner {
+    fn name(&self) -> &'static str {
+        if self.ring_asid == GUEST_ASID {
+            "identity"
+        } else {
+            "identity-asid"
+        }
+    }
+
+    fn caps(&self) -> &DeviceCaps {
+        &self.caps
+    }
+
+    fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    fn add_regions(&mut self, specs: &[RegionSpec]) -> Result<Plan, PlanError> {
+        if self.mode == Mode::Completed {
+            return Err(self.out_of_order("hotplug"));
+        }
+        if let Some(v) = &mut self.viommu {
+            // Guest memory is only declared: the guest maps it through its vIOMMU.
+            v.add(&self.caps, specs)?;
+            return Ok(Plan::default());
+        }
+        let specs = validate_regions(&self.caps, specs, |f, l| {
+            let (_, r) = self.regions.range(..=l).next_back()?;
+            (r.gpa.last().raw() >= f).then(|| r.gpa.bounds())
+        })?;
+        let units = specs
+            .into_iter()
+            .map(|(g, spec)| (g, spec.hva, spec.perm()))
+            .collect();
+        self.add_units(units)
+    }
+
+    fn remove_region(&mut self, gpa: Gpa) -> Result<Plan, PlanError> {
+        if self.mode == Mode::Completed {
+            return Err(self.out_of_order("unplug"));
+        }
+        if let Some(v) = &mut self.viommu {
+            v.remove(
+                gpa,
+                self.regions
+                    .values()
+                    .map(|u| (u.gpa.first().raw(), u.hva, u.gpa.size())),
+            )?;
+            return Ok(Plan::default());
+        }
+        self.remove_unit(gpa)
+    }
     fn svq_prepare(&mut self, cfg: SvqConfig) -> Result<Plan, PlanError> {
         if self.mode != Mode::Passthrough {
             return Err(self.out_of_order("svq_prepare"));
@@ -694,6 +862,147 @@ impl Strategy for Planner {
         Ok(plan)
     }
 
+    fn reset(&mut self) -> Result<Plan, PlanError> {
+        // Nothing changes on the planner's side: the plan makes the device
+        // hold again what the planner has mapped.
+        Ok(reset_plan(&self.caps, &self.mapped()))
+    }
+
+    fn viommu_map(
+        &mut self,
+        giova: Iova,
+        size: u64,
+        gpa: Gpa,
+        perm: Perm,
+    ) -> Result<Plan, PlanError> {
+        let Some(v) = &self.viommu else {
+            return Err(PlanError::NoViommu {
+                event: "viommu_map",
+            });
+        };
+        if self.mode == Mode::Completed {
+            return Err(self.out_of_order("viommu_map"));
+        }
+        let (gi, hva) = v.resolve(&self.caps, giova, size, gpa, perm)?;
+        let (f, l) = gi.bounds();
+        if let Some((_, u)) = self.regions.range(..=l).next_back() {
+            if u.gpa.last().raw() >= f {
+                return Err(PlanError::GuestMapOverlap {
+                    new: (f, l),
+                    existing: u.gpa.bounds(),
+                });
+            }
+        }
+        self.add_units(vec![(gi, hva, perm)])
+    }
+
+    fn viommu_unmap(&mut self, giova: Iova, size: u64) -> Result<Plan, PlanError> {
+        if self.viommu.is_none() {
+            return Err(PlanError::NoViommu {
+                event: "viommu_unmap",
+            });
+        }
+        if self.mode == Mode::Completed {
+            return Err(self.out_of_order("viommu_unmap"));
+        }
+        let (f, l) = Span::new(giova, size, self.caps.page_size)?.bounds();
+        let mut hit: SmallVec<[u64; 2]> = SmallVec::new();
+        if let Some((&k, u)) = self.regions.range(..f).next_back() {
+            if u.gpa.last().raw() >= f {
+                hit.push(k);
+            }
+        }
+        hit.extend(self.regions.range(f..=l).map(|(&k, _)| k));
+        if hit.is_empty() {
+            return Err(PlanError::NotMapped { first: f, last: l });
+        }
+        // The kernel drops whole entries: every entry of a cut map is
+        // unmapped, and what stays mapped is mapped again at the same IOVAs
+        // (pinned again: counted in the cost). On a set_map device the batch
+        // makes the swap atomic for the device.
+        let mut b = PlanBuilder::new();
+        let mut keep: SmallVec<[Region; 2]> = SmallVec::new();
+        for k in &hit {
+            let u = &self.regions[k];
+            for p in &u.pieces {
+                b.invalidate(Phase::Prepare, ASID, p.iova);
+            }
+            let (uf, ul) = u.gpa.bounds();
+            let sides = [(uf < f).then(|| (uf, f - 1)), (ul > l).then(|| (l + 1, ul))];
+            for (a, z) in sides.into_iter().flatten() {
+                let mut nr = Region {
+                    gpa: Span::trusted(a, z - a + 1),
+                    hva: u.hva_of(a),
+                    perm: u.perm,
+                    pieces: SmallVec::new(),
+                };
+                for p in &u.pieces {
+                    if let Some(c) = clip_piece(p, a, z) {
+                        Self::map_piece(&mut b, Phase::Prepare, &nr, &c);
+                        nr.pieces.push(c);
+                    }
+                }
+                keep.push(nr);
+            }
+        }
+        let plan = b.finish(&self.caps);
+        // Nothing below can fail: commit.
+        for k in &hit {
+            let u = self.regions.remove(k).expect("found above");
+            let (cf, cl) = (u.gpa.first().raw().max(f), u.gpa.last().raw().min(l));
+            self.xlate.remove(cf..=cl);
+            if let Some(s) = &mut self.svq {
+                for p in u.pieces.iter().filter(|p| !p.is_identity()) {
+                    s.entries.remove(&p.iova.first().raw());
+                    if let Some(cut) = clip_piece(p, cf, cl) {
+                        let freed = s.alloc.free(cut.iova);
+                        debug_assert!(freed, "displaced memory was allocated from the window");
+                    }
+                }
+            }
+        }
+        let mut staged = BTreeMap::new();
+        for nr in keep {
+            let key = nr.gpa.first().raw();
+            if let Some(s) = &mut self.svq {
+                for p in nr.pieces.iter().filter(|p| !p.is_identity()) {
+                    s.entries.insert(
+                        p.iova.first().raw(),
+                        SvqEntry::Displaced {
+                            region: key,
+                            piece: *p,
+                        },
+                    );
+                }
+            }
+            staged.insert(key, nr);
+        }
+        self.commit_regions(staged);
+        Ok(plan)
+    }
+
+    fn mapped(&self) -> Vec<(u32, Entry)> {
+        let mut v = Vec::new();
+        for r in self.regions.values() {
+            for p in &r.pieces {
+                v.push((
+                    ASID,
+                    Entry {
+                        iova: p.iova,
+                        hva: r.hva_of(p.gpa.first().raw()),
+                        perm: r.perm,
+                    },
+                ));
+            }
+        }
+        if let Some(s) = &self.svq {
+            for (vq, &q) in s.queues.iter().enumerate() {
+                v.extend(s.queue_entries(vq as u32, q).map(|e| (s.ring_asid, e)));
+            }
+        }
+        v
+    }
+
     fn placements(&self) -> Vec<Placement> {
         self.regions
             .values()
@@ -713,7 +1022,7 @@ impl Strategy for Planner {
         s.queues
             .iter()
             .enumerate()
-            .flat_map(|(vq, &iova)| areas(&s.cfg, &s.layout, vq as u32, iova))
+            .flat_map(|(vq, &iova)| areas(&s.cfg, &s.layout, s.ring_asid, vq as u32, iova))
             .collect()
     }
 
@@ -725,6 +1034,16 @@ impl Strategy for Planner {
                 .is_some_and(|(_, r)| r.gpa.contains(Gpa(g)))
         })
     }
+}
+
+/// The part of `p` mapping guest addresses `[a, z]`, at the same offset.
+fn clip_piece(p: &Piece, a: u64, z: u64) -> Option<Piece> {
+    let (pf, pl) = p.gpa.bounds();
+    let (x, y) = (pf.max(a), pl.min(z));
+    (x <= y).then(|| Piece {
+        gpa: Span::trusted(x, y - x + 1),
+        iova: Span::trusted(p.iova.first().raw() + (x - pf), y - x + 1),
+    })
 }
 
 /// The translation walk shared by the strategies.

@@ -16,18 +16,32 @@
 //!   at identity again: all pinned again, device stopped.
 //! * Hotplug and unplug: one listener transaction each.
 //! * QEMU has no prepare step: `svq_prepare` only records the parameters.
+//! * Device reset without `IOTLB_PERSIST`: the listener is unregistered when
+//!   the device stops and registered again when it starts: every map is
+//!   invalidated and mapped again while the device is stopped.
+//! * A guest vIOMMU: each guest map is one UPDATE at the guest IOVA, each
+//!   guest unmap one INVALIDATE of exactly the guest's range. The kernel drops
+//!   every entry that range touches **whole**, so when the guest unmaps part
+//!   of a map, the rest of it is lost to the device while QEMU believes it
+//!   mapped (replay such plans on [`KernelIotlb::permissive`](crate::KernelIotlb::permissive)).
+//!   A guest map outside the device range is refused by the kernel and
+//!   lost. QEMU does not shadow the virtqueues of a guest with a vIOMMU: the
+//!   SVQ events are refused with [`PlanError::Unsupported`].
 
 use std::collections::BTreeMap;
 
 use smallvec::smallvec;
 
 use crate::addr::{Address, Gpa, Hva, Iova, Span};
-use crate::caps::DeviceCaps;
+use crate::caps::{DeviceCaps, MapStyle};
+use crate::kernel::Entry;
 use crate::error::PlanError;
 use crate::plan::{plan_from_ops, Op, OpKind, Perm, Phase, Plan};
 use crate::planner::{translate_map, xlate_entry, XlateMap};
-use crate::strategy::{validate_regions, Mode, Piece, Placement, RegionSpec, Segments, Strategy};
-use crate::svq::{areas, QueueLayout, SvqConfig, VringArea};
+use crate::strategy::{
+    validate_regions, GuestMemory, Mode, Piece, Placement, RegionSpec, Segments, Strategy,
+};
+use crate::svq::{areas, AreaKind, QueueLayout, SvqConfig, VringArea};
 
 const ASID: u32 = 0;
 
@@ -58,6 +72,8 @@ pub struct QemuPlanner {
     svq: Option<QSvq>,
     /// QEMU's IOVA tree in SVQ mode: allocated `first -> last`.
     tree: BTreeMap<u64, u64>,
+    /// Guest memory behind a guest vIOMMU (`regions` then holds guest maps).
+    viommu: Option<GuestMemory>,
 }
 
 impl QemuPlanner {
@@ -75,7 +91,28 @@ impl QemuPlanner {
             prepared: None,
             svq: None,
             tree: BTreeMap::new(),
+            viommu: None,
         })
+    }
+
+    /// A baseline planner for a guest with a vIOMMU whose highest guest
+    /// IOVA is `viommu_last`.
+    ///
+    /// # Errors
+    /// As [`QemuPlanner::new`].
+    pub fn with_viommu(caps: DeviceCaps, viommu_last: u64) -> Result<Self, PlanError> {
+        let mut q = QemuPlanner::new(caps)?;
+        q.viommu = Some(GuestMemory::new(viommu_last));
+        Ok(q)
+    }
+
+    fn no_svq_with_viommu(&self) -> Result<(), PlanError> {
+        match self.viommu {
+            Some(_) => Err(PlanError::Unsupported {
+                what: "QEMU does not shadow the virtqueues of a guest with a vIOMMU",
+            }),
+            None => Ok(()),
+        }
     }
 
     fn out_of_order(&self, event: &'static str) -> PlanError {
@@ -201,6 +238,10 @@ impl Strategy for QemuPlanner {
         if self.mode == Mode::Completed {
             return Err(self.out_of_order("hotplug"));
         }
+        if let Some(v) = &mut self.viommu {
+            v.add(&self.caps, specs)?;
+            return Ok(Plan::default());
+        }
         let specs = validate_regions(&self.caps, specs, |f, l| {
             let (_, r) = self.regions.range(..=l).next_back()?;
             (r.gpa.last().raw() >= f).then(|| r.gpa.bounds())
@@ -246,6 +287,15 @@ impl Strategy for QemuPlanner {
         if self.mode == Mode::Completed {
             return Err(self.out_of_order("unplug"));
         }
+        if let Some(v) = &mut self.viommu {
+            v.remove(
+                gpa,
+                self.regions
+                    .values()
+                    .map(|u| (u.gpa.first().raw(), u.hva, u.gpa.size())),
+            )?;
+            return Ok(Plan::default());
+        }
         let r = self
             .regions
             .get(&gpa.raw())
@@ -272,6 +322,7 @@ impl Strategy for QemuPlanner {
         if self.mode != Mode::Passthrough {
             return Err(self.out_of_order("svq_prepare"));
         }
+        self.no_svq_with_viommu()?;
         cfg.layout(self.caps.page_size)?;
         self.prepared = Some(cfg);
         self.mode = Mode::Prepared;
@@ -279,6 +330,7 @@ impl Strategy for QemuPlanner {
     }
 
     fn svq_switch(&mut self, cfg: Option<SvqConfig>) -> Result<Plan, PlanError> {
+        self.no_svq_with_viommu()?;
         let cfg = match (self.mode, self.prepared, cfg) {
             (Mode::Prepared, Some(c), _) => c,
             (Mode::Passthrough, _, Some(c)) => c,
@@ -291,7 +343,7 @@ impl Strategy for QemuPlanner {
         let mut rings = Vec::with_capacity(cfg.queues as usize);
         let mut ring_ops = Vec::new();
         for vq in 0..cfg.queues {
-            let [desc, _, dev] = areas(&cfg, &layout, vq, 0);
+            let [desc, _, dev] = areas(&cfg, &layout, ASID, vq, 0);
             let d = Self::first_fit(&self.caps, &tree, layout.ro(), "shadow vrings")?;
             tree.insert(d.first().raw(), d.last().raw());
             let u = Self::first_fit(&self.caps, &tree, layout.device, "shadow vrings")?;
@@ -406,6 +458,176 @@ impl Strategy for QemuPlanner {
         Ok(plan_from_ops(ops, &self.caps))
     }
 
+    fn reset(&mut self) -> Result<Plan, PlanError> {
+        if self.caps.persist || self.caps.map_style == MapStyle::Platform {
+            return Ok(Plan::default());
+        }
+        let phase = Phase::Critical;
+        let mapped = self.mapped();
+        let mut ops = Vec::new();
+        self.batch(
+            &mut ops,
+            phase,
+            mapped
+                .iter()
+                .map(|(_, e)| OpKind::Invalidate { iova: e.iova })
+                .collect(),
+        );
+        self.batch(
+            &mut ops,
+            phase,
+            mapped
+                .iter()
+                .map(|(_, e)| OpKind::Update {
+                    iova: e.iova,
+                    hva: e.hva,
+                    perm: e.perm,
+                })
+                .collect(),
+        );
+        Ok(plan_from_ops(ops, &self.caps))
+    }
+
+    fn viommu_map(
+        &mut self,
+        giova: Iova,
+        size: u64,
+        gpa: Gpa,
+        perm: Perm,
+    ) -> Result<Plan, PlanError> {
+        let Some(v) = &self.viommu else {
+            return Err(PlanError::NoViommu {
+                event: "viommu_map",
+            });
+        };
+        if self.mode == Mode::Completed {
+            return Err(self.out_of_order("viommu_map"));
+        }
+        let (gi, hva) = v.resolve(&self.caps, giova, size, gpa, perm)?;
+        let (f, l) = gi.bounds();
+        if let Some((_, u)) = self.regions.range(..=l).next_back() {
+            if u.gpa.last().raw() >= f {
+                return Err(PlanError::GuestMapOverlap {
+                    new: (f, l),
+                    existing: u.gpa.bounds(),
+                });
+            }
+        }
+        let r = QRegion {
+            gpa: gi,
+            hva,
+            perm,
+            // Outside the device range the kernel refuses it: lost.
+            iova: self
+                .in_range(&gi)
+                .then(|| Span::trusted(f, size)),
+        };
+        let mut ops = Vec::new();
+        if let Some(iova) = r.iova {
+            ops.push(Op {
+                phase: Phase::Prepare,
+                asid: ASID,
+                kind: OpKind::Update { iova, hva, perm },
+            });
+        }
+        self.set_xlate(&r);
+        self.regions.insert(f, r);
+        Ok(plan_from_ops(ops, &self.caps))
+    }
+
+    fn viommu_unmap(&mut self, giova: Iova, size: u64) -> Result<Plan, PlanError> {
+        if self.viommu.is_none() {
+            return Err(PlanError::NoViommu {
+                event: "viommu_unmap",
+            });
+        }
+        if self.mode == Mode::Completed {
+            return Err(self.out_of_order("viommu_unmap"));
+        }
+        let span = Span::new(giova, size, self.caps.page_size)?;
+        let (f, l) = span.bounds();
+        let mut hit: Vec<u64> = Vec::new();
+        if let Some((&k, u)) = self.regions.range(..f).next_back() {
+            if u.gpa.last().raw() >= f {
+                hit.push(k);
+            }
+        }
+        hit.extend(self.regions.range(f..=l).map(|(&k, _)| k));
+        if hit.is_empty() {
+            return Err(PlanError::NotMapped { first: f, last: l });
+        }
+        let ops = vec![Op {
+            phase: Phase::Prepare,
+            asid: ASID,
+            kind: OpKind::Invalidate { iova: span },
+        }];
+        for k in hit {
+            let u = self.regions.remove(&k).expect("found above");
+            let (uf, ul) = u.gpa.bounds();
+            self.xlate.remove(uf..=ul);
+            // The rest of a cut map stays the guest's, but the kernel dropped
+            // its entry whole: the device cannot reach it.
+            let sides = [(uf < f).then(|| (uf, f - 1)), (ul > l).then(|| (l + 1, ul))];
+            for (a, z) in sides.into_iter().flatten() {
+                self.regions.insert(
+                    a,
+                    QRegion {
+                        gpa: Span::trusted(a, z - a + 1),
+                        hva: Hva(u.hva.raw() + (a - uf)),
+                        perm: u.perm,
+                        iova: None,
+                    },
+                );
+            }
+        }
+        Ok(plan_from_ops(ops, &self.caps))
+    }
+
+    fn mapped(&self) -> Vec<(u32, Entry)> {
+        let mut v: Vec<(u32, Entry)> = self
+            .regions
+            .values()
+            .filter_map(|r| {
+                r.iova.map(|iova| {
+                    (
+                        ASID,
+                        Entry {
+                            iova,
+                            hva: r.hva,
+                            perm: r.perm,
+                        },
+                    )
+                })
+            })
+            .collect();
+        for a in self.vring_areas() {
+            match a.area {
+                AreaKind::Desc => v.push((
+                    ASID,
+                    Entry {
+                        iova: a.iova,
+                        hva: a.hva,
+                        perm: Perm::Ro,
+                    },
+                )),
+                // QEMU maps desc and driver areas as one entry.
+                AreaKind::Driver => {
+                    let (_, e) = v.last_mut().expect("desc comes first");
+                    e.iova = Span::trusted(e.iova.first().raw(), e.iova.size() + a.iova.size());
+                }
+                AreaKind::Device => v.push((
+                    ASID,
+                    Entry {
+                        iova: a.iova,
+                        hva: a.hva,
+                        perm: Perm::Rw,
+                    },
+                )),
+            }
+        }
+        v
+    }
+
     fn placements(&self) -> Vec<Placement> {
         self.regions
             .values()
@@ -429,7 +651,7 @@ impl Strategy for QemuPlanner {
             .iter()
             .enumerate()
             .flat_map(|(vq, (d, u))| {
-                let mut a = areas(&s.cfg, &s.layout, vq as u32, d.first().raw());
+                let mut a = areas(&s.cfg, &s.layout, ASID, vq as u32, d.first().raw());
                 // QEMU's device area is allocated on its own.
                 a[2].iova = *u;
                 a

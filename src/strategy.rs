@@ -3,12 +3,14 @@
 //! guest memory and vrings are mapped.
 
 use core::fmt;
+use std::collections::BTreeMap;
 
 use smallvec::SmallVec;
 
 use crate::addr::{Address, Gpa, Hva, Iova, Span};
 use crate::caps::DeviceCaps;
 use crate::error::PlanError;
+use crate::kernel::Entry;
 use crate::plan::{Perm, Plan};
 use crate::svq::{SvqConfig, VringArea};
 
@@ -84,6 +86,28 @@ pub enum Event {
     Failback,
     /// Migration completed: unmap everything.
     Complete,
+    /// The device was reset (status 0): restore what it forgot.
+    Reset,
+    /// The guest's vIOMMU mapped `size` bytes of guest memory at `gpa` to
+    /// guest IOVA `giova`, with `perm` for the device.
+    ViommuMap {
+        /// Guest IOVA.
+        giova: Iova,
+        /// Bytes.
+        size: u64,
+        /// Guest-physical address mapped.
+        gpa: Gpa,
+        /// Device access the guest grants.
+        perm: Perm,
+    },
+    /// The guest's vIOMMU unmapped `[giova, giova + size)`: every live guest
+    /// map in it goes; parts of maps outside it stay.
+    ViommuUnmap {
+        /// Guest IOVA.
+        giova: Iova,
+        /// Bytes.
+        size: u64,
+    },
 }
 
 impl Event {
@@ -97,19 +121,123 @@ impl Event {
             Event::SvqSwitch(_) => "svq_switch",
             Event::Failback => "failback",
             Event::Complete => "complete",
+            Event::Reset => "reset",
+            Event::ViommuMap { .. } => "viommu_map",
+            Event::ViommuUnmap { .. } => "viommu_unmap",
+        }
+    }
+}
+
+/// One range of the device's untranslated address space a strategy must
+/// keep reachable: a guest region (its GPAs), or with a guest vIOMMU one
+/// guest map (its guest IOVAs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GuestUnit {
+    /// The addresses the guest hands the device.
+    pub addr: Span<Gpa>,
+    /// Host address of the first byte.
+    pub hva: Hva,
+    /// Device access.
+    pub perm: Perm,
+}
+
+/// What the device must be able to reach, tracked from accepted events
+/// alone with plain vectors, independently of any strategy's data
+/// structures: what [`crate::layout::check`] compares a strategy with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestView {
+    viommu: bool,
+    memory: Vec<RegionSpec>,
+    maps: Vec<GuestUnit>,
+}
+
+impl GuestView {
+    /// An empty view; `viommu` when the guest has a vIOMMU.
+    pub fn new(viommu: bool) -> Self {
+        GuestView {
+            viommu,
+            ..GuestView::default()
         }
     }
 
-    /// Updates a caller's own list of guest regions for an event the
-    /// strategy accepted, so layout checks can compare the strategy with
-    /// regions tracked independently of it.
-    pub fn track_regions(&self, regions: &mut Vec<RegionSpec>) {
-        match self {
-            Event::Boot(r) => regions.extend(r),
-            Event::Hotplug(r) => regions.push(*r),
-            Event::Unplug(g) => regions.retain(|r| r.gpa != *g),
+    /// Whether the guest has a vIOMMU.
+    pub fn viommu(&self) -> bool {
+        self.viommu
+    }
+
+    /// Guest memory regions.
+    pub fn memory(&self) -> &[RegionSpec] {
+        &self.memory
+    }
+
+    /// Updates the view for an event the strategy **accepted**.
+    pub fn track(&mut self, ev: &Event) {
+        match ev {
+            Event::Boot(r) => self.memory.extend(r),
+            Event::Hotplug(r) => self.memory.push(*r),
+            Event::Unplug(g) => self.memory.retain(|r| r.gpa != *g),
+            Event::ViommuMap {
+                giova,
+                size,
+                gpa,
+                perm,
+            } => {
+                let r = self
+                    .memory
+                    .iter()
+                    .find(|r| r.gpa.raw() <= gpa.raw() && gpa.raw() - r.gpa.raw() < r.size)
+                    .expect("an accepted guest map lies in guest memory");
+                self.maps.push(GuestUnit {
+                    addr: Span::trusted(giova.raw(), *size),
+                    hva: Hva(r.hva.raw() + (gpa.raw() - r.gpa.raw())),
+                    perm: *perm,
+                });
+            }
+            Event::ViommuUnmap { giova, size } => {
+                let (f, l) = (giova.raw(), giova.raw() + (size - 1));
+                let mut out = Vec::with_capacity(self.maps.len() + 1);
+                for m in self.maps.drain(..) {
+                    let (mf, ml) = m.addr.bounds();
+                    if ml < f || mf > l {
+                        out.push(m);
+                        continue;
+                    }
+                    if mf < f {
+                        out.push(GuestUnit {
+                            addr: Span::trusted(mf, f - mf),
+                            ..m
+                        });
+                    }
+                    if ml > l {
+                        out.push(GuestUnit {
+                            addr: Span::trusted(l + 1, ml - l),
+                            hva: Hva(m.hva.raw() + (l + 1 - mf)),
+                            perm: m.perm,
+                        });
+                    }
+                }
+                self.maps = out;
+            }
             _ => {}
         }
+    }
+
+    /// What must be reachable, sorted: the regions, or the guest maps.
+    pub fn units(&self) -> Vec<GuestUnit> {
+        let mut v: Vec<GuestUnit> = if self.viommu {
+            self.maps.clone()
+        } else {
+            self.memory
+                .iter()
+                .map(|r| GuestUnit {
+                    addr: Span::trusted(r.gpa.raw(), r.size),
+                    hva: r.hva,
+                    perm: r.perm(),
+                })
+                .collect()
+        };
+        v.sort_unstable();
+        v
     }
 }
 
@@ -130,7 +258,9 @@ impl Piece {
     }
 }
 
-/// Where one region is mapped now.
+/// Where one region is mapped now. With a guest vIOMMU there is one
+/// placement per guest map, and `gpa` holds its guest IOVAs: the addresses
+/// the guest's descriptors carry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Placement {
@@ -230,12 +360,33 @@ pub trait Strategy {
     fn placements(&self) -> Vec<Placement>;
     /// The vring areas mapped now.
     fn vring_areas(&self) -> Vec<VringArea>;
-    /// Device addresses of `len` bytes of guest memory at `gpa`.
+    /// Device addresses of `len` bytes of guest memory at `gpa` (with a guest
+    /// vIOMMU: at guest IOVA `gpa`, as the guest's descriptors carry them).
     ///
     /// # Errors
     /// [`PlanError::NotGuestMemory`] or [`PlanError::Unreachable`] for the
     /// first byte that cannot be translated; `ZeroSize`/`Wraps` for bad lengths.
     fn translate(&self, gpa: Gpa, len: u64) -> Result<Segments, PlanError>;
+
+    /// The device was reset: restores what it forgot, at the cheapest
+    /// correct cost for its [`crate::MapStyle`] and `persist`.
+    ///
+    /// # Errors
+    /// An event out of order.
+    fn reset(&mut self) -> Result<Plan, PlanError>;
+    /// The guest's vIOMMU mapped guest memory at a guest IOVA.
+    ///
+    /// # Errors
+    /// [`PlanError::NoViommu`], a bad or overlapping map, or no IOVA space.
+    fn viommu_map(&mut self, giova: Iova, size: u64, gpa: Gpa, perm: Perm)
+        -> Result<Plan, PlanError>;
+    /// The guest's vIOMMU unmapped a guest IOVA range.
+    ///
+    /// # Errors
+    /// [`PlanError::NoViommu`], a bad range, or [`PlanError::NotMapped`].
+    fn viommu_unmap(&mut self, giova: Iova, size: u64) -> Result<Plan, PlanError>;
+    /// Every IOTLB entry the strategy has mapped now, as `(asid, entry)`.
+    fn mapped(&self) -> Vec<(u32, Entry)>;
 
     /// Feeds one event.
     ///
@@ -250,7 +401,103 @@ pub trait Strategy {
             Event::SvqSwitch(c) => self.svq_switch(*c),
             Event::Failback => self.failback(),
             Event::Complete => self.complete(),
+            Event::Reset => self.reset(),
+            Event::ViommuMap {
+                giova,
+                size,
+                gpa,
+                perm,
+            } => self.viommu_map(*giova, *size, *gpa, *perm),
+            Event::ViommuUnmap { giova, size } => self.viommu_unmap(*giova, *size),
         }
+    }
+}
+
+/// Guest memory of a vIOMMU guest: declared, not mapped until the guest maps it.
+#[derive(Clone, Debug)]
+pub(crate) struct GuestMemory {
+    /// The highest guest IOVA the guest can use.
+    pub(crate) last: u64,
+    /// Regions by first GPA.
+    map: BTreeMap<u64, (Span<Gpa>, Hva, Perm)>,
+}
+
+impl GuestMemory {
+    pub(crate) fn new(last: u64) -> Self {
+        GuestMemory {
+            last,
+            map: BTreeMap::new(),
+        }
+    }
+
+    /// Validates and adds regions (all or nothing).
+    pub(crate) fn add(&mut self, caps: &DeviceCaps, specs: &[RegionSpec]) -> Result<(), PlanError> {
+        let specs = validate_regions(caps, specs, |f, l| {
+            let (_, (g, _, _)) = self.map.range(..=l).next_back()?;
+            (g.last().raw() >= f).then(|| g.bounds())
+        })?;
+        for (g, spec) in specs {
+            self.map.insert(g.first().raw(), (g, spec.hva, spec.perm()));
+        }
+        Ok(())
+    }
+
+    /// Removes the region at `gpa` unless a guest map (`units`: guest
+    /// address and host range) still uses its host memory.
+    pub(crate) fn remove<'a>(
+        &mut self,
+        gpa: Gpa,
+        mut units: impl Iterator<Item = (u64, Hva, u64)>,
+    ) -> Result<(), PlanError> {
+        let &(g, hva, _) = self
+            .map
+            .get(&gpa.raw())
+            .ok_or(PlanError::UnknownRegion { gpa: gpa.raw() })?;
+        let (hf, hl) = (hva.raw(), hva.raw() + (g.size() - 1));
+        if let Some((giova, _, _)) =
+            units.find(|&(_, h, size)| h.raw() <= hl && h.raw() + (size - 1) >= hf)
+        {
+            return Err(PlanError::RegionInUse {
+                gpa: gpa.raw(),
+                giova,
+            });
+        }
+        self.map.remove(&gpa.raw());
+        Ok(())
+    }
+
+    /// Checks a guest map and resolves it to (guest IOVA span, host address),
+    /// leaving overlap with live maps to the caller.
+    pub(crate) fn resolve(
+        &self,
+        caps: &DeviceCaps,
+        giova: Iova,
+        size: u64,
+        gpa: Gpa,
+        perm: Perm,
+    ) -> Result<(Span<Gpa>, Hva), PlanError> {
+        let gi = Span::new(giova, size, caps.page_size)?;
+        let m = Span::new(gpa, size, caps.page_size)?;
+        let bad = |reason| PlanError::BadGuestMap {
+            giova: giova.raw(),
+            gpa: gpa.raw(),
+            size,
+            reason,
+        };
+        if gi.last().raw() > self.last {
+            return Err(bad("beyond the guest's highest IOVA (viommu_last)"));
+        }
+        let (rg, rhva, rperm) = match self.map.range(..=gpa.raw()).next_back() {
+            Some((_, &(g, h, p))) if g.last() >= m.last() => (g, h, p),
+            _ => return Err(bad("not inside one guest memory region")),
+        };
+        if rperm == Perm::Ro && perm != Perm::Ro {
+            return Err(bad("device write access to read-only memory"));
+        }
+        Ok((
+            Span::trusted(giova.raw(), size),
+            Hva(rhva.raw() + (gpa.raw() - rg.first().raw())),
+        ))
     }
 }
 

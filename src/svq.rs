@@ -59,6 +59,8 @@ impl AreaKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct VringArea {
+    /// Address space it is mapped in.
+    pub asid: u32,
     /// Queue index (0-based, in the order of the SVQ config).
     pub vq: u32,
     /// Which area.
@@ -150,22 +152,31 @@ impl SvqConfig {
 }
 
 /// The three areas of queue `vq` whose block starts at `iova`.
-pub(crate) fn areas(cfg: &SvqConfig, l: &QueueLayout, vq: u32, iova: u64) -> [VringArea; 3] {
+pub(crate) fn areas(
+    cfg: &SvqConfig,
+    l: &QueueLayout,
+    asid: u32,
+    vq: u32,
+    iova: u64,
+) -> [VringArea; 3] {
     let h = cfg.queue_hva(l, vq).raw();
     [
         VringArea {
+            asid,
             vq,
             area: AreaKind::Desc,
             iova: Span::trusted(iova, l.desc),
             hva: Hva(h),
         },
         VringArea {
+            asid,
             vq,
             area: AreaKind::Driver,
             iova: Span::trusted(iova + l.desc, l.driver),
             hva: Hva(h + l.desc),
         },
         VringArea {
+            asid,
             vq,
             area: AreaKind::Device,
             iova: Span::trusted(iova + l.ro(), l.device),
@@ -194,7 +205,7 @@ mod tests {
         let l = c.layout(PageSize::SIZE_4K).unwrap();
         // 16 KiB of descriptors, 2054 -> 4 KiB driver, 8198 -> 12 KiB device.
         assert_eq!((l.desc, l.driver, l.device), (16384, 4096, 12288));
-        let a = areas(&c, &l, 1, 0x10_0000);
+        let a = areas(&c, &l, 0, 1, 0x10_0000);
         assert_eq!(a[0].hva, Hva(0x7e00_0000_0000 + 32768));
         assert_eq!(a[2].iova.first(), Iova(0x10_0000 + 20480));
         assert_eq!(a[2].perm(), Perm::Rw);

@@ -2,159 +2,13 @@
 //! is replayed on the kernel model, and the device's table is checked byte
 //! for byte against what the strategy reports after every step.
 
-use vdpa_iova_planner::kernel::Applied;
-use vdpa_iova_planner::layout::{self, LayoutReport};
+mod common;
+
+use common::*;
 use vdpa_iova_planner::{
-    Cost, DeviceCaps, DeviceRange, Event, Gpa, Hva, KernelIotlb, Mode, OpKind, Phase, Plan,
-    PlanError, Planner, QemuPlanner, RegionSpec, Strategy, SvqConfig,
+    DeviceCaps, DeviceRange, Event, Gpa, Hva, Mode, OpKind, Phase, PlanError, RegionSpec,
+    Strategy, SvqConfig,
 };
-
-const GIB: u64 = 1 << 30;
-const MIB: u64 = 1 << 20;
-
-/// A strategy driven against the kernel model, with the regions tracked
-/// independently of the strategy.
-struct Rig<S: Strategy> {
-    s: S,
-    k: KernelIotlb,
-    regions: Vec<RegionSpec>,
-}
-
-fn identity(caps: DeviceCaps, max_gpa: Option<u64>) -> Rig<Planner> {
-    Rig {
-        s: Planner::new(caps, max_gpa).unwrap(),
-        k: KernelIotlb::new(&caps),
-        regions: vec![],
-    }
-}
-
-fn qemu(caps: DeviceCaps) -> Rig<QemuPlanner> {
-    Rig {
-        s: QemuPlanner::new(caps).unwrap(),
-        k: KernelIotlb::new(&caps),
-        regions: vec![],
-    }
-}
-
-fn ram(gpa: u64, size: u64) -> RegionSpec {
-    RegionSpec {
-        gpa: Gpa(gpa),
-        size,
-        hva: Hva(0x1000_0000_0000 + gpa % (1 << 47)),
-        readonly: false,
-    }
-}
-
-fn svq(queues: u32) -> SvqConfig {
-    SvqConfig {
-        queues,
-        queue_size: 256,
-        hva: Hva(0x7e00_0000_0000),
-    }
-}
-
-impl<S: Strategy> Rig<S> {
-    fn step(&mut self, ev: Event) -> (Plan, LayoutReport) {
-        let plan = self
-            .s
-            .apply(&ev)
-            .unwrap_or_else(|e| panic!("{}: {ev:?} refused: {e}", self.s.name()));
-        check_plan_shape(&plan, self.s.caps());
-        for (i, op) in plan.ops().iter().enumerate() {
-            match self.k.apply(op) {
-                Ok(Applied::Unmapped(v)) => {
-                    assert!(!v.is_empty(), "op {i} {op:?} invalidates nothing")
-                }
-                Ok(_) => {}
-                Err(v) => panic!(
-                    "{}: {ev:?}: op {i} {op:?} refused by the kernel model: {v}",
-                    self.s.name()
-                ),
-            }
-        }
-        assert_eq!(self.k.open_batch(), None, "plan leaves a batch open");
-        ev.track_regions(&mut self.regions);
-        let rep = layout::check(self.k.entries(0), &self.s, &self.regions)
-            .unwrap_or_else(|e| panic!("{}: after {ev:?}: {e}", self.s.name()));
-        (plan, rep)
-    }
-
-    /// An event that must be refused and change nothing.
-    fn refuse(&mut self, ev: Event) -> PlanError {
-        let (p, v, m) = (self.s.placements(), self.s.vring_areas(), self.s.mode());
-        let err = self.s.apply(&ev).expect_err("must be refused");
-        assert_eq!(
-            (p, v, m),
-            (self.s.placements(), self.s.vring_areas(), self.s.mode()),
-            "{err} changed state"
-        );
-        layout::check(self.k.entries(0), &self.s, &self.regions).unwrap();
-        err
-    }
-}
-
-/// Phases in order, batches well formed and never spanning a phase or an
-/// asid, the cost what the ops add up to.
-fn check_plan_shape(plan: &Plan, caps: &DeviceCaps) {
-    let ops = plan.ops();
-    assert!(
-        ops.windows(2).all(|w| w[0].phase <= w[1].phase),
-        "phases out of order: {ops:?}"
-    );
-    let mut open: Option<(Phase, u32)> = None;
-    for op in ops {
-        match op.kind {
-            OpKind::BatchBegin => {
-                assert!(caps.batching && open.is_none());
-                open = Some((op.phase, op.asid));
-            }
-            OpKind::BatchEnd => {
-                assert_eq!(open.take(), Some((op.phase, op.asid)));
-            }
-            _ => {
-                if let Some(o) = open {
-                    assert_eq!(o, (op.phase, op.asid), "batch spans phases or asids");
-                }
-            }
-        }
-    }
-    assert!(open.is_none());
-    // Recount independently of Cost::of.
-    let mut c = Cost::default();
-    for op in ops {
-        let crit = op.phase == Phase::Critical;
-        c.messages += 1;
-        c.critical_messages += crit as u64;
-        match op.kind {
-            OpKind::Update { iova, .. } if caps.pinning => {
-                c.pinned_bytes += iova.size();
-                c.critical_pinned_bytes += if crit { iova.size() } else { 0 };
-            }
-            OpKind::Invalidate { iova } if caps.pinning => {
-                c.unpinned_bytes += iova.size();
-                c.critical_unpinned_bytes += if crit { iova.size() } else { 0 };
-            }
-            OpKind::BatchEnd => c.critical_batch_ends += crit as u64,
-            _ => {}
-        }
-    }
-    assert_eq!(&c, plan.cost());
-}
-
-fn guest_ops(plan: &Plan, guest: &[RegionSpec]) -> usize {
-    plan.ops()
-        .iter()
-        .filter(|op| match op.kind {
-            OpKind::Update { hva, .. } => guest
-                .iter()
-                .any(|r| r.hva.0 <= hva.0 && hva.0 < r.hva.0 + r.size),
-            OpKind::Invalidate { iova } => guest
-                .iter()
-                .any(|r| iova.first().0 < r.gpa.0 + r.size && r.gpa.0 <= iova.last().0),
-            _ => false,
-        })
-        .count()
-}
 
 #[test]
 fn prepared_switch_is_free_for_any_guest_size() {
@@ -261,15 +115,6 @@ fn hotplug_and_unplug_in_passthrough() {
 }
 
 /// Lets one loop drive both strategies.
-trait RigDyn {
-    fn step_dyn(&mut self, ev: Event) -> Plan;
-}
-impl<S: Strategy> RigDyn for Rig<S> {
-    fn step_dyn(&mut self, ev: Event) -> Plan {
-        self.step(ev).0
-    }
-}
-
 #[test]
 fn hotplug_while_prepared_moves_the_vrings_not_the_memory() {
     // max_gpa unknown: the window starts right where RAM ends.

@@ -63,10 +63,10 @@ fn plan(
     let scn = Scenario::parse(&text, &origin)?;
     Ok(match (format, strategy) {
         (Format::Table, None) => {
-            let runs = [
-                run(&scn, &origin, StrategyKind::Identity)?,
-                run(&scn, &origin, StrategyKind::Qemu)?,
-            ];
+            let runs = StrategyKind::available(&scn)
+                .into_iter()
+                .map(|k| run(&scn, &origin, k))
+                .collect::<Result<Vec<_>, _>>()?;
             comparison_table(&scn.caps, &runs)
         }
         (Format::Table, Some(k)) => detail_table(&scn.caps, &run(&scn, &origin, k)?),

@@ -90,26 +90,31 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
     let _ = writeln!(out, "{head}");
     let _ = writeln!(out, "{}", "-".repeat(head.len()));
     let last = &runs[runs.len() - 1];
+    let pinned = |r: &RunReport, i: usize| r.steps.get(i).map(|s| s.cost.critical_pinned_bytes);
     for i in 0..first.steps.len() {
         let mut line = format!("{:<4} {:<12}", i, first.steps[i].event);
         for r in runs {
-            let c = &r.steps[i].cost;
-            let _ = write!(
-                line,
-                " | {:>9} {:>15} {:>15}",
-                c.critical_messages,
-                bytes(c.critical_pinned_bytes),
-                bytes(c.critical_unpinned_bytes)
-            );
+            match r.steps.get(i) {
+                Some(s) => {
+                    let c = &s.cost;
+                    let _ = write!(
+                        line,
+                        " | {:>9} {:>15} {:>15}",
+                        c.critical_messages,
+                        bytes(c.critical_pinned_bytes),
+                        bytes(c.critical_unpinned_bytes)
+                    );
+                }
+                None => {
+                    let _ = write!(line, " | {:>41}", "refused");
+                }
+            }
         }
-        let _ = write!(
-            line,
-            " | {:>9}",
-            ratio(
-                first.steps[i].cost.critical_pinned_bytes,
-                last.steps[i].cost.critical_pinned_bytes
-            )
-        );
+        let r = match (pinned(first, i), pinned(last, i)) {
+            (Some(a), Some(b)) => ratio(a, b),
+            _ => "-".to_string(),
+        };
+        let _ = write!(line, " | {r:>9}");
         let _ = writeln!(out, "{line}");
     }
     let _ = writeln!(out, "{}", "-".repeat(head.len()));
@@ -157,13 +162,28 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
             .unwrap_or(0);
         let _ = writeln!(
             out,
-            "{:<9} all phases: {} messages, {} pinned, {} unpinned; guest memory the device could not reach: {}",
+            "{:<13} all phases: {} messages, {} pinned, {} unpinned; guest memory the device could not reach: {}",
             r.strategy,
             c.messages,
             bytes(c.pinned_bytes),
             bytes(c.unpinned_bytes),
             bytes(lost)
         );
+        let quirks: usize = r.steps.iter().map(|s| s.quirks.len()).sum();
+        if quirks > 0 {
+            let _ = writeln!(
+                out,
+                "{:<13} {quirks} message(s) the kernel took differently than meant (partial unmaps dropped whole entries)",
+                ""
+            );
+        }
+        if let Some(st) = &r.stopped {
+            let _ = writeln!(
+                out,
+                "{:<13} stopped at step {} ({}): {}",
+                "", st.step, st.event, st.reason
+            );
+        }
     }
     out
 }
@@ -217,6 +237,16 @@ pub fn detail_table(caps: &DeviceCaps, run: &RunReport) -> String {
                 bytes(s.unreachable_bytes)
             );
         }
+        for q in &s.quirks {
+            let _ = writeln!(out, "  kernel: {q}");
+        }
+    }
+    if let Some(st) = &run.stopped {
+        let _ = writeln!(
+            out,
+            "\nstep {}: {} refused: {}",
+            st.step, st.event, st.reason
+        );
     }
     out
 }
@@ -263,14 +293,19 @@ pub fn json(run: &RunReport) -> Value {
                     "critical_batch_ends": c.critical_batch_ends,
                 },
                 "svq": s.svq.iter().map(|a| json!({
-                    "vq": a.vq, "area": a.area.as_str(), "iova": a.iova.first().0, "size": a.iova.size(), "hva": a.hva.0,
+                    "asid": a.asid, "vq": a.vq, "area": a.area.as_str(), "iova": a.iova.first().0, "size": a.iova.size(), "hva": a.hva.0,
                 })).collect::<Vec<_>>(),
                 "displaced": s.displaced.iter().map(|d| json!({"gpa": d.gpa, "iova": d.iova, "size": d.size})).collect::<Vec<_>>(),
                 "unreachable_bytes": s.unreachable_bytes,
+                "kernel_quirks": s.quirks,
             })
         })
         .collect();
-    json!({"name": run.name, "strategy": run.strategy, "steps": steps})
+    let stopped = run
+        .stopped
+        .as_ref()
+        .map(|st| json!({"step": st.step, "event": st.event, "reason": st.reason}));
+    json!({"name": run.name, "strategy": run.strategy, "steps": steps, "stopped": stopped})
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 
 use vdpa_iova_planner::kernel::KernelIotlb;
 use vdpa_iova_planner::layout;
-use vdpa_iova_planner::{Cost, Mode, Op, Planner, QemuPlanner, RegionSpec, Strategy, VringArea};
+use vdpa_iova_planner::{
+    Cost, Event, GuestView, Mode, Op, PlanError, Planner, QemuPlanner, Strategy, VringArea,
+};
 
 use crate::error::AdapterError;
 use crate::scenario::{step_error, Scenario};
@@ -13,23 +15,47 @@ use crate::scenario::{step_error, Scenario};
 pub enum StrategyKind {
     /// Guest memory stays identity-mapped; vrings in a reserved window.
     Identity,
+    /// Identity, with the vrings in address space 1 (needs `desc_asid` and
+    /// two address spaces).
+    #[value(name = "identity-asid")]
+    IdentityAsid,
     /// What QEMU does today: unmap and re-map everything at each switch.
     Qemu,
 }
 
 impl StrategyKind {
+    /// The strategies a scenario's device allows, ours first, QEMU last.
+    pub fn available(scn: &Scenario) -> Vec<StrategyKind> {
+        let mut v = vec![StrategyKind::Identity];
+        if scn.caps.desc_asid && scn.caps.address_spaces >= 2 {
+            v.push(StrategyKind::IdentityAsid);
+        }
+        v.push(StrategyKind::Qemu);
+        v
+    }
+
     /// Builds the strategy for a scenario.
     ///
     /// # Errors
     /// Capabilities the planner refuses.
     pub fn build(self, scn: &Scenario, file: &str) -> Result<Box<dyn Strategy>, AdapterError> {
         let r = match self {
-            StrategyKind::Identity => {
-                Planner::new(scn.caps, scn.max_gpa).map(|p| Box::new(p) as Box<dyn Strategy>)
+            StrategyKind::Identity | StrategyKind::IdentityAsid => {
+                let mut b = Planner::builder(scn.caps)
+                    .separate_vring_asid(self == StrategyKind::IdentityAsid);
+                if let Some(m) = scn.max_gpa {
+                    b = b.max_gpa(m);
+                }
+                if let Some(l) = scn.viommu_last {
+                    b = b.viommu(l);
+                }
+                b.build().map(|p| Box::new(p) as Box<dyn Strategy>)
             }
-            StrategyKind::Qemu => {
-                QemuPlanner::new(scn.caps).map(|p| Box::new(p) as Box<dyn Strategy>)
+            StrategyKind::Qemu => match scn.viommu_last {
+                Some(l) => QemuPlanner::with_viommu(scn.caps, l),
+                None => QemuPlanner::new(scn.caps),
             }
+            .map(|p| Box::new(p) as Box<dyn Strategy>),
         };
         r.map_err(|e| AdapterError::Scenario {
             file: file.to_string(),
@@ -66,6 +92,20 @@ pub struct StepReport {
     pub unreachable_bytes: u64,
     /// Mode after the step.
     pub mode: Mode,
+    /// What the kernel did that the plan did not mean (only for plans
+    /// replayed permissively: QEMU's partial unmaps).
+    pub quirks: Vec<String>,
+}
+
+/// Why a run stopped before the end of the scenario.
+#[derive(Clone, Debug)]
+pub struct Stop {
+    /// The step the strategy refused.
+    pub step: usize,
+    /// Its event.
+    pub event: &'static str,
+    /// The strategy's reason.
+    pub reason: String,
 }
 
 /// A whole scenario under one strategy.
@@ -75,8 +115,10 @@ pub struct RunReport {
     pub name: String,
     /// Strategy name.
     pub strategy: &'static str,
-    /// Boot, then one per event.
+    /// Boot, then one per event, up to `stopped`.
     pub steps: Vec<StepReport>,
+    /// The step a strategy does not support (QEMU with a vIOMMU), if any.
+    pub stopped: Option<Stop>,
 }
 
 /// Plans every step of `scn` with `kind`, replays each plan on the kernel
@@ -87,13 +129,32 @@ pub struct RunReport {
 /// model refuses or a layout that does not match.
 pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, AdapterError> {
     let mut s = kind.build(scn, file)?;
-    let mut k = KernelIotlb::new(&scn.caps);
-    let mut regions: Vec<RegionSpec> = Vec::new();
+    // Our plans must pass the strict model; QEMU's are replayed as the kernel
+    // takes them, so what they lose shows.
+    let mut k = match kind {
+        StrategyKind::Qemu => KernelIotlb::permissive(&scn.caps),
+        _ => KernelIotlb::new(&scn.caps),
+    };
+    let mut guest = GuestView::new(scn.viommu_last.is_some());
     let mut steps = Vec::new();
+    let mut stopped = None;
     for (i, ev) in scn.steps().enumerate() {
-        let plan = s
-            .apply(&ev)
-            .map_err(|e| step_error(file, i, &ev, s.name(), e))?;
+        let plan = match s.apply(&ev) {
+            Ok(p) => p,
+            Err(PlanError::Unsupported { what }) => {
+                stopped = Some(Stop {
+                    step: i,
+                    event: ev.name(),
+                    reason: what.to_string(),
+                });
+                break;
+            }
+            Err(e) => return Err(step_error(file, i, &ev, s.name(), e)),
+        };
+        if ev == Event::Reset {
+            k.reset_device();
+        }
+        let quirks_before = k.quirks().len();
         if let Err((op, violation)) = k.apply_all(plan.ops()) {
             return Err(AdapterError::KernelRule {
                 file: file.to_string(),
@@ -104,8 +165,8 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
                 violation: Box::new(violation),
             });
         }
-        ev.track_regions(&mut regions);
-        let rep = layout::check(k.entries(0), s.as_ref(), &regions).map_err(|e| {
+        guest.track(&ev);
+        let rep = layout::check(&k.device_tables(), s.as_ref(), &guest).map_err(|e| {
             AdapterError::Layout {
                 file: file.to_string(),
                 step: i,
@@ -138,11 +199,16 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
             displaced,
             unreachable_bytes: rep.unreachable_bytes,
             mode: s.mode(),
+            quirks: k.quirks()[quirks_before..]
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         });
     }
     Ok(RunReport {
         name: scn.name.clone(),
         strategy: s.name(),
         steps,
+        stopped,
     })
 }

@@ -9,8 +9,22 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use vdpa_iova_planner::{
-    DeviceCaps, DeviceRange, Event, Gpa, Hva, PageSize, PlanError, RegionSpec, SvqConfig,
+    DeviceCaps, DeviceRange, Event, Gpa, Hva, Iova, MapStyle, PageSize, Perm, PlanError,
+    RegionSpec, SvqConfig,
 };
+
+/// The event kinds of the format.
+pub const KINDS: [&str; 9] = [
+    "svq_prepare",
+    "svq_switch",
+    "hotplug",
+    "unplug",
+    "failback",
+    "complete",
+    "reset",
+    "viommu_map",
+    "viommu_unmap",
+];
 
 use crate::error::AdapterError;
 
@@ -27,6 +41,8 @@ pub struct Scenario {
     pub caps: DeviceCaps,
     /// `[guest] max_gpa`, if given.
     pub max_gpa: Option<u64>,
+    /// `[guest] viommu_last` when `viommu = true`: the guest has a vIOMMU.
+    pub viommu_last: Option<u64>,
     /// Regions present at boot.
     pub boot: Vec<RegionSpec>,
     /// Events after boot, in order.
@@ -106,12 +122,16 @@ struct DeviceSection {
     desc_asid: Option<bool>,
     persist: Option<bool>,
     pinning: Option<bool>,
+    map_style: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct GuestSection {
     max_gpa: Option<Num>,
+    #[serde(default)]
+    viommu: bool,
+    viommu_last: Option<Num>,
     #[serde(default)]
     regions: Vec<RegionEntry>,
 }
@@ -136,6 +156,8 @@ struct EventEntry {
     gpa: Option<Num>,
     size: Option<Num>,
     readonly: Option<bool>,
+    giova: Option<Num>,
+    perm: Option<String>,
 }
 
 impl Scenario {
@@ -170,6 +192,17 @@ impl Scenario {
             desc_asid: d.desc_asid.unwrap_or(defaults.desc_asid),
             persist: d.persist.unwrap_or(defaults.persist),
             pinning: d.pinning.unwrap_or(defaults.pinning),
+            map_style: match d.map_style.as_deref() {
+                None => defaults.map_style,
+                Some("set_map") => MapStyle::SetMap,
+                Some("dma_map") => MapStyle::DmaMap,
+                Some("platform") => MapStyle::Platform,
+                Some(o) => {
+                    return Err(err(format!(
+                        "[device] map_style: {o:?} (expected set_map, dma_map or platform)"
+                    )))
+                }
+            },
         };
         caps.validate().map_err(|e| err(format!("[device]: {e}")))?;
         let boot = f
@@ -194,23 +227,32 @@ impl Scenario {
             };
             let need =
                 |v: Option<Num>, field: &str| v.map(|n| n.0).ok_or_else(|| at(field, "missing"));
-            let unexpected = |fields: &[(&str, bool)]| -> Result<(), AdapterError> {
-                for (name, present) in fields {
-                    if *present {
-                        return Err(at(name, "not used by this event"));
-                    }
-                }
-                Ok(())
-            };
-            let svq_fields = [
+            let present = [
                 ("queues", e.queues.is_some()),
                 ("queue_size", e.queue_size.is_some()),
-            ];
-            let region_fields = [
+                ("hva", e.hva.is_some()),
                 ("gpa", e.gpa.is_some()),
                 ("size", e.size.is_some()),
                 ("readonly", e.readonly.is_some()),
+                ("giova", e.giova.is_some()),
+                ("perm", e.perm.is_some()),
             ];
+            let allowed: &[&str] = match e.kind.as_str() {
+                "svq_prepare" | "svq_switch" => &["queues", "queue_size", "hva"],
+                "hotplug" => &["gpa", "size", "hva", "readonly"],
+                "unplug" => &["gpa"],
+                "viommu_map" => &["giova", "size", "gpa", "perm"],
+                "viommu_unmap" => &["giova", "size"],
+                _ => &[],
+            };
+            if let Some((name, _)) = present
+                .iter()
+                .find(|(name, here)| *here && !allowed.contains(name))
+            {
+                if KINDS.contains(&e.kind.as_str()) {
+                    return Err(at(name, "not used by this event"));
+                }
+            }
             let svq = |e: &EventEntry| -> Result<SvqConfig, AdapterError> {
                 Ok(SvqConfig {
                     queues: e.queues.ok_or_else(|| at("queues", "missing"))?,
@@ -219,55 +261,66 @@ impl Scenario {
                 })
             };
             let ev = match e.kind.as_str() {
-                "svq_prepare" => {
-                    unexpected(&region_fields)?;
-                    Event::SvqPrepare(svq(e)?)
-                }
+                "svq_prepare" => Event::SvqPrepare(svq(e)?),
                 "svq_switch" => {
-                    unexpected(&region_fields)?;
                     if e.queues.is_none() && e.queue_size.is_none() && e.hva.is_none() {
                         Event::SvqSwitch(None)
                     } else {
                         Event::SvqSwitch(Some(svq(e)?))
                     }
                 }
-                "hotplug" => {
-                    unexpected(&svq_fields)?;
-                    Event::Hotplug(RegionSpec {
-                        gpa: Gpa(need(e.gpa, "gpa")?),
-                        size: need(e.size, "size")?,
-                        hva: Hva(need(e.hva, "hva")?),
-                        readonly: e.readonly.unwrap_or(false),
-                    })
-                }
-                "unplug" => {
-                    unexpected(&svq_fields)?;
-                    unexpected(&[("size", e.size.is_some()), ("hva", e.hva.is_some()), ("readonly", e.readonly.is_some())])?;
-                    Event::Unplug(Gpa(need(e.gpa, "gpa")?))
-                }
-                "failback" | "complete" => {
-                    unexpected(&svq_fields)?;
-                    unexpected(&region_fields)?;
-                    unexpected(&[("hva", e.hva.is_some())])?;
-                    if e.kind == "failback" {
-                        Event::Failback
-                    } else {
-                        Event::Complete
-                    }
-                }
+                "hotplug" => Event::Hotplug(RegionSpec {
+                    gpa: Gpa(need(e.gpa, "gpa")?),
+                    size: need(e.size, "size")?,
+                    hva: Hva(need(e.hva, "hva")?),
+                    readonly: e.readonly.unwrap_or(false),
+                }),
+                "unplug" => Event::Unplug(Gpa(need(e.gpa, "gpa")?)),
+                "failback" => Event::Failback,
+                "complete" => Event::Complete,
+                "reset" => Event::Reset,
+                "viommu_map" => Event::ViommuMap {
+                    giova: Iova(need(e.giova, "giova")?),
+                    size: need(e.size, "size")?,
+                    gpa: Gpa(need(e.gpa, "gpa")?),
+                    perm: match e.perm.as_deref() {
+                        None | Some("rw") => Perm::Rw,
+                        Some("ro") => Perm::Ro,
+                        Some("wo") => Perm::Wo,
+                        Some(_) => return Err(at("perm", "expected ro, wo or rw")),
+                    },
+                },
+                "viommu_unmap" => Event::ViommuUnmap {
+                    giova: Iova(need(e.giova, "giova")?),
+                    size: need(e.size, "size")?,
+                },
                 other => {
                     return Err(err(format!(
-                        "event {} : unknown kind {other:?} (expected svq_prepare, svq_switch, hotplug, unplug, failback, complete)",
-                        i + 1
+                        "event {}: unknown kind {other:?} (expected {})",
+                        i + 1,
+                        KINDS.join(", ")
                     )))
                 }
             };
+            let viommu_event = matches!(ev, Event::ViommuMap { .. } | Event::ViommuUnmap { .. });
+            if viommu_event && !f.guest.viommu {
+                return Err(at("kind", "needs `[guest] viommu = true`"));
+            }
             events.push(ev);
         }
+        let viommu_last = match (f.guest.viommu, f.guest.viommu_last) {
+            (true, Some(n)) => Some(n.0),
+            (true, None) => return Err(err("[guest]: viommu = true needs viommu_last".into())),
+            (false, Some(_)) => {
+                return Err(err("[guest]: viommu_last without viommu = true".into()))
+            }
+            (false, None) => None,
+        };
         Ok(Scenario {
             name: f.name.unwrap_or_else(|| origin.to_string()),
             caps,
             max_gpa: f.guest.max_gpa.map(|n| n.0),
+            viommu_last,
             boot,
             events,
         })

@@ -1,0 +1,180 @@
+//! The scenario harness shared by the integration tests: a strategy driven
+//! against the kernel model, with the guest tracked independently of it.
+
+#![allow(dead_code)]
+
+use vdpa_iova_planner::kernel::Applied;
+use vdpa_iova_planner::layout::{self, LayoutReport};
+use vdpa_iova_planner::{
+    Cost, DeviceCaps, Entry, Event, Gpa, GuestView, Hva, KernelIotlb, OpKind, Phase, Plan,
+    PlanError, Planner, QemuPlanner, RegionSpec, Strategy, SvqConfig,
+};
+
+pub const GIB: u64 = 1 << 30;
+pub const MIB: u64 = 1 << 20;
+
+/// A strategy driven against the kernel model, with the regions tracked
+/// independently of the strategy.
+pub struct Rig<S: Strategy> {
+    pub s: S,
+    pub k: KernelIotlb,
+    pub guest: GuestView,
+}
+
+impl<S: Strategy> Rig<S> {
+    pub fn new(s: S, viommu: bool) -> Self {
+        let k = KernelIotlb::new(s.caps());
+        Rig {
+            s,
+            k,
+            guest: GuestView::new(viommu),
+        }
+    }
+}
+
+pub fn identity(caps: DeviceCaps, max_gpa: Option<u64>) -> Rig<Planner> {
+    Rig::new(Planner::new(caps, max_gpa).unwrap(), false)
+}
+
+pub fn qemu(caps: DeviceCaps) -> Rig<QemuPlanner> {
+    Rig::new(QemuPlanner::new(caps).unwrap(), false)
+}
+
+pub fn ram(gpa: u64, size: u64) -> RegionSpec {
+    RegionSpec {
+        gpa: Gpa(gpa),
+        size,
+        hva: Hva(0x1000_0000_0000 + gpa % (1 << 47)),
+        readonly: false,
+    }
+}
+
+pub fn svq(queues: u32) -> SvqConfig {
+    SvqConfig {
+        queues,
+        queue_size: 256,
+        hva: Hva(0x7e00_0000_0000),
+    }
+}
+
+impl<S: Strategy> Rig<S> {
+    pub fn step(&mut self, ev: Event) -> (Plan, LayoutReport) {
+        let plan = self
+            .s
+            .apply(&ev)
+            .unwrap_or_else(|e| panic!("{}: {ev:?} refused: {e}", self.s.name()));
+        check_plan_shape(&plan, self.s.caps());
+        if ev == Event::Reset {
+            self.k.reset_device();
+        }
+        for (i, op) in plan.ops().iter().enumerate() {
+            match self.k.apply(op) {
+                Ok(Applied::Unmapped(v)) => {
+                    assert!(!v.is_empty(), "op {i} {op:?} invalidates nothing")
+                }
+                Ok(_) => {}
+                Err(v) => panic!(
+                    "{}: {ev:?}: op {i} {op:?} refused by the kernel model: {v}",
+                    self.s.name()
+                ),
+            }
+        }
+        assert_eq!(self.k.open_batch(), None, "plan leaves a batch open");
+        self.guest.track(&ev);
+        let rep = layout::check(&self.k.device_tables(), &self.s, &self.guest)
+            .unwrap_or_else(|e| panic!("{}: after {ev:?}: {e}", self.s.name()));
+        // What the strategy says it mapped is what the vhost table holds.
+        let mut mapped: Vec<(u32, Entry)> = self.s.mapped();
+        mapped.sort();
+        let mut table: Vec<(u32, Entry)> = (0..self.s.caps().address_spaces.min(4))
+            .flat_map(|a| self.k.entries(a).map(move |e| (a, *e)))
+            .collect();
+        table.sort();
+        assert_eq!(mapped, table, "{}: mapped() after {ev:?}", self.s.name());
+        (plan, rep)
+    }
+
+    /// An event that must be refused and change nothing.
+    pub fn refuse(&mut self, ev: Event) -> PlanError {
+        let state = |s: &S| (s.placements(), s.vring_areas(), s.mode(), s.mapped());
+        let before = state(&self.s);
+        let err = self.s.apply(&ev).expect_err("must be refused");
+        assert_eq!(before, state(&self.s), "{err} changed state");
+        layout::check(&self.k.device_tables(), &self.s, &self.guest).unwrap();
+        err
+    }
+}
+
+/// Phases in order, batches well formed and never spanning a phase or an
+/// asid, the cost what the ops add up to.
+pub fn check_plan_shape(plan: &Plan, caps: &DeviceCaps) {
+    let ops = plan.ops();
+    assert!(
+        ops.windows(2).all(|w| w[0].phase <= w[1].phase),
+        "phases out of order: {ops:?}"
+    );
+    let mut open: Option<(Phase, u32)> = None;
+    for op in ops {
+        match op.kind {
+            OpKind::BatchBegin => {
+                assert!(caps.batching && open.is_none());
+                open = Some((op.phase, op.asid));
+            }
+            OpKind::BatchEnd => {
+                assert_eq!(open.take(), Some((op.phase, op.asid)));
+            }
+            _ => {
+                if let Some(o) = open {
+                    assert_eq!(o, (op.phase, op.asid), "batch spans phases or asids");
+                }
+            }
+        }
+    }
+    assert!(open.is_none());
+    // Recount independently of Cost::of.
+    let mut c = Cost::default();
+    for op in ops {
+        let crit = op.phase == Phase::Critical;
+        c.messages += 1;
+        c.critical_messages += crit as u64;
+        match op.kind {
+            OpKind::Update { iova, .. } if caps.pinning => {
+                c.pinned_bytes += iova.size();
+                c.critical_pinned_bytes += if crit { iova.size() } else { 0 };
+            }
+            OpKind::Invalidate { iova } if caps.pinning => {
+                c.unpinned_bytes += iova.size();
+                c.critical_unpinned_bytes += if crit { iova.size() } else { 0 };
+            }
+            OpKind::BatchEnd => c.critical_batch_ends += crit as u64,
+            _ => {}
+        }
+    }
+    assert_eq!(&c, plan.cost());
+}
+
+pub fn guest_ops(plan: &Plan, guest: &[RegionSpec]) -> usize {
+    plan.ops()
+        .iter()
+        .filter(|op| match op.kind {
+            OpKind::Update { hva, .. } => guest
+                .iter()
+                .any(|r| r.hva.0 <= hva.0 && hva.0 < r.hva.0 + r.size),
+            OpKind::Invalidate { iova } => guest
+                .iter()
+                .any(|r| iova.first().0 < r.gpa.0 + r.size && r.gpa.0 <= iova.last().0),
+            _ => false,
+        })
+        .count()
+}
+
+
+pub trait RigDyn {
+    fn step_dyn(&mut self, ev: Event) -> Plan;
+}
+impl<S: Strategy> RigDyn for Rig<S> {
+    fn step_dyn(&mut self, ev: Event) -> Plan {
+        self.step(ev).0
+    }
+}
+
