@@ -215,7 +215,8 @@ pub fn check(
         }
         let empty = View::new();
         let expected = expected.get(asid).unwrap_or(&empty);
-        let flat = |m: &View| -> Vec<_> { m.iter().map(|(r, v)| (*r.start(), *r.end(), *v)).collect() };
+        let flat =
+            |m: &View| -> Vec<_> { m.iter().map(|(r, v)| (*r.start(), *r.end(), *v)).collect() };
         let (ex, ac) = (flat(expected), flat(&actual));
         if ex != ac {
             let at = first_difference(&ex, &ac);

@@ -330,8 +330,10 @@ pub(crate) fn plan_from_ops(ops: Vec<Op>, caps: &DeviceCaps) -> Plan {
 /// entry mapped (`(asid, entry)`), for the device's map style (see
 /// [`crate::kernel`]): nothing when maps persist or live in the platform
 /// IOMMU; on a `set_map` device an empty batch per address space (a table
-/// push, nothing pinned again) or, without batching, an unmap and map of the
-/// smallest entry (each unbatched message pushes the whole table); on a
+/// push, nothing pinned again) or, without batching, a one-page map of
+/// memory already mapped at a free IOVA and its unmap (each unbatched
+/// message pushes the whole table; only when no page is free, the smallest
+/// entry unmapped and mapped again); on a
 /// `dma_map` device every entry unmapped and mapped again.
 pub(crate) fn reset_plan(caps: &DeviceCaps, mapped: &[(u32, Entry)]) -> Plan {
     if caps.persist || caps.map_style == MapStyle::Platform {
@@ -358,8 +360,25 @@ pub(crate) fn reset_plan(caps: &DeviceCaps, mapped: &[(u32, Entry)]) -> Plan {
                 return plan_from_ops(ops, caps);
             }
             for (&asid, e) in &smallest {
-                b.invalidate(phase, asid, e.iova);
-                b.update(phase, asid, e.iova, e.hva, e.perm);
+                let mut taken: Vec<Span<Iova>> = mapped
+                    .iter()
+                    .filter(|(a, _)| *a == asid)
+                    .map(|(_, e)| e.iova)
+                    .collect();
+                taken.sort_unstable();
+                match free_page(caps, &taken) {
+                    // A one-page read-only map of memory already pinned,
+                    // and its unmap: two table pushes, one page pinned.
+                    Some(page) => {
+                        b.update(phase, asid, page, e.hva, Perm::Ro);
+                        b.invalidate(phase, asid, page);
+                    }
+                    // The whole range is mapped: re-map the smallest entry.
+                    None => {
+                        b.invalidate(phase, asid, e.iova);
+                        b.update(phase, asid, e.iova, e.hva, e.perm);
+                    }
+                }
             }
         }
         MapStyle::DmaMap => {
@@ -373,4 +392,22 @@ pub(crate) fn reset_plan(caps: &DeviceCaps, mapped: &[(u32, Entry)]) -> Plan {
         MapStyle::Platform => {}
     }
     b.finish(caps)
+}
+
+/// The first free page of the device range (never IOVA 0) given the sorted
+/// entries of one address space.
+fn free_page(caps: &DeviceCaps, taken: &[Span<Iova>]) -> Option<Span<Iova>> {
+    let p = caps.page_size;
+    let mut cand = p.align_up(caps.range.first().max(p.get()))?;
+    for t in taken {
+        let (f, l) = (t.first().0, t.last().0);
+        if f > cand && f - cand >= p.get() {
+            break;
+        }
+        if l >= cand {
+            cand = l.checked_add(1)?;
+        }
+    }
+    let last = cand.checked_add(p.get() - 1)?;
+    (last <= caps.range.last()).then(|| Span::trusted(cand, p.get()))
 }

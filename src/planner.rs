@@ -220,11 +220,7 @@ impl SvqState {
     }
 
     fn unmap_queue(&self, b: &mut PlanBuilder, phase: Phase, iova: u64) {
-        b.invalidate(
-            phase,
-            self.ring_asid,
-            Span::trusted(iova, self.layout.ro()),
-        );
+        b.invalidate(phase, self.ring_asid, Span::trusted(iova, self.layout.ro()));
         b.invalidate(
             phase,
             self.ring_asid,
@@ -650,7 +646,6 @@ impl Planner {
         self.commit_regions(staged);
         Ok(plan)
     }
-
 
     /// Unmaps the unit starting at `gpa`.
     fn remove_unit(&mut self, gpa: Gpa) -> Result<Plan, PlanError> {

@@ -34,8 +34,8 @@ use smallvec::smallvec;
 
 use crate::addr::{Address, Gpa, Hva, Iova, Span};
 use crate::caps::{DeviceCaps, MapStyle};
-use crate::kernel::Entry;
 use crate::error::PlanError;
+use crate::kernel::Entry;
 use crate::plan::{plan_from_ops, Op, OpKind, Perm, Phase, Plan};
 use crate::planner::{translate_map, xlate_entry, XlateMap};
 use crate::strategy::{
@@ -518,9 +518,7 @@ impl Strategy for QemuPlanner {
             hva,
             perm,
             // Outside the device range the kernel refuses it: lost.
-            iova: self
-                .in_range(&gi)
-                .then(|| Span::trusted(f, size)),
+            iova: self.in_range(&gi).then(|| Span::trusted(f, size)),
         };
         let mut ops = Vec::new();
         if let Some(iova) = r.iova {

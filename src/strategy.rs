@@ -378,8 +378,13 @@ pub trait Strategy {
     ///
     /// # Errors
     /// [`PlanError::NoViommu`], a bad or overlapping map, or no IOVA space.
-    fn viommu_map(&mut self, giova: Iova, size: u64, gpa: Gpa, perm: Perm)
-        -> Result<Plan, PlanError>;
+    fn viommu_map(
+        &mut self,
+        giova: Iova,
+        size: u64,
+        gpa: Gpa,
+        perm: Perm,
+    ) -> Result<Plan, PlanError>;
     /// The guest's vIOMMU unmapped a guest IOVA range.
     ///
     /// # Errors
@@ -444,7 +449,7 @@ impl GuestMemory {
 
     /// Removes the region at `gpa` unless a guest map (`units`: guest
     /// address and host range) still uses its host memory.
-    pub(crate) fn remove<'a>(
+    pub(crate) fn remove(
         &mut self,
         gpa: Gpa,
         mut units: impl Iterator<Item = (u64, Hva, u64)>,

@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use vdpa_iova_planner::{
-    DeviceCaps, DeviceRange, Event, Gpa, Hva, Mode, OpKind, Phase, PlanError, RegionSpec,
-    Strategy, SvqConfig,
+    DeviceCaps, DeviceRange, Event, Gpa, Hva, Mode, OpKind, Phase, PlanError, RegionSpec, Strategy,
+    SvqConfig,
 };
 
 #[test]

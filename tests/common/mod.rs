@@ -168,7 +168,6 @@ pub fn guest_ops(plan: &Plan, guest: &[RegionSpec]) -> usize {
         .count()
 }
 
-
 pub trait RigDyn {
     fn step_dyn(&mut self, ev: Event) -> Plan;
 }
@@ -177,4 +176,3 @@ impl<S: Strategy> RigDyn for Rig<S> {
         self.step(ev).0
     }
 }
-

@@ -91,8 +91,12 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
     let _ = writeln!(out, "{}", "-".repeat(head.len()));
     let last = &runs[runs.len() - 1];
     let pinned = |r: &RunReport, i: usize| r.steps.get(i).map(|s| s.cost.critical_pinned_bytes);
-    for i in 0..first.steps.len() {
-        let mut line = format!("{:<4} {:<12}", i, first.steps[i].event);
+    let longest = runs
+        .iter()
+        .max_by_key(|r| r.steps.len())
+        .expect("at least one run");
+    for (i, step) in longest.steps.iter().enumerate() {
+        let mut line = format!("{:<4} {:<12}", i, step.event);
         for r in runs {
             match r.steps.get(i) {
                 Some(s) => {
@@ -106,7 +110,8 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
                     );
                 }
                 None => {
-                    let _ = write!(line, " | {:>41}", "refused");
+                    let at_stop = r.stopped.as_ref().is_some_and(|st| st.step == i);
+                    let _ = write!(line, " | {:>41}", if at_stop { "refused" } else { "-" });
                 }
             }
         }

@@ -117,7 +117,8 @@ pub struct RunReport {
     pub strategy: &'static str,
     /// Boot, then one per event, up to `stopped`.
     pub steps: Vec<StepReport>,
-    /// The step a strategy does not support (QEMU with a vIOMMU), if any.
+    /// The step the strategy cannot plan (unsupported, as QEMU with a
+    /// vIOMMU, or out of IOVA space), if any.
     pub stopped: Option<Stop>,
 }
 
@@ -141,11 +142,13 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
     for (i, ev) in scn.steps().enumerate() {
         let plan = match s.apply(&ev) {
             Ok(p) => p,
-            Err(PlanError::Unsupported { what }) => {
+            // What the strategy cannot do on this device ends its run; the
+            // comparison shows where. Bad input is an error.
+            Err(e @ (PlanError::Unsupported { .. } | PlanError::OutOfIova { .. })) => {
                 stopped = Some(Stop {
                     step: i,
                     event: ev.name(),
-                    reason: what.to_string(),
+                    reason: e.to_string(),
                 });
                 break;
             }

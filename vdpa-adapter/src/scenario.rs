@@ -398,5 +398,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.caps.range.last(), u64::MAX);
+        for (text, want) in [
+            ("[guest]\nviommu = true\n", "needs viommu_last"),
+            ("[guest]\nviommu_last = 4096\n", "without viommu = true"),
+            ("[device]\nmap_style = \"setmap\"\n", "map_style"),
+            (
+                "[[events]]\nkind = \"viommu_unmap\"\ngiova = 0\nsize = 4096\n",
+                "needs `[guest] viommu = true`",
+            ),
+            (
+                "[guest]\nviommu = true\nviommu_last = 4096\n[[events]]\nkind = \"viommu_map\"\ngiova = 0\nsize = 4096\ngpa = 0\nperm = \"x\"\n",
+                "field `perm`",
+            ),
+            ("[[events]]\nkind = \"reset\"\ngpa = 0\n", "field `gpa`: not used"),
+        ] {
+            let e = Scenario::parse(text, "x.toml").unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        let s = Scenario::parse(
+            "[device]\nmap_style = \"dma_map\"\n[guest]\nviommu = true\nviommu_last = \"1T\"\n[[events]]\nkind = \"viommu_map\"\ngiova = 0x1000\nsize = 4096\ngpa = 0\nperm = \"wo\"\n[[events]]\nkind = \"reset\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(s.caps.map_style, MapStyle::DmaMap);
+        assert_eq!(s.viommu_last, Some(1 << 40));
+        assert_eq!(s.events[1], Event::Reset);
+        assert!(matches!(s.events[0], Event::ViommuMap { perm: Perm::Wo, .. }));
     }
 }
