@@ -423,6 +423,9 @@ mod tests {
         assert_eq!(s.caps.map_style, MapStyle::DmaMap);
         assert_eq!(s.viommu_last, Some(1 << 40));
         assert_eq!(s.events[1], Event::Reset);
-        assert!(matches!(s.events[0], Event::ViommuMap { perm: Perm::Wo, .. }));
+        assert!(matches!(
+            s.events[0],
+            Event::ViommuMap { perm: Perm::Wo, .. }
+        ));
     }
 }
