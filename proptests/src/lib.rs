@@ -1,8 +1,20 @@
-//! Model-based property tests for `vdpa-iova-planner`.
+//! Model-based property tests and fuzz targets for `vdpa-iova-planner`.
 //!
-//! The tests live in `tests/`; this crate holds the simple reference models
-//! they compare the planner's data structures against. The models are written
-//! to be obviously right, not fast.
+//! The tests live in `tests/`, the fuzz targets in the repository's `fuzz/`
+//! workspace; both call into this crate, which holds the simple reference
+//! models the planner's data structures are compared against ([`model`],
+//! [`NaiveAllocator`], [`NaiveKernel`]), the edge-biased input generators
+//! ([`gen`]), the checking harness ([`harness`]) and the bodies of the fuzz
+//! targets ([`fuzz`]), so a crash found by fuzzing replays under `cargo test`
+//! on stable Rust. The models are written to be obviously right, not fast.
+
+pub mod fuzz;
+pub mod gen;
+pub mod harness;
+pub mod model;
+
+use vdpa_iova_planner::kernel::{MsgType, RawMsg};
+use vdpa_iova_planner::Perm;
 
 /// Cases per property: `PROPTEST_CASES` when set, 1,000 otherwise.
 pub fn cases() -> u32 {
@@ -66,5 +78,102 @@ impl NaiveAllocator {
         }
         self.free = out;
         true
+    }
+}
+
+/// The kernel's IOTLB rules (and the model's strict ones) over a plain `Vec`
+/// of entries scanned linearly: the reference `KernelIotlb` must agree with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NaiveKernel {
+    /// Address spaces.
+    pub spaces: u32,
+    /// Device range `[first, last]`.
+    pub range: (u64, u64),
+    /// Created address spaces.
+    pub created: Vec<u32>,
+    /// Open batch.
+    pub batch: Option<u32>,
+    /// Live entries: (asid, first, last, hva, perm).
+    pub entries: Vec<(u32, u64, u64, u64, Perm)>,
+}
+
+impl NaiveKernel {
+    /// An empty table.
+    pub fn new(spaces: u32, range: (u64, u64)) -> Self {
+        NaiveKernel {
+            spaces,
+            range,
+            ..NaiveKernel::default()
+        }
+    }
+
+    /// Applies a message; whether it was accepted.
+    pub fn apply(&mut self, m: &RawMsg) -> bool {
+        if m.asid >= self.spaces {
+            return false;
+        }
+        let creates = matches!(m.kind, MsgType::Update | MsgType::BatchBegin);
+        if creates {
+            if !self.created.contains(&m.asid) {
+                self.created.push(m.asid);
+            }
+        } else if !self.created.contains(&m.asid) {
+            return false;
+        }
+        if self.batch.is_some_and(|b| b != m.asid) {
+            return false;
+        }
+        match m.kind {
+            MsgType::BatchBegin => {
+                if self.batch.is_some() {
+                    return false;
+                }
+                self.batch = Some(m.asid);
+                true
+            }
+            MsgType::BatchEnd => self.batch.take().is_some(),
+            MsgType::Update => {
+                let Some(last) = (m.size != 0)
+                    .then(|| m.iova.checked_add(m.size - 1))
+                    .flatten()
+                else {
+                    return false;
+                };
+                let Some(perm) = Perm::from_kernel(m.perm) else {
+                    return false;
+                };
+                if m.iova < self.range.0 || last > self.range.1 {
+                    return false;
+                }
+                if self
+                    .entries
+                    .iter()
+                    .any(|e| e.0 == m.asid && e.1 <= last && m.iova <= e.2)
+                {
+                    return false;
+                }
+                self.entries.push((m.asid, m.iova, last, m.uaddr, perm));
+                true
+            }
+            MsgType::Invalidate => {
+                let Some(last) = (m.size != 0)
+                    .then(|| m.iova.checked_add(m.size - 1))
+                    .flatten()
+                else {
+                    return false;
+                };
+                let hit =
+                    |e: &(u32, u64, u64, u64, Perm)| e.0 == m.asid && e.1 <= last && m.iova <= e.2;
+                if self
+                    .entries
+                    .iter()
+                    .any(|e| hit(e) && (e.1 < m.iova || e.2 > last))
+                {
+                    return false;
+                }
+                self.entries.retain(|e| !hit(e));
+                true
+            }
+        }
     }
 }
