@@ -68,9 +68,51 @@ pub enum AdapterError {
         /// The mismatch.
         what: String,
     },
+    /// A device that cannot be opened, probed or used.
+    #[error("{device}: {what}")]
+    Device {
+        /// The device node.
+        device: String,
+        /// The step (ioctl, open).
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// A plan the device did not take (or that the pre-checks stopped).
+    #[error("{device}: step {step} ({event}): {source}")]
+    Apply {
+        /// The device node (or "kernel model" for a dry run).
+        device: String,
+        /// Step number.
+        step: usize,
+        /// Event name.
+        event: &'static str,
+        /// What happened.
+        #[source]
+        source: Box<crate::apply::ApplyError>,
+    },
+    /// Memory for a scenario that cannot be set up.
+    #[error("{what}: {source}")]
+    Memory {
+        /// What was being set up.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl AdapterError {
+    /// A device error without an underlying I/O error.
+    pub fn device(device: &str, what: impl Into<String>) -> Self {
+        AdapterError::Device {
+            device: device.to_string(),
+            what: what.into(),
+            source: None,
+        }
+    }
+
     /// Process exit code: 2 bad input, 3 refused by the device (or its
     /// model), 4 environment (permissions, memlock, missing device).
     pub fn exit_code(&self) -> i32 {
@@ -78,6 +120,13 @@ impl AdapterError {
             AdapterError::ReadScenario { .. } => 4,
             AdapterError::Scenario { .. } | AdapterError::Refused { .. } => 2,
             AdapterError::KernelRule { .. } | AdapterError::Layout { .. } => 3,
+            AdapterError::Apply { source, .. } => match **source {
+                crate::apply::ApplyError::Memlock { .. } => 4,
+                crate::apply::ApplyError::NotShared { .. }
+                | crate::apply::ApplyError::Encode { .. } => 2,
+                _ => 3,
+            },
+            AdapterError::Device { .. } | AdapterError::Memory { .. } => 4,
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The shell around `vdpa-iova-planner`: scenario files, planning runs
-//! checked against the kernel model, and their reports.
-//!
-//! The `vdpa-adapter` binary's `plan` command is built from these pieces;
-//! everything here is device-free.
+//! checked against the kernel model and their reports (device-free), and the
+//! one place that touches the kernel: [`device`] opens and probes
+//! `/dev/vhost-vdpa-N`, [`uapi`] encodes the messages, [`apply`] sends plans
+//! with pre-checks and rollback.
 
+pub mod apply;
+pub mod device;
 pub mod error;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod uapi;
 
 pub use error::AdapterError;
 pub use runner::{run, RunReport, StrategyKind};

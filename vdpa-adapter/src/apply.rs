@@ -1,0 +1,755 @@
+//! Applying plans to a device so that nothing is lost when the kernel says no.
+//!
+//! [`Applier`] keeps a mirror of the device's table as of the last plan that
+//! went through whole (the *committed* state, a strict [`KernelIotlb`]).
+//! Before a plan is sent it is replayed on a copy of the mirror, so the adapter
+//! never sends what the kernel would refuse; on a pinning device the bytes it
+//! pins are checked against `RLIMIT_MEMLOCK`; on a `use_va` device every
+//! UPDATE's host range must be a shared, file-backed mapping, since the kernel
+//! silently skips anything else. If the kernel refuses a message anyway
+//! (userspace sees EFAULT whatever the cause), the adapter stops, works out
+//! the likely cause, and undoes the plan's messages already applied, so the
+//! device's table equals the committed state again.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use vdpa_iova_planner::kernel::{Applied, KernelIotlb, MsgType, RawMsg, Violation};
+use vdpa_iova_planner::{DeviceCaps, Entry, Op, OpKind, Phase, Plan};
+
+use crate::device::MsgSink;
+use crate::uapi::{self, MsgFormat, MSG_LEN};
+
+/// Limits that decide whether a plan can pin what it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// `RLIMIT_MEMLOCK` (soft), bytes; `None` when unlimited.
+    pub memlock: Option<u64>,
+    /// Bytes this process has pinned now (`VmPin` of `/proc/self/status`),
+    /// this device's maps included.
+    pub pinned_now: u64,
+}
+
+impl Limits {
+    /// This process's limits now.
+    pub fn current() -> Limits {
+        let l = rustix::process::getrlimit(rustix::process::Resource::Memlock);
+        let pinned_now = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmPin:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb * 1024);
+        Limits {
+            memlock: l.current,
+            pinned_now,
+        }
+    }
+}
+
+/// One line of `/proc/self/maps` that matters here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// `s` in the flags: shared.
+    pub shared: bool,
+    /// Backed by a file (inode not 0): memfd, hugetlbfs, shm, a regular file.
+    pub file_backed: bool,
+    /// The path column, for messages.
+    pub name: String,
+}
+
+/// Parses `/proc/self/maps` text.
+pub fn parse_maps(text: &str) -> Vec<Mapping> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (range, perms, _off, _dev, inode) =
+                (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+            let name = f.collect::<Vec<_>>().join(" ");
+            let (a, b) = range.split_once('-')?;
+            Some(Mapping {
+                start: u64::from_str_radix(a, 16).ok()?,
+                end: u64::from_str_radix(b, 16).ok()?,
+                shared: perms.as_bytes().get(3) == Some(&b's'),
+                file_backed: inode != "0",
+                name,
+            })
+        })
+        .collect()
+}
+
+/// The first byte of `[hva, hva + size)` that is not in a shared,
+/// file-backed mapping, with what is there (`None`: nothing mapped).
+pub fn first_unshared(maps: &[Mapping], hva: u64, size: u64) -> Option<(u64, Option<Mapping>)> {
+    let end = hva.checked_add(size)?;
+    let mut cur = hva;
+    while cur < end {
+        match maps.iter().find(|m| m.start <= cur && cur < m.end) {
+            Some(m) if m.shared && m.file_backed => cur = m.end,
+            Some(m) => return Some((cur, Some(m.clone()))),
+            None => return Some((cur, None)),
+        }
+    }
+    None
+}
+
+/// Why a plan did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The kernel model refuses an op: nothing was sent.
+    #[error("operation {op} would be refused by the kernel: {violation}; nothing was sent")]
+    WouldRefuse {
+        /// Index of the op in the plan.
+        op: usize,
+        /// The rule.
+        violation: Box<Violation>,
+    },
+    /// The plan pins more than `RLIMIT_MEMLOCK` allows: nothing was sent.
+    #[error("the plan needs {needed} bytes pinned at its peak but RLIMIT_MEMLOCK allows {limit} ({pinned_now} pinned now); raise it (ulimit -l) or run with CAP_IPC_LOCK; nothing was sent")]
+    Memlock {
+        /// Bytes pinned by this process at the plan's peak.
+        needed: u64,
+        /// The limit.
+        limit: u64,
+        /// Pinned before the plan.
+        pinned_now: u64,
+    },
+    /// A use_va device would silently skip private or anonymous memory.
+    #[error("operation {op} maps hva {hva:#x}, which is {what}: a use_va device silently skips it (use memfd or hugetlbfs memory, mapped shared); nothing was sent")]
+    NotShared {
+        /// Index of the op.
+        op: usize,
+        /// First offending host address.
+        hva: u64,
+        /// What is mapped there.
+        what: String,
+    },
+    /// An op cannot be encoded in the negotiated format: nothing was sent.
+    #[error("operation {op}: {source}; nothing was sent")]
+    Encode {
+        /// Index of the op.
+        op: usize,
+        /// Why.
+        source: uapi::CodecError,
+    },
+    /// The kernel refused a message; what was applied of the plan was undone.
+    #[error("operation {op} ({kind}) refused by the device: {source}; likely cause: {cause}; the {undone} operations already applied were undone and the device holds the last committed table again")]
+    Refused {
+        /// Index of the op.
+        op: usize,
+        /// Its kind.
+        kind: &'static str,
+        /// The kernel's error (EFAULT), or a short write.
+        source: io::Error,
+        /// The likely cause worked out from the model and the limits.
+        cause: String,
+        /// Ops undone.
+        undone: usize,
+    },
+    /// The kernel refused a message and the undo failed too: the device's
+    /// table is the model's view after the last successful message.
+    #[error("operation {op} refused by the device ({source}), and undoing the plan failed at undo message {undo_at} ({undo_error}): the device table is unknown past that point")]
+    RollbackFailed {
+        /// Index of the op.
+        op: usize,
+        /// The first error.
+        source: io::Error,
+        /// Index of the failed undo message.
+        undo_at: usize,
+        /// The undo error.
+        undo_error: io::Error,
+    },
+}
+
+/// What a plan cost on the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Messages written.
+    pub messages: usize,
+    /// Wall time of the critical phase (first to last critical message).
+    pub critical: Duration,
+    /// Wall time of the whole plan.
+    pub total: Duration,
+}
+
+/// Plans applied to one device, with the committed mirror of its table.
+#[derive(Clone, Debug)]
+pub struct Applier<D: MsgSink> {
+    dev: D,
+    format: MsgFormat,
+    caps: DeviceCaps,
+    committed: KernelIotlb,
+}
+
+/// A message as sent, with its op index in the plan (`None` for undo
+/// messages and batch markers the applier adds).
+type Wire = (Option<usize>, RawMsg);
+
+impl<D: MsgSink> Applier<D> {
+    /// An applier for a device with nothing mapped.
+    pub fn new(dev: D, caps: DeviceCaps, format: MsgFormat) -> Self {
+        Applier {
+            dev,
+            format,
+            caps,
+            committed: KernelIotlb::new(&caps),
+        }
+    }
+
+    /// The committed mirror of the device's table.
+    pub fn committed(&self) -> &KernelIotlb {
+        &self.committed
+    }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+
+    /// The device was reset: the mirror forgets what the device forgets.
+    pub fn device_reset(&mut self) {
+        self.committed.reset_device();
+        self.dev.reset();
+    }
+
+    /// Checks a plan against the mirror and the limits without sending it.
+    ///
+    /// # Errors
+    /// [`ApplyError::WouldRefuse`], [`ApplyError::Memlock`], [`ApplyError::NotShared`]
+    /// or [`ApplyError::Encode`].
+    pub fn precheck(
+        &self,
+        plan: &Plan,
+        limits: &Limits,
+        maps: Option<&[Mapping]>,
+    ) -> Result<(), ApplyError> {
+        let mut trial = self.committed.clone();
+        let table_bytes = |k: &KernelIotlb| -> u64 {
+            (0..self.caps.address_spaces.min(64))
+                .flat_map(|a| k.entries(a))
+                .map(|e| e.iova.size())
+                .sum()
+        };
+        let start = table_bytes(&trial);
+        let mut cur = start;
+        let mut peak = start;
+        for (i, op) in plan.ops().iter().enumerate() {
+            uapi::encode(&RawMsg::from(op), self.format)
+                .map_err(|source| ApplyError::Encode { op: i, source })?;
+            match trial.apply(op) {
+                Ok(Applied::Mapped(e)) => cur += e.iova.size(),
+                Ok(Applied::Unmapped(v)) => cur -= v.iter().map(|e| e.iova.size()).sum::<u64>(),
+                Ok(_) => {}
+                Err(v) => {
+                    return Err(ApplyError::WouldRefuse {
+                        op: i,
+                        violation: Box::new(v),
+                    })
+                }
+            }
+            peak = peak.max(cur);
+            if let (OpKind::Update { iova, hva, .. }, false, Some(maps)) =
+                (op.kind, self.caps.pinning, maps)
+            {
+                if let Some((at, m)) = first_unshared(maps, hva.0, iova.size()) {
+                    return Err(ApplyError::NotShared {
+                        op: i,
+                        hva: at,
+                        what: match m {
+                            None => "not mapped".into(),
+                            Some(m) => format!(
+                                "{} {} [{:#x}, {:#x})",
+                                if m.shared { "shared" } else { "private" },
+                                if m.file_backed {
+                                    m.name.as_str()
+                                } else {
+                                    "anonymous memory"
+                                },
+                                m.start,
+                                m.end
+                            ),
+                        },
+                    });
+                }
+            }
+        }
+        if self.caps.pinning {
+            if let Some(limit) = limits.memlock {
+                let others = limits.pinned_now.saturating_sub(start);
+                let needed = others + peak;
+                if needed > limit {
+                    return Err(ApplyError::Memlock {
+                        needed,
+                        limit,
+                        pinned_now: limits.pinned_now,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a plan, message by message.
+    ///
+    /// # Safety
+    /// Every UPDATE of the plan gives the device access to host memory of
+    /// this process: each `[hva, hva + size)` must be memory the caller owns,
+    /// that stays mapped (and, on a pinning device, is not released) until an
+    /// INVALIDATE of the same IOVAs has been applied, and that the caller
+    /// accepts the device reading and (for `rw`/`wo`) writing at any time.
+    ///
+    /// # Errors
+    /// See [`ApplyError`]: everything is checked before the first message;
+    /// a refusal by the kernel after that is rolled back.
+    pub unsafe fn apply(
+        &mut self,
+        plan: &Plan,
+        limits: &Limits,
+        maps: Option<&[Mapping]>,
+    ) -> Result<ApplyReport, ApplyError> {
+        self.precheck(plan, limits, maps)?;
+        let started = Instant::now();
+        let mut work = self.committed.clone();
+        let mut undo: Vec<Op> = Vec::new();
+        let (mut crit_start, mut crit_end) = (None, None);
+        for (i, op) in plan.ops().iter().enumerate() {
+            let m = RawMsg::from(op);
+            if op.phase == Phase::Critical && crit_start.is_none() {
+                crit_start = Some(Instant::now());
+            }
+            if let Err(source) = self.send(&m) {
+                let cause = self.cause(&m, limits, &work);
+                return Err(self.roll_back(i, op, source, cause, work, undo));
+            }
+            if op.phase == Phase::Critical {
+                crit_end = Some(Instant::now());
+            }
+            match work.apply(op).expect("prechecked") {
+                Applied::Mapped(e) => undo.push(Op {
+                    phase: op.phase,
+                    asid: op.asid,
+                    kind: OpKind::Invalidate { iova: e.iova },
+                }),
+                Applied::Unmapped(gone) => {
+                    for e in gone {
+                        undo.push(Op {
+                            phase: op.phase,
+                            asid: op.asid,
+                            kind: OpKind::Update {
+                                iova: e.iova,
+                                hva: e.hva,
+                                perm: e.perm,
+                            },
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.committed = work;
+        Ok(ApplyReport {
+            messages: plan.ops().len(),
+            critical: match (crit_start, crit_end) {
+                (Some(a), Some(b)) => b - a,
+                _ => Duration::ZERO,
+            },
+            total: started.elapsed(),
+        })
+    }
+
+    fn send(&mut self, m: &RawMsg) -> io::Result<()> {
+        let b = uapi::encode(m, self.format).map_err(io::Error::other)?;
+        let n = self.dev.send(&b)?;
+        if n != MSG_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {n} of {MSG_LEN} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The likely cause of a refusal the model did not predict.
+    fn cause(&self, m: &RawMsg, limits: &Limits, work: &KernelIotlb) -> String {
+        match m.kind {
+            MsgType::Update if self.caps.pinning => {
+                let fresh = Limits::current();
+                let limit = fresh.memlock.or(limits.memlock);
+                match limit {
+                    Some(l) if fresh.pinned_now + m.size > l => format!(
+                        "RLIMIT_MEMLOCK: {} bytes pinned now, {} more needed, limit {l}",
+                        fresh.pinned_now, m.size
+                    ),
+                    _ => "pinning failed (memory not mapped, or the limit changed), or the parent driver refused the map".into(),
+                }
+            }
+            MsgType::Update => "the parent driver refused the map (use_va device)".into(),
+            _ if work.entries(m.asid).next().is_none() => {
+                "the kernel's table differs from the adapter's mirror (another writer, or a reset)"
+                    .into()
+            }
+            _ => {
+                "the kernel's table differs from the adapter's mirror, or the parent driver failed"
+                    .into()
+            }
+        }
+    }
+
+    /// Undoes `undo` (in reverse), closing a batch the failure left open.
+    fn roll_back(
+        &mut self,
+        op_index: usize,
+        op: &Op,
+        source: io::Error,
+        cause: String,
+        mut work: KernelIotlb,
+        undo: Vec<Op>,
+    ) -> ApplyError {
+        let mut wire: Vec<Wire> = Vec::new();
+        // A refused message inside a batch leaves the batch open.
+        let mut open = work.open_batch();
+        for u in undo.iter().rev() {
+            if let Some(b) = open {
+                if b != u.asid {
+                    wire.push((None, marker(b, MsgType::BatchEnd)));
+                    open = None;
+                }
+            }
+            if open.is_none() && self.caps.batching {
+                wire.push((None, marker(u.asid, MsgType::BatchBegin)));
+                open = Some(u.asid);
+            }
+            wire.push((None, RawMsg::from(u)));
+        }
+        if let Some(b) = open {
+            wire.push((None, marker(b, MsgType::BatchEnd)));
+        }
+        for (k, (_, m)) in wire.iter().enumerate() {
+            if let Err(e) = self.send(m) {
+                return ApplyError::RollbackFailed {
+                    op: op_index,
+                    source,
+                    undo_at: k,
+                    undo_error: e,
+                };
+            }
+            work.apply_raw(m).expect("undo of applied ops is valid");
+        }
+        debug_assert_eq!(
+            tables(&work, self.caps.address_spaces),
+            tables(&self.committed, self.caps.address_spaces)
+        );
+        ApplyError::Refused {
+            op: op_index,
+            kind: op.kind.as_str(),
+            source,
+            cause,
+            undone: undo.len(),
+        }
+    }
+}
+
+fn marker(asid: u32, kind: MsgType) -> RawMsg {
+    RawMsg {
+        asid,
+        kind,
+        iova: 0,
+        size: 0,
+        uaddr: 0,
+        perm: 0,
+    }
+}
+
+/// Every entry of every address space (at most 64 looked at).
+pub fn tables(k: &KernelIotlb, spaces: u32) -> Vec<(u32, Entry)> {
+    (0..spaces.min(64))
+        .flat_map(|a| k.entries(a).map(move |e| (a, *e)))
+        .collect()
+}
+
+/// The kernel model as a device: what `--dry-run` sends plans to. It decodes
+/// each message exactly as the kernel would read it and refuses, with
+/// EFAULT, what the kernel refuses.
+#[derive(Clone, Debug)]
+pub struct ModelDevice {
+    /// The kernel's IOTLB.
+    pub kernel: KernelIotlb,
+    format: MsgFormat,
+    /// Messages received.
+    pub received: usize,
+}
+
+impl ModelDevice {
+    /// An empty device.
+    pub fn new(caps: &DeviceCaps, format: MsgFormat) -> Self {
+        ModelDevice {
+            kernel: KernelIotlb::permissive(caps),
+            format,
+            received: 0,
+        }
+    }
+}
+
+impl MsgSink for ModelDevice {
+    fn send(&mut self, msg: &[u8; MSG_LEN]) -> io::Result<usize> {
+        self.received += 1;
+        let m = uapi::decode(msg, self.format).map_err(|_| efault())?;
+        self.kernel.apply_raw(&m).map_err(|_| efault())?;
+        Ok(MSG_LEN)
+    }
+
+    fn reset(&mut self) {
+        self.kernel.reset_device();
+    }
+}
+
+fn efault() -> io::Error {
+    io::Error::from_raw_os_error(14)
+}
+
+/// A [`ModelDevice`] that fails on purpose: the message with index
+/// `fail_at` (counting every message received) is refused with EFAULT, or
+/// taken short when `short` is set. For rollback tests.
+#[cfg(any(test, feature = "test-utils"))]
+#[derive(Clone, Debug)]
+pub struct FaultyDevice {
+    /// The device behind.
+    pub inner: ModelDevice,
+    /// Index of the message to refuse.
+    pub fail_at: Option<usize>,
+    /// Take that message short (36 bytes) instead of refusing it.
+    pub short: bool,
+}
+
+#[cfg(any(test, feature = "test-utils"))]
+impl MsgSink for FaultyDevice {
+    fn send(&mut self, msg: &[u8; MSG_LEN]) -> io::Result<usize> {
+        if self.fail_at == Some(self.inner.received) {
+            self.inner.received += 1;
+            return if self.short {
+                Ok(MSG_LEN / 2)
+            } else {
+                Err(efault())
+            };
+        }
+        self.inner.send(msg)
+    }
+
+    fn reset(&mut self) {
+        self.inner.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdpa_iova_planner::{
+        DeviceRange, Event, Gpa, Hva, Planner, RegionSpec, Strategy, SvqConfig,
+    };
+
+    const GIB: u64 = 1 << 30;
+
+    fn ram(gpa: u64, size: u64) -> RegionSpec {
+        RegionSpec {
+            gpa: Gpa(gpa),
+            size,
+            hva: Hva(0x1000_0000_0000 + gpa),
+            readonly: false,
+        }
+    }
+
+    fn svq(queues: u32) -> SvqConfig {
+        SvqConfig {
+            queues,
+            queue_size: 256,
+            hva: Hva(0x7e00_0000_0000),
+        }
+    }
+
+    const NO_LIMIT: Limits = Limits {
+        memlock: None,
+        pinned_now: 0,
+    };
+
+    fn applier(caps: DeviceCaps) -> Applier<FaultyDevice> {
+        let format = MsgFormat::V2 {
+            asid: caps.address_spaces > 1,
+        };
+        Applier::new(
+            FaultyDevice {
+                inner: ModelDevice::new(&caps, format),
+                fail_at: None,
+                short: false,
+            },
+            caps,
+            format,
+        )
+    }
+
+    fn device_table(a: &Applier<FaultyDevice>) -> Vec<(u32, Entry)> {
+        tables(&a.device().inner.kernel, 4)
+    }
+
+    /// Every plan of the upstream collision sequence (and a separate-asid
+    /// device), failed at every message position, refused and short: each
+    /// time the device ends at the committed table, and the retry succeeds.
+    #[test]
+    fn rollback_at_every_failure_position() {
+        let small = DeviceCaps {
+            range: DeviceRange::new(0, 8 * GIB - 1).unwrap(),
+            ..DeviceCaps::default()
+        };
+        let asid = DeviceCaps {
+            address_spaces: 2,
+            desc_asid: true,
+            ..small
+        };
+        let unbatched = DeviceCaps {
+            batching: false,
+            ..small
+        };
+        let mut checked = 0;
+        for (caps, separate) in [(small, false), (asid, true), (unbatched, false)] {
+            let mut p = Planner::builder(caps)
+                .separate_vring_asid(separate)
+                .build()
+                .unwrap();
+            let mut a = applier(caps);
+            let events = [
+                Event::Boot(vec![ram(0, 2 * GIB), ram(3 * GIB, GIB)]),
+                Event::SvqPrepare(svq(3)),
+                Event::Hotplug(ram(4 * GIB, GIB)),
+                Event::SvqSwitch(None),
+                Event::Hotplug(ram(2 * GIB, GIB)),
+                Event::Reset,
+                Event::Failback,
+                Event::Unplug(Gpa(2 * GIB)),
+            ];
+            for ev in events {
+                let plan = p.apply(&ev).unwrap();
+                if ev == Event::Reset {
+                    a.device_reset();
+                }
+                let before = device_table(&a);
+                assert_eq!(before, tables(a.committed(), 4));
+                for short in [false, true] {
+                    for i in 0..plan.ops().len() {
+                        let mut t = a.clone();
+                        t.dev.fail_at = Some(t.dev.inner.received + i);
+                        t.dev.short = short;
+                        // SAFETY: a model device never touches host memory.
+                        let e = unsafe { t.apply(&plan, &NO_LIMIT, None) }.unwrap_err();
+                        assert!(
+                            matches!(e, ApplyError::Refused { op, .. } if op == i),
+                            "{ev:?} op {i}: {e}"
+                        );
+                        assert_eq!(device_table(&t), before, "{ev:?}: failure at op {i}");
+                        assert_eq!(t.device().inner.kernel.open_batch(), None);
+                        // With the fault gone, the same plan goes through.
+                        t.dev.fail_at = None;
+                        // SAFETY: as above.
+                        unsafe { t.apply(&plan, &NO_LIMIT, None) }.unwrap();
+                        checked += 1;
+                    }
+                }
+                // SAFETY: as above.
+                unsafe { a.apply(&plan, &NO_LIMIT, None) }.unwrap();
+                assert_eq!(device_table(&a), tables(a.committed(), 4));
+            }
+        }
+        assert!(checked > 50, "{checked} failure positions");
+    }
+
+    #[test]
+    fn prechecks_stop_a_plan_before_anything_is_sent() {
+        let caps = DeviceCaps::default();
+        let mut p = Planner::new(caps, None).unwrap();
+        let mut a = applier(caps);
+        let boot = p.apply(&Event::Boot(vec![ram(0, 2 * GIB)])).unwrap();
+        // RLIMIT_MEMLOCK below what the plan pins.
+        let tight = Limits {
+            memlock: Some(GIB),
+            pinned_now: 0,
+        };
+        // SAFETY: a model device never touches host memory.
+        let e = unsafe { a.apply(&boot, &tight, None) }.unwrap_err();
+        assert!(
+            matches!(e, ApplyError::Memlock { needed, limit, .. } if needed == 2 * GIB && limit == GIB),
+            "{e}"
+        );
+        // Pinned elsewhere counts too.
+        let busy = Limits {
+            memlock: Some(3 * GIB),
+            pinned_now: 2 * GIB,
+        };
+        // SAFETY: as above.
+        assert!(unsafe { a.apply(&boot, &busy, None) }.is_err());
+        assert_eq!(a.device().inner.received, 0);
+        // SAFETY: as above.
+        unsafe { a.apply(&boot, &NO_LIMIT, None) }.unwrap();
+        // The same plan again would overlap: refused by the model, not sent.
+        // SAFETY: as above.
+        let e = unsafe { a.apply(&boot, &NO_LIMIT, None) }.unwrap_err();
+        assert!(matches!(e, ApplyError::WouldRefuse { op: 0, .. }), "{e}");
+        assert_eq!(a.device().inner.received, 1);
+    }
+
+    #[test]
+    fn use_va_devices_take_only_shared_file_backed_memory() {
+        let maps = parse_maps(
+            "100000000000-100080000000 rw-s 00000000 00:01 2049 /memfd:guest (deleted)\n\
+             100080000000-100100000000 rw-p 00000000 00:00 0 \n\
+             7e0000000000-7e0000100000 rw-s 00000000 00:01 2050 /memfd:svq (deleted)\n",
+        );
+        assert_eq!(maps.len(), 3);
+        assert!(maps[0].shared && maps[0].file_backed && !maps[1].shared);
+        let caps = DeviceCaps {
+            pinning: false,
+            ..DeviceCaps::default()
+        };
+        let mut p = Planner::new(caps, None).unwrap();
+        let a = applier(caps);
+        let ok = p.apply(&Event::Boot(vec![ram(0, 2 * GIB)])).unwrap();
+        a.precheck(&ok, &NO_LIMIT, Some(&maps)).unwrap();
+        // 4 GiB runs into private anonymous memory at 2 GiB.
+        let mut p = Planner::new(caps, None).unwrap();
+        let bad = p.apply(&Event::Boot(vec![ram(0, 4 * GIB)])).unwrap();
+        let e = a.precheck(&bad, &NO_LIMIT, Some(&maps)).unwrap_err();
+        assert!(
+            matches!(&e, ApplyError::NotShared { hva, what, .. } if *hva == 0x1000_8000_0000 && what.contains("private anonymous")),
+            "{e}"
+        );
+        // Beyond every mapping: not mapped.
+        let mut p = Planner::new(caps, None).unwrap();
+        let far = p.apply(&Event::Boot(vec![ram(8 << 40, GIB)])).unwrap();
+        let e = a.precheck(&far, &NO_LIMIT, Some(&maps)).unwrap_err();
+        assert!(e.to_string().contains("not mapped"), "{e}");
+    }
+
+    #[test]
+    fn an_asid_the_format_cannot_carry_is_refused_up_front() {
+        let caps = DeviceCaps {
+            address_spaces: 2,
+            desc_asid: true,
+            ..DeviceCaps::default()
+        };
+        let mut p = Planner::builder(caps)
+            .separate_vring_asid(true)
+            .build()
+            .unwrap();
+        let plan = p.apply(&Event::SvqPrepare(svq(1))).unwrap();
+        let a = Applier::new(
+            ModelDevice::new(&caps, MsgFormat::V2 { asid: false }),
+            caps,
+            MsgFormat::V2 { asid: false },
+        );
+        let e = a.precheck(&plan, &NO_LIMIT, None).unwrap_err();
+        assert!(matches!(e, ApplyError::Encode { .. }), "{e}");
+    }
+}

@@ -1,0 +1,230 @@
+//! `/dev/vhost-vdpa-N`: open, probe, negotiate, and write messages.
+//!
+//! Every ioctl goes through `rustix`'s typed ioctl patterns; the only unsafe
+//! code is the ioctl calls themselves (each with a SAFETY comment).
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::ioctl::{ioctl, Getter, NoArg, Setter, Updater};
+use vdpa_iova_planner::{DeviceCaps, DeviceRange, MapStyle, PageSize};
+
+use crate::error::AdapterError;
+use crate::uapi::{self, backend, ioctl as op, MsgFormat, MSG_LEN};
+
+/// Where a plan's messages go: a real device, or (for dry runs and tests)
+/// the kernel model behind [`crate::apply::ModelDevice`].
+pub trait MsgSink {
+    /// Writes one 72-byte message; returns the bytes the kernel took.
+    ///
+    /// # Errors
+    /// The kernel's refusal (EFAULT for every IOTLB rule).
+    fn send(&mut self, msg: &[u8; MSG_LEN]) -> io::Result<usize>;
+    /// A device reset happened (the model forgets what a real device forgets).
+    fn reset(&mut self) {}
+}
+
+/// What `probe` learned about a device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// The device node.
+    pub path: PathBuf,
+    /// Virtio device id (1 net, 2 blk).
+    pub device_id: u32,
+    /// Backend features offered.
+    pub offered: u64,
+    /// Backend features acked (see [`uapi::negotiate`]).
+    pub acked: u64,
+    /// IOVA range `[first, last]`.
+    pub range: (u64, u64),
+    /// Address spaces.
+    pub address_spaces: u32,
+    /// Virtqueues.
+    pub vqs: u32,
+    /// Virtqueue groups.
+    pub groups: u32,
+    /// Group of each virtqueue.
+    pub vq_groups: Vec<u32>,
+    /// The vDPA parent driver, from sysfs, when found.
+    pub parent: Option<String>,
+}
+
+impl Probe {
+    /// The message format the acked features select.
+    pub fn format(&self) -> MsgFormat {
+        MsgFormat::from_features(self.acked)
+    }
+
+    /// The planner's view of the device. `pinning` is whether the parent
+    /// pins memory (not visible through the uAPI: vdpa_sim's `use_va`
+    /// module parameter, VDUSE never pins).
+    ///
+    /// # Errors
+    /// A range the planner cannot use.
+    pub fn caps(&self, pinning: bool) -> Result<DeviceCaps, AdapterError> {
+        let has = |b: u32| self.acked & (1u64 << b) != 0;
+        let range =
+            DeviceRange::new(self.range.0, self.range.1).map_err(|e| AdapterError::Device {
+                device: self.path.display().to_string(),
+                what: format!("IOVA range: {e}"),
+                source: None,
+            })?;
+        Ok(DeviceCaps {
+            range,
+            page_size: PageSize::SIZE_4K,
+            batching: has(backend::IOTLB_BATCH),
+            address_spaces: if has(backend::IOTLB_ASID) {
+                self.address_spaces.max(1)
+            } else {
+                1
+            },
+            desc_asid: has(backend::DESC_ASID),
+            persist: has(backend::IOTLB_PERSIST),
+            pinning,
+            map_style: self
+                .parent
+                .as_deref()
+                .map_or(MapStyle::SetMap, map_style_of),
+        })
+    }
+}
+
+/// The map style of a vDPA parent driver: mlx5, vdpa_sim and VDUSE have a
+/// whole-table `set_map`; ifcvf, octeon_ep, pds and virtio-pci's vp_vdpa use
+/// the platform IOMMU. Unknown drivers are taken as `set_map`, the style of
+/// the devices this adapter is tested on.
+pub fn map_style_of(parent: &str) -> MapStyle {
+    match parent {
+        "ifcvf" | "octep_vdpa" | "pds_vdpa" | "vp_vdpa" | "alibaba_eni_vdpa" => MapStyle::Platform,
+        _ => MapStyle::SetMap,
+    }
+}
+
+/// An open `/dev/vhost-vdpa-N` this process owns.
+#[derive(Debug)]
+pub struct VhostVdpa {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn dev_err(path: &Path, what: &str, e: io::Error) -> AdapterError {
+    AdapterError::Device {
+        device: path.display().to_string(),
+        what: what.to_string(),
+        source: Some(e),
+    }
+}
+
+impl VhostVdpa {
+    /// Opens the device and becomes its owner (`VHOST_SET_OWNER`).
+    ///
+    /// # Errors
+    /// [`AdapterError::Device`] naming the device and the step.
+    pub fn open(path: &Path) -> Result<Self, AdapterError> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| dev_err(path, "open", e))?;
+        let d = VhostVdpa {
+            fd: f.into(),
+            path: path.to_path_buf(),
+        };
+        // SAFETY: SET_OWNER takes no argument; the fd is a vhost device we opened.
+        unsafe { ioctl(d.fd.as_fd(), NoArg::<{ op::SET_OWNER }>::new()) }
+            .map_err(|e| dev_err(path, "VHOST_SET_OWNER", e.into()))?;
+        Ok(d)
+    }
+
+    fn get_u32<const OP: rustix::ioctl::Opcode>(&self, what: &str) -> Result<u32, AdapterError> {
+        // SAFETY: every opcode passed here is an `_IOR(.., __u32)` of the
+        // vhost-vdpa uAPI (checked against the header by tests); the kernel
+        // writes exactly one u32 into the Getter's buffer.
+        unsafe { ioctl(self.fd.as_fd(), Getter::<OP, u32>::new()) }
+            .map_err(|e| dev_err(&self.path, what, e.into()))
+    }
+
+    /// Reads what the device offers, acks what the adapter uses
+    /// ([`uapi::negotiate`]) and reads the rest of its description.
+    ///
+    /// # Errors
+    /// [`AdapterError::Device`] naming the ioctl that failed.
+    pub fn probe(&mut self) -> Result<Probe, AdapterError> {
+        // SAFETY: `_IOR(VHOST_VIRTIO, 0x26, __u64)`: the kernel writes one u64.
+        let offered = unsafe {
+            ioctl(
+                self.fd.as_fd(),
+                Getter::<{ op::GET_BACKEND_FEATURES }, u64>::new(),
+            )
+        }
+        .map_err(|e| dev_err(&self.path, "VHOST_GET_BACKEND_FEATURES", e.into()))?;
+        let acked = uapi::negotiate(offered);
+        // SAFETY: `_IOW(VHOST_VIRTIO, 0x25, __u64)`: the kernel reads one u64.
+        unsafe {
+            ioctl(
+                self.fd.as_fd(),
+                Setter::<{ op::SET_BACKEND_FEATURES }, u64>::new(acked),
+            )
+        }
+        .map_err(|e| dev_err(&self.path, "VHOST_SET_BACKEND_FEATURES", e.into()))?;
+        // SAFETY: `_IOR(VHOST_VIRTIO, 0x78, struct vhost_vdpa_iova_range)`,
+        // which `IovaRange` mirrors (`#[repr(C)]`, size checked by tests).
+        let range = unsafe {
+            ioctl(
+                self.fd.as_fd(),
+                Getter::<{ op::GET_IOVA_RANGE }, op::IovaRange>::new(),
+            )
+        }
+        .map_err(|e| dev_err(&self.path, "VHOST_VDPA_GET_IOVA_RANGE", e.into()))?;
+        let device_id = self.get_u32::<{ op::GET_DEVICE_ID }>("VHOST_VDPA_GET_DEVICE_ID")?;
+        let vqs = self.get_u32::<{ op::GET_VQS_COUNT }>("VHOST_VDPA_GET_VQS_COUNT")?;
+        let groups = self.get_u32::<{ op::GET_GROUP_NUM }>("VHOST_VDPA_GET_GROUP_NUM")?;
+        let address_spaces = self.get_u32::<{ op::GET_AS_NUM }>("VHOST_VDPA_GET_AS_NUM")?;
+        let mut vq_groups = Vec::with_capacity(vqs as usize);
+        for index in 0..vqs {
+            let mut st = op::VringState { index, num: 0 };
+            // SAFETY: `_IOWR(VHOST_VIRTIO, 0x7B, struct vhost_vring_state)`,
+            // which `VringState` mirrors; the kernel reads `index` and writes
+            // `num` into the struct we own for the duration of the call.
+            unsafe {
+                ioctl(
+                    self.fd.as_fd(),
+                    Updater::<{ op::GET_VRING_GROUP }, op::VringState>::new(&mut st),
+                )
+            }
+            .map_err(|e| dev_err(&self.path, "VHOST_VDPA_GET_VRING_GROUP", e.into()))?;
+            vq_groups.push(st.num);
+        }
+        Ok(Probe {
+            path: self.path.clone(),
+            device_id,
+            offered,
+            acked,
+            range: (range.first, range.last),
+            address_spaces,
+            vqs,
+            groups,
+            vq_groups,
+            parent: parent_driver(&self.path),
+        })
+    }
+}
+
+impl MsgSink for VhostVdpa {
+    fn send(&mut self, msg: &[u8; MSG_LEN]) -> io::Result<usize> {
+        rustix::io::write(&self.fd, msg).map_err(io::Error::from)
+    }
+}
+
+/// The vDPA parent driver behind `/dev/vhost-vdpa-N`, from sysfs
+/// (`/sys/bus/vdpa/devices/vdpaN/../driver` is the management device's).
+fn parent_driver(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let class = Path::new("/sys/class/vhost-vdpa").join(name).join("device");
+    let vdpa = std::fs::canonicalize(class).ok()?;
+    let parent = vdpa.parent()?.join("driver");
+    let drv = std::fs::read_link(parent).ok()?;
+    Some(drv.file_name()?.to_string_lossy().into_owned())
+}
