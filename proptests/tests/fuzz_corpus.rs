@@ -34,3 +34,21 @@ fn kernel_model_corpus() {
 fn scenario_text_corpus() {
     replay("scenario_text", proptests::fuzz::scenario_text);
 }
+
+#[test]
+fn msg_codec_corpus() {
+    replay("msg_codec", proptests::fuzz::msg_codec);
+}
+
+/// Found by `planner_events` in its first minute: a valid region of
+/// `2^64 - page` bytes at GPA 0 made the page-level model allocate 2^52
+/// pages (out of memory). The generator now keeps valid sizes small.
+#[test]
+fn regression_oom_huge_region() {
+    let data = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus/planner_events/regression-oom-huge-region"),
+    )
+    .unwrap();
+    proptests::fuzz::planner_events(&data);
+}

@@ -146,6 +146,17 @@ impl VhostVdpa {
             .map_err(|e| dev_err(&self.path, what, e.into()))
     }
 
+    /// Resets the device (`VHOST_VDPA_SET_STATUS` 0). Without
+    /// `IOTLB_PERSIST` the device forgets its maps; the kernel keeps them.
+    ///
+    /// # Errors
+    /// [`AdapterError::Device`].
+    pub fn reset(&self) -> Result<(), AdapterError> {
+        // SAFETY: `_IOW(VHOST_VIRTIO, 0x72, __u8)`: the kernel reads one byte.
+        unsafe { ioctl(self.fd.as_fd(), Setter::<{ op::SET_STATUS }, u8>::new(0)) }
+            .map_err(|e| dev_err(&self.path, "VHOST_VDPA_SET_STATUS 0", e.into()))
+    }
+
     /// Reads what the device offers, acks what the adapter uses
     /// ([`uapi::negotiate`]) and reads the rest of its description.
     ///
@@ -218,6 +229,21 @@ impl MsgSink for VhostVdpa {
     }
 }
 
+/// Whether the device behind `probe` pins memory: VDUSE never does,
+/// vdpa_sim does when loaded with `use_va=0` (read from sysfs), anything
+/// else is taken to be a NIC behind an IOMMU, which pins.
+pub fn pins_memory(probe: &Probe) -> bool {
+    match probe.parent.as_deref() {
+        Some("vduse") => false,
+        Some(p) if p.starts_with("vdpasim") || p.starts_with("vdpa_sim") => {
+            std::fs::read_to_string("/sys/module/vdpa_sim/parameters/use_va")
+                .map(|v| !v.trim().starts_with('Y'))
+                .unwrap_or(true)
+        }
+        _ => true,
+    }
+}
+
 /// The vDPA parent driver behind `/dev/vhost-vdpa-N`, from sysfs
 /// (`/sys/bus/vdpa/devices/vdpaN/../driver` is the management device's).
 fn parent_driver(path: &Path) -> Option<String> {
@@ -227,4 +253,14 @@ fn parent_driver(path: &Path) -> Option<String> {
     let parent = vdpa.parent()?.join("driver");
     let drv = std::fs::read_link(parent).ok()?;
     Some(drv.file_name()?.to_string_lossy().into_owned())
+}
+
+impl<T: MsgSink + ?Sized> MsgSink for &mut T {
+    fn send(&mut self, msg: &[u8; MSG_LEN]) -> io::Result<usize> {
+        (**self).send(msg)
+    }
+
+    fn reset(&mut self) {
+        (**self).reset();
+    }
 }

@@ -80,7 +80,7 @@ pub enum AdapterError {
         source: Option<std::io::Error>,
     },
     /// A plan the device did not take (or that the pre-checks stopped).
-    #[error("{device}: step {step} ({event}): {source}")]
+    #[error("{device}: step {step} ({event}) not applied")]
     Apply {
         /// The device node (or "kernel model" for a dry run).
         device: String,

@@ -5,11 +5,14 @@
 //! with pre-checks and rollback.
 
 pub mod apply;
+pub mod bench;
 pub mod device;
 pub mod error;
+pub mod memory;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod session;
 pub mod uapi;
 
 pub use error::AdapterError;

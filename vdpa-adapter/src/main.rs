@@ -1,10 +1,18 @@
-//! `vdpa-adapter`: plan vhost-vdpa IOTLB operations for a scenario.
+//! `vdpa-adapter`: plan vhost-vdpa IOTLB operations for a scenario, and
+//! apply them to a real `/dev/vhost-vdpa-N`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use vdpa_adapter::report::{comparison_table, detail_table, json};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use vdpa_adapter::apply::{Applier, Limits, ModelDevice};
+use vdpa_adapter::bench::{bench, stats, BenchConfig};
+use vdpa_adapter::device::{pins_memory, Probe, VhostVdpa};
+use vdpa_adapter::memory::{Backing, Mem};
+use vdpa_adapter::report::{bytes, comparison_table, describe, detail_table, json};
+use vdpa_adapter::scenario::parse_num;
+use vdpa_adapter::session::{run_on_device, DeviceRun, HostMemory, StepOutcome};
+use vdpa_adapter::uapi::MsgFormat;
 use vdpa_adapter::{run, AdapterError, Scenario, StrategyKind, DEFAULT_SCENARIO};
 
 #[derive(Parser)]
@@ -33,6 +41,337 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// What a device offers (opens it, becomes its owner, negotiates).
+    Probe {
+        /// The device, e.g. /dev/vhost-vdpa-0.
+        device: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Run a scenario's plans on a device, with real memory for every region
+    /// and vring buffer (each guest page tagged with its GPA), or on the
+    /// kernel model with --dry-run.
+    Apply {
+        /// Scenario file (TOML).
+        scenario: PathBuf,
+        /// The device (required unless --dry-run).
+        #[arg(long, required_unless_present = "dry_run")]
+        device: Option<PathBuf>,
+        /// Send every plan to the kernel model instead of a device (no
+        /// memory is allocated; the scenario's HVAs are used as they are).
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        backing: BackingArgs,
+        /// Strategy.
+        #[arg(long, value_enum, default_value_t = StrategyKind::Identity)]
+        strategy: StrategyKind,
+        /// Whether the device pins memory (default: from its driver).
+        #[arg(long)]
+        pinning: Option<bool>,
+    },
+    /// Time the SVQ switch and the failback on a device, identity against
+    /// QEMU's strategy, in the same run.
+    Bench {
+        /// The device.
+        #[arg(long)]
+        device: PathBuf,
+        /// Guest memory, e.g. 4GiB.
+        #[arg(long, value_parser = size_arg)]
+        guest_mem: u64,
+        /// Shadow virtqueues.
+        #[arg(long, default_value_t = 3)]
+        queues: u32,
+        /// Regions the guest memory is split into.
+        #[arg(long, default_value_t = 1)]
+        regions: u32,
+        /// Repeats per strategy.
+        #[arg(long, default_value_t = 5)]
+        repeats: u32,
+        #[command(flatten)]
+        backing: BackingArgs,
+        /// Whether the device pins memory (default: from its driver).
+        #[arg(long)]
+        pinning: Option<bool>,
+    },
+}
+
+#[derive(Args, Clone, Copy)]
+#[group(multiple = false)]
+struct BackingArgs {
+    /// Back guest memory with a memfd mapped shared (the default).
+    #[arg(long)]
+    memfd: bool,
+    /// Private anonymous memory (a use_va device would skip it: refused).
+    #[arg(long)]
+    anon: bool,
+    /// A memfd on huge pages.
+    #[arg(long)]
+    hugepages: bool,
+}
+
+impl BackingArgs {
+    fn get(self) -> Backing {
+        if self.anon {
+            Backing::Anon
+        } else if self.hugepages {
+            Backing::Hugepages
+        } else {
+            Backing::Memfd
+        }
+    }
+}
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    parse_num(s).ok_or_else(|| format!("{s:?} is not a size (4096, 0x1000, 64GiB)"))
+}
+
+fn read_scenario(p: &Path) -> Result<(Scenario, String), AdapterError> {
+    let origin = p.display().to_string();
+    let text = std::fs::read_to_string(p).map_err(|source| AdapterError::ReadScenario {
+        file: origin.clone(),
+        source,
+    })?;
+    Ok((Scenario::parse(&text, &origin)?, origin))
+}
+
+fn probe_cmd(device: &Path, format: Format) -> Result<String, AdapterError> {
+    let mut d = VhostVdpa::open(device)?;
+    let p = d.probe()?;
+    let caps = p.caps(pins_memory(&p))?;
+    Ok(match format {
+        Format::Json => {
+            let v = serde_json::json!({
+                "device": p.path.display().to_string(),
+                "device_id": p.device_id,
+                "parent": p.parent,
+                "backend_features_offered": p.offered,
+                "backend_features_acked": p.acked,
+                "iova_first": p.range.0,
+                "iova_last": p.range.1,
+                "address_spaces": p.address_spaces,
+                "vqs": p.vqs,
+                "groups": p.groups,
+                "vq_groups": p.vq_groups,
+                "pins_memory": caps.pinning,
+                "map_style": caps.map_style.as_str(),
+            });
+            format!("{}\n", serde_json::to_string_pretty(&v).expect("serializes"))
+        }
+        Format::Table => probe_table(&p, &caps),
+    })
+}
+
+fn probe_table(p: &Probe, caps: &vdpa_iova_planner::DeviceCaps) -> String {
+    use vdpa_adapter::uapi::backend as b;
+    let names = [
+        (b::IOTLB_MSG_V2, "IOTLB_MSG_V2"),
+        (b::IOTLB_BATCH, "IOTLB_BATCH"),
+        (b::IOTLB_ASID, "IOTLB_ASID"),
+        (b::SUSPEND, "SUSPEND"),
+        (b::RESUME, "RESUME"),
+        (b::ENABLE_AFTER_DRIVER_OK, "ENABLE_AFTER_DRIVER_OK"),
+        (b::DESC_ASID, "DESC_ASID"),
+        (b::IOTLB_PERSIST, "IOTLB_PERSIST"),
+    ];
+    let mut out = format!(
+        "device:          {} (virtio id {}, parent {})\n",
+        p.path.display(),
+        p.device_id,
+        p.parent.as_deref().unwrap_or("unknown")
+    );
+    out += &format!("IOVA range:      [{:#x}, {:#x}]\n", p.range.0, p.range.1);
+    out += &format!(
+        "address spaces:  {}, virtqueues {}, groups {} {:?}\n",
+        p.address_spaces, p.vqs, p.groups, p.vq_groups
+    );
+    out += &format!("backend features offered {:#x}, acked {:#x}:\n", p.offered, p.acked);
+    for (bit, name) in names {
+        let o = p.offered & (1 << bit) != 0;
+        let a = p.acked & (1 << bit) != 0;
+        out += &format!(
+            "  {name:<24} {}\n",
+            match (o, a) {
+                (true, true) => "offered, acked",
+                (true, false) => "offered, not used",
+                _ => "not offered",
+            }
+        );
+    }
+    out += &format!("planner view:    {}\n", describe(caps));
+    out
+}
+
+fn print_step(i: usize, o: &StepOutcome) {
+    println!(
+        "{i:<4} {:<12} {:>8} msgs {:>15} pinned  critical {:>10.3} ms  total {:>10.3} ms",
+        o.event,
+        o.messages,
+        bytes(o.pinned),
+        o.critical.as_secs_f64() * 1e3,
+        o.total.as_secs_f64() * 1e3
+    );
+}
+
+fn apply_cmd(
+    scenario: &Path,
+    device: Option<&Path>,
+    dry_run: bool,
+    backing: Backing,
+    strategy: StrategyKind,
+    pinning: Option<bool>,
+) -> Result<String, AdapterError> {
+    let (scn, origin) = read_scenario(scenario)?;
+    if dry_run {
+        let caps = scn.caps;
+        let format = MsgFormat::V2 {
+            asid: caps.address_spaces > 1,
+        };
+        let mut a = Applier::new(ModelDevice::new(&caps, format), caps, format);
+        let mut mem = HostMemory::new(None);
+        println!("dry run on the kernel model: {}", describe(&caps));
+        let run = DeviceRun {
+            scn: &scn,
+            file: &origin,
+            device: "kernel model",
+            caps,
+            kind: strategy,
+            // Nothing is pinned on a model: the device's limits are not this machine's.
+            limits: Some(Limits {
+                memlock: None,
+                pinned_now: 0,
+            }),
+        };
+        run_on_device(
+            run,
+            &mut a,
+            &mut mem,
+            || Ok(()),
+            print_step,
+        )?;
+        return Ok(String::new());
+    }
+    let device = device.expect("clap requires --device without --dry-run");
+    let mut d = VhostVdpa::open(device)?;
+    let p = d.probe()?;
+    let caps = p.caps(pinning.unwrap_or_else(|| pins_memory(&p)))?;
+    println!("{}: {}", device.display(), describe(&caps));
+    let name = device.display().to_string();
+    let reset_dev = VhostVdpa::open(device).ok();
+    let mut mem = HostMemory::new(Some(backing));
+    let mut a = Applier::new(&mut d, caps, p.format());
+    let run = DeviceRun {
+        scn: &scn,
+        file: &origin,
+        device: &name,
+        caps,
+        kind: strategy,
+        limits: None,
+    };
+    run_on_device(
+        run,
+        &mut a,
+        &mut mem,
+        || match &reset_dev {
+            Some(r) => r.reset(),
+            None => Err(AdapterError::device(&name, "cannot reopen the device to reset it")),
+        },
+        print_step,
+    )?;
+    Ok(String::new())
+}
+
+fn bench_cmd(
+    device: &Path,
+    cfg: BenchConfig,
+    backing: Backing,
+    pinning: Option<bool>,
+) -> Result<String, AdapterError> {
+    let mut d = VhostVdpa::open(device)?;
+    let p = d.probe()?;
+    let caps = p.caps(pinning.unwrap_or_else(|| pins_memory(&p)))?;
+    let memory = |what: &str, size: u64| {
+        Mem::new(size, backing, what).map_err(|source| AdapterError::Memory {
+            what: format!("{} of {what}", bytes(size)),
+            source,
+        })
+    };
+    let mut guest = memory("guest memory", cfg.guest_mem)?;
+    guest.tag_pages(0, 4096, vdpa_adapter::session::TAG_MAGIC);
+    let svq = memory("vring buffers", u64::from(cfg.queues) * 3 * 4096)?;
+    let maps = (!caps.pinning)
+        .then(|| std::fs::read_to_string("/proc/self/maps").ok())
+        .flatten()
+        .map(|t| vdpa_adapter::apply::parse_maps(&t));
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message("pinning guest memory");
+    // SAFETY: `guest` and `svq` are mappings of this process, large enough
+    // for the benchmark's regions and vrings, alive until after `bench`
+    // returns with nothing left mapped on the device.
+    let rows = unsafe {
+        bench(
+            &mut d,
+            caps,
+            p.format(),
+            &cfg,
+            guest.addr(),
+            svq.addr(),
+            maps.as_deref(),
+            |m| {
+                bar.set_message(m.to_string());
+                bar.tick();
+            },
+        )
+    }?;
+    bar.finish_and_clear();
+    let mut out = format!(
+        "{}: {}\nguest {} in {} region(s), {} queues, {} repeats; critical phase (device stopped), median [min, max]\n\n",
+        device.display(),
+        describe(&caps),
+        bytes(cfg.guest_mem),
+        cfg.regions,
+        cfg.queues,
+        cfg.repeats
+    );
+    out += &format!(
+        "{:<10} | {:>32} | {:>32}\n",
+        "strategy", "svq switch", "failback"
+    );
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let mut med = Vec::new();
+    for r in &rows {
+        let (sm, s0, s1) = stats(&r.switch);
+        let (fm, f0, f1) = stats(&r.failback);
+        med.push((ms(sm), ms(fm)));
+        out += &format!(
+            "{:<10} | {:>9.3} ms [{:>8.3}, {:>8.3}] | {:>9.3} ms [{:>8.3}, {:>8.3}]   pinned while stopped: {} / {}\n",
+            format!("{:?}", r.strategy).to_lowercase(),
+            ms(sm),
+            ms(s0),
+            ms(s1),
+            ms(fm),
+            ms(f0),
+            ms(f1),
+            bytes(r.critical_pinned.0),
+            bytes(r.critical_pinned.1)
+        );
+    }
+    let ratio = |q: f64, i: f64| {
+        if i == 0.0 {
+            "inf (identity: nothing while stopped)".to_string()
+        } else {
+            format!("{:.1}x", q / i)
+        }
+    };
+    out += &format!(
+        "ratio qemu/identity: switch {}, failback {}\n",
+        ratio(med[1].0, med[0].0),
+        ratio(med[1].1, med[0].1)
+    );
+    drop(svq);
+    drop(guest);
+    Ok(out)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -88,6 +427,41 @@ fn main() -> ExitCode {
             strategy,
             format,
         } => plan(scenario, strategy, format),
+        Cmd::Probe { device, format } => probe_cmd(&device, format),
+        Cmd::Apply {
+            scenario,
+            device,
+            dry_run,
+            backing,
+            strategy,
+            pinning,
+        } => apply_cmd(
+            &scenario,
+            device.as_deref(),
+            dry_run,
+            backing.get(),
+            strategy,
+            pinning,
+        ),
+        Cmd::Bench {
+            device,
+            guest_mem,
+            queues,
+            regions,
+            repeats,
+            backing,
+            pinning,
+        } => bench_cmd(
+            &device,
+            BenchConfig {
+                guest_mem,
+                queues,
+                regions,
+                repeats,
+            },
+            backing.get(),
+            pinning,
+        ),
     };
     match result {
         Ok(out) => {

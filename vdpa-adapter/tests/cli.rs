@@ -167,3 +167,62 @@ fn every_scenario_file_plans_cleanly_under_every_strategy() {
     }
     assert!(n >= 7, "scenarios/ holds {n} files");
 }
+
+#[test]
+fn apply_dry_run_runs_every_step_on_the_kernel_model() {
+    for (file, strategy, steps) in [
+        ("reset.toml", "identity", 6),
+        ("viommu.toml", "identity", 8),
+        ("separate-asid.toml", "identity-asid", 5),
+        ("upstream-collision.toml", "qemu", 5),
+    ] {
+        let out = bin()
+            .args(["apply", "--dry-run", "--strategy", strategy])
+            .arg(repo().join("scenarios").join(file))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{file}: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text.lines().count(), steps + 1, "{file}: {text}");
+    }
+    // The identity strategy cannot place that hotplug: refused, exit 2.
+    let out = bin()
+        .args(["apply", "--dry-run"])
+        .arg(repo().join("scenarios/separate-asid.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("out of IOVA space"));
+}
+
+#[test]
+fn device_commands_name_the_device_and_exit_4_without_one() {
+    for args in [
+        vec!["probe", "/nonexistent/vhost-vdpa-9"],
+        vec!["bench", "--device", "/nonexistent/vhost-vdpa-9", "--guest-mem", "1GiB"],
+        vec![
+            "apply",
+            "scenarios/reset.toml",
+            "--device",
+            "/nonexistent/vhost-vdpa-9",
+        ],
+    ] {
+        let out = bin().current_dir(repo()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(4), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("/nonexistent/vhost-vdpa-9: open"), "{args:?}: {err}");
+    }
+    // apply needs a device or --dry-run; --anon and --memfd exclude each other.
+    for args in [
+        vec!["apply", "scenarios/reset.toml"],
+        vec!["apply", "scenarios/reset.toml", "--dry-run", "--anon", "--memfd"],
+    ] {
+        let out = bin().current_dir(repo()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}

@@ -1,0 +1,208 @@
+//! A scenario run on a device (or on the kernel model for `--dry-run`):
+//! real memory for every region and vring buffer, every step's plan applied
+//! with the pre-checks and rollback of [`crate::apply`], and the device's
+//! committed table checked against the planner after every step.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use vdpa_iova_planner::layout;
+use vdpa_iova_planner::{DeviceCaps, Event, GuestView, Hva, RegionSpec, SvqConfig};
+
+use crate::apply::{parse_maps, Applier, Limits, Mapping};
+use crate::device::MsgSink;
+use crate::error::AdapterError;
+use crate::memory::{Backing, Mem};
+use crate::runner::StrategyKind;
+use crate::scenario::{step_error, Scenario};
+
+/// What one step did on the device.
+#[derive(Clone, Debug)]
+pub struct StepOutcome {
+    /// The event.
+    pub event: &'static str,
+    /// Messages written.
+    pub messages: usize,
+    /// Bytes the plan pinned (0 on devices that do not pin).
+    pub pinned: u64,
+    /// Wall time of the critical phase.
+    pub critical: Duration,
+    /// Wall time of the whole plan.
+    pub total: Duration,
+}
+
+/// Host memory standing in for the scenario's: each region and vring
+/// buffer gets its own mapping, and every HVA of the scenario is replaced.
+#[derive(Debug, Default)]
+pub struct HostMemory {
+    backing: Option<Backing>,
+    /// Live mappings by scenario HVA.
+    maps: BTreeMap<u64, Mem>,
+}
+
+/// The tag written at the start of every guest page (after its address).
+pub const TAG_MAGIC: u64 = 0x7664_7061_5441_4721; // "vdpaTAG!"
+
+impl HostMemory {
+    /// `None`: keep the scenario's HVAs (dry runs without memory).
+    pub fn new(backing: Option<Backing>) -> Self {
+        HostMemory {
+            backing,
+            maps: BTreeMap::new(),
+        }
+    }
+
+    fn real(&mut self, hva: Hva, size: u64, gpa: Option<u64>) -> Result<Hva, AdapterError> {
+        let Some(b) = self.backing else {
+            return Ok(hva);
+        };
+        if let Some(m) = self.maps.get(&hva.0) {
+            if m.len() >= size {
+                return Ok(Hva(m.addr()));
+            }
+        }
+        let mut m = Mem::new(size, b, "vdpa-guest").map_err(|source| AdapterError::Memory {
+            what: format!("{size:#x} bytes for scenario hva {:#x}", hva.0),
+            source,
+        })?;
+        if let Some(g) = gpa {
+            m.tag_pages(g, 4096, TAG_MAGIC);
+        }
+        let real = Hva(m.addr());
+        self.maps.insert(hva.0, m);
+        Ok(real)
+    }
+
+    /// The event with real HVAs.
+    ///
+    /// # Errors
+    /// Memory that cannot be allocated.
+    pub fn rewrite(&mut self, ev: &Event, page: u64) -> Result<Event, AdapterError> {
+        let region = |me: &mut Self, r: &RegionSpec| -> Result<RegionSpec, AdapterError> {
+            Ok(RegionSpec {
+                hva: me.real(r.hva, r.size, Some(r.gpa.0))?,
+                ..*r
+            })
+        };
+        let svq = |me: &mut Self, c: &SvqConfig| -> Result<SvqConfig, AdapterError> {
+            let bytes = c
+                .queue_bytes(vdpa_iova_planner::PageSize::new(page).expect("device page"))
+                .unwrap_or(page)
+                .saturating_mul(u64::from(c.queues));
+            Ok(SvqConfig {
+                hva: me.real(c.hva, bytes, None)?,
+                ..*c
+            })
+        };
+        Ok(match ev {
+            Event::Boot(rs) => Event::Boot(
+                rs.iter()
+                    .map(|r| region(self, r))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Event::Hotplug(r) => Event::Hotplug(region(self, r)?),
+            Event::SvqPrepare(c) => Event::SvqPrepare(svq(self, c)?),
+            Event::SvqSwitch(Some(c)) => Event::SvqSwitch(Some(svq(self, c)?)),
+            e => e.clone(),
+        })
+    }
+
+    /// `/proc/self/maps`, when real memory is in use.
+    pub fn mappings(&self) -> Option<Vec<Mapping>> {
+        self.backing?;
+        std::fs::read_to_string("/proc/self/maps")
+            .ok()
+            .map(|t| parse_maps(&t))
+    }
+}
+
+/// A scenario to run on a device.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceRun<'a> {
+    /// The scenario.
+    pub scn: &'a Scenario,
+    /// Its file, for errors.
+    pub file: &'a str,
+    /// The device's name, for errors.
+    pub device: &'a str,
+    /// The device's capabilities (probed, or the scenario's for a dry run).
+    pub caps: DeviceCaps,
+    /// The strategy.
+    pub kind: StrategyKind,
+    /// Fixed limits (a dry run has none), or `None` to read this process's
+    /// before every step.
+    pub limits: Option<Limits>,
+}
+
+/// Runs every step of the scenario on `applier`. `reset` is called before
+/// a reset event's plan (a real device is reset there).
+///
+/// # Errors
+/// The first step the planner refuses, the pre-checks stop, or the device
+/// refuses (after rolling the step back).
+pub fn run_on_device<D: MsgSink>(
+    run: DeviceRun<'_>,
+    applier: &mut Applier<D>,
+    memory: &mut HostMemory,
+    mut reset: impl FnMut() -> Result<(), AdapterError>,
+    mut on_step: impl FnMut(usize, &StepOutcome),
+) -> Result<Vec<StepOutcome>, AdapterError> {
+    let DeviceRun {
+        scn,
+        file,
+        device,
+        caps,
+        kind,
+        limits,
+    } = run;
+    let on_device = Scenario {
+        caps,
+        ..scn.clone()
+    };
+    let mut s = kind.build(&on_device, file)?;
+    let mut guest = GuestView::new(scn.viommu_last.is_some());
+    let mut out = Vec::new();
+    for (i, ev) in scn.steps().enumerate() {
+        let ev = memory.rewrite(&ev, caps.page_size.get())?;
+        let plan = s
+            .apply(&ev)
+            .map_err(|e| step_error(file, i, &ev, s.name(), e))?;
+        if ev == Event::Reset {
+            reset()?;
+            applier.device_reset();
+        }
+        let maps = memory.mappings();
+        // SAFETY: every UPDATE maps memory `memory` owns: the scenario's
+        // HVAs were replaced by mappings that live until `memory` is dropped,
+        // after the caller has unmapped them from the device (or, for a dry
+        // run without memory, the model device never touches an HVA).
+        let rep = unsafe { applier.apply(&plan, &limits.unwrap_or_else(Limits::current), maps.as_deref()) }.map_err(
+            |e| AdapterError::Apply {
+                device: device.to_string(),
+                step: i,
+                event: ev.name(),
+                source: Box::new(e),
+            },
+        )?;
+        guest.track(&ev);
+        layout::check(&applier.committed().device_tables(), s.as_ref(), &guest).map_err(|e| {
+            AdapterError::Layout {
+                file: file.to_string(),
+                step: i,
+                event: ev.name(),
+                strategy: s.name().to_string(),
+                what: e.to_string(),
+            }
+        })?;
+        let o = StepOutcome {
+            event: ev.name(),
+            messages: rep.messages,
+            pinned: plan.cost().pinned_bytes,
+            critical: rep.critical,
+            total: rep.total,
+        };
+        on_step(i, &o);
+        out.push(o);
+    }
+    Ok(out)
+}
