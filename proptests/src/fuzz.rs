@@ -22,6 +22,9 @@ pub fn planner_events(data: &[u8]) {
     let setup = gen::setup(range, flags, max_gpa, viommu);
     let mut h = Harness::new(&setup);
     for _ in 0..64 {
+        if u.is_empty() {
+            break;
+        }
         let Ok(raw) = RawEvent::arbitrary(&mut u) else {
             break;
         };
@@ -66,7 +69,14 @@ pub fn kernel_model(data: &[u8]) {
     };
     let mut k = KernelIotlb::new(&caps);
     let mut n = NaiveKernel::new(caps.address_spaces, (first, last));
-    while let Ok(c) = RawChoice::arbitrary(&mut u) {
+    // `arbitrary` yields defaults once the data runs out: stop there.
+    for _ in 0..256 {
+        if u.is_empty() {
+            break;
+        }
+        let Ok(c) = RawChoice::arbitrary(&mut u) else {
+            break;
+        };
         let m = RawMsg {
             asid: u32::from(c.asid % 4),
             kind: [

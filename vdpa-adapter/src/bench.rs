@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use vdpa_iova_planner::{DeviceCaps, Event, Gpa, Hva, Planner, QemuPlanner, RegionSpec, Strategy, SvqConfig};
+use vdpa_iova_planner::{
+    DeviceCaps, Event, Gpa, Hva, Planner, QemuPlanner, RegionSpec, Strategy, SvqConfig,
+};
 
 use crate::apply::{Applier, Limits, Mapping};
 use crate::device::MsgSink;
@@ -47,8 +49,8 @@ pub fn stats(v: &[Duration]) -> (Duration, Duration, Duration) {
     }
 }
 
-/// Runs the benchmark on `dev`, whose guest memory starts at host address
-/// `guest_hva` and vring buffer at `svq_hva`.
+/// Runs the benchmark on `dev`; `(guest_hva, svq_hva)` are where the guest
+/// memory and the vring buffer start in this process.
 ///
 /// # Safety
 /// `[guest_hva, guest_hva + cfg.guest_mem)` and the vring buffer (as large
@@ -63,8 +65,7 @@ pub unsafe fn bench<D: MsgSink>(
     caps: DeviceCaps,
     format: MsgFormat,
     cfg: &BenchConfig,
-    guest_hva: u64,
-    svq_hva: u64,
+    (guest_hva, svq_hva): (u64, u64),
     maps: Option<&[Mapping]>,
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<BenchRow>, AdapterError> {
@@ -92,8 +93,14 @@ pub unsafe fn bench<D: MsgSink>(
         };
         for r in 0..cfg.repeats {
             let mut s: Box<dyn Strategy> = match kind {
-                StrategyKind::Qemu => Box::new(QemuPlanner::new(caps).map_err(|e| AdapterError::device("bench", e.to_string()))?),
-                _ => Box::new(Planner::new(caps, Some(cfg.guest_mem)).map_err(|e| AdapterError::device("bench", e.to_string()))?),
+                StrategyKind::Qemu => Box::new(
+                    QemuPlanner::new(caps)
+                        .map_err(|e| AdapterError::device("bench", e.to_string()))?,
+                ),
+                _ => Box::new(
+                    Planner::new(caps, Some(cfg.guest_mem))
+                        .map_err(|e| AdapterError::device("bench", e.to_string()))?,
+                ),
             };
             let mut a = Applier::new(&mut *dev, caps, format);
             let mut events = vec![
@@ -104,8 +111,15 @@ pub unsafe fn bench<D: MsgSink>(
             ];
             events.extend(regions.iter().map(|r| Event::Unplug(r.gpa)));
             for (i, ev) in events.iter().enumerate() {
-                progress(&format!("{kind:?} run {}/{}: {}", r + 1, cfg.repeats, ev.name()));
-                let plan = s.apply(ev).map_err(|e| AdapterError::device("bench", e.to_string()))?;
+                progress(&format!(
+                    "{kind:?} run {}/{}: {}",
+                    r + 1,
+                    cfg.repeats,
+                    ev.name()
+                ));
+                let plan = s
+                    .apply(ev)
+                    .map_err(|e| AdapterError::device("bench", e.to_string()))?;
                 // SAFETY: the caller guarantees every HVA used here (regions
                 // and vring buffer) stays mapped; the unplug steps unmap all.
                 let rep = unsafe { a.apply(&plan, &Limits::current(), maps) }.map_err(|e| {

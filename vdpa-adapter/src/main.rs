@@ -157,7 +157,10 @@ fn probe_cmd(device: &Path, format: Format) -> Result<String, AdapterError> {
                 "pins_memory": caps.pinning,
                 "map_style": caps.map_style.as_str(),
             });
-            format!("{}\n", serde_json::to_string_pretty(&v).expect("serializes"))
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&v).expect("serializes")
+            )
         }
         Format::Table => probe_table(&p, &caps),
     })
@@ -186,7 +189,10 @@ fn probe_table(p: &Probe, caps: &vdpa_iova_planner::DeviceCaps) -> String {
         "address spaces:  {}, virtqueues {}, groups {} {:?}\n",
         p.address_spaces, p.vqs, p.groups, p.vq_groups
     );
-    out += &format!("backend features offered {:#x}, acked {:#x}:\n", p.offered, p.acked);
+    out += &format!(
+        "backend features offered {:#x}, acked {:#x}:\n",
+        p.offered, p.acked
+    );
     for (bit, name) in names {
         let o = p.offered & (1 << bit) != 0;
         let a = p.acked & (1 << bit) != 0;
@@ -243,13 +249,7 @@ fn apply_cmd(
                 pinned_now: 0,
             }),
         };
-        run_on_device(
-            run,
-            &mut a,
-            &mut mem,
-            || Ok(()),
-            print_step,
-        )?;
+        run_on_device(run, &mut a, &mut mem, || Ok(()), print_step)?;
         return Ok(String::new());
     }
     let device = device.expect("clap requires --device without --dry-run");
@@ -275,7 +275,10 @@ fn apply_cmd(
         &mut mem,
         || match &reset_dev {
             Some(r) => r.reset(),
-            None => Err(AdapterError::device(&name, "cannot reopen the device to reset it")),
+            None => Err(AdapterError::device(
+                &name,
+                "cannot reopen the device to reset it",
+            )),
         },
         print_step,
     )?;
@@ -315,8 +318,7 @@ fn bench_cmd(
             caps,
             p.format(),
             &cfg,
-            guest.addr(),
-            svq.addr(),
+            (guest.addr(), svq.addr()),
             maps.as_deref(),
             |m| {
                 bar.set_message(m.to_string());

@@ -42,7 +42,8 @@ impl Mem {
             Backing::Anon => {
                 // SAFETY: a fresh anonymous mapping at an address the kernel
                 // chooses overlaps nothing this program uses.
-                let ptr = unsafe { mmap_anonymous(std::ptr::null_mut(), len, prot, MapFlags::PRIVATE) }?;
+                let ptr =
+                    unsafe { mmap_anonymous(std::ptr::null_mut(), len, prot, MapFlags::PRIVATE) }?;
                 Ok(Mem {
                     ptr: ptr.cast(),
                     len,
@@ -58,7 +59,8 @@ impl Mem {
                 ftruncate(&fd, len as u64)?;
                 // SAFETY: a fresh shared mapping of a memfd we just sized, at
                 // an address the kernel chooses: it overlaps nothing.
-                let ptr = unsafe { mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, &fd, 0) }?;
+                let ptr =
+                    unsafe { mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, &fd, 0) }?;
                 Ok(Mem {
                     ptr: ptr.cast(),
                     len,

@@ -176,14 +176,19 @@ pub fn run_on_device<D: MsgSink>(
         // HVAs were replaced by mappings that live until `memory` is dropped,
         // after the caller has unmapped them from the device (or, for a dry
         // run without memory, the model device never touches an HVA).
-        let rep = unsafe { applier.apply(&plan, &limits.unwrap_or_else(Limits::current), maps.as_deref()) }.map_err(
-            |e| AdapterError::Apply {
-                device: device.to_string(),
-                step: i,
-                event: ev.name(),
-                source: Box::new(e),
-            },
-        )?;
+        let rep = unsafe {
+            applier.apply(
+                &plan,
+                &limits.unwrap_or_else(Limits::current),
+                maps.as_deref(),
+            )
+        }
+        .map_err(|e| AdapterError::Apply {
+            device: device.to_string(),
+            step: i,
+            event: ev.name(),
+            source: Box::new(e),
+        })?;
         guest.track(&ev);
         layout::check(&applier.committed().device_tables(), s.as_ref(), &guest).map_err(|e| {
             AdapterError::Layout {

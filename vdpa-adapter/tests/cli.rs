@@ -204,7 +204,13 @@ fn apply_dry_run_runs_every_step_on_the_kernel_model() {
 fn device_commands_name_the_device_and_exit_4_without_one() {
     for args in [
         vec!["probe", "/nonexistent/vhost-vdpa-9"],
-        vec!["bench", "--device", "/nonexistent/vhost-vdpa-9", "--guest-mem", "1GiB"],
+        vec![
+            "bench",
+            "--device",
+            "/nonexistent/vhost-vdpa-9",
+            "--guest-mem",
+            "1GiB",
+        ],
         vec![
             "apply",
             "scenarios/reset.toml",
@@ -215,12 +221,21 @@ fn device_commands_name_the_device_and_exit_4_without_one() {
         let out = bin().current_dir(repo()).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(4), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("/nonexistent/vhost-vdpa-9: open"), "{args:?}: {err}");
+        assert!(
+            err.contains("/nonexistent/vhost-vdpa-9: open"),
+            "{args:?}: {err}"
+        );
     }
     // apply needs a device or --dry-run; --anon and --memfd exclude each other.
     for args in [
         vec!["apply", "scenarios/reset.toml"],
-        vec!["apply", "scenarios/reset.toml", "--dry-run", "--anon", "--memfd"],
+        vec![
+            "apply",
+            "scenarios/reset.toml",
+            "--dry-run",
+            "--anon",
+            "--memfd",
+        ],
     ] {
         let out = bin().current_dir(repo()).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
