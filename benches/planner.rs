@@ -1,0 +1,271 @@
+//! Criterion benchmarks, each against a baseline measured in the same run:
+//!
+//! * `translate`: the SVQ per-descriptor lookup against QEMU's (a linear
+//!   walk over every mapping, as `iova_tree_find_iova` does), 16 to 4,096
+//!   regions, random and sequential addresses.
+//! * `alloc_churn`: one free + alloc pair with 1,000 to 100,000 live
+//!   allocations: `IovaAllocator` against rust-vmm's `vm-allocator` and a
+//!   first-fit linear allocator.
+//! * `plan`: latency of a prepared switch, a failback and a hotplug, 16 to
+//!   4,096 regions, 1 to 256 queues.
+//!
+//! `cargo bench --bench planner`; `cargo run --release --example
+//! benchmarks_report` turns the results into BENCHMARKS.md.
+
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use vdpa_iova_planner::{
+    DeviceCaps, Event, Gpa, Hva, IovaAllocator, PageSize, Planner, RegionSpec, Strategy, SvqConfig,
+};
+
+const MIB: u64 = 1 << 20;
+
+/// A tiny deterministic generator (no dependency, same sequence every run).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 11
+    }
+}
+
+/// `n` regions of 2 MiB, 4 MiB apart (as many DIMMs or virtio-mem blocks).
+fn regions(n: u64) -> Vec<RegionSpec> {
+    (0..n)
+        .map(|i| RegionSpec {
+            gpa: Gpa(i * 4 * MIB),
+            size: 2 * MIB,
+            hva: Hva(0x1000_0000_0000 + i * 2 * MIB),
+            readonly: false,
+        })
+        .collect()
+}
+
+fn svq(queues: u32) -> SvqConfig {
+    SvqConfig {
+        queues,
+        queue_size: 256,
+        hva: Hva(0x7e00_0000_0000),
+    }
+}
+
+/// QEMU's SVQ translation today: walk every mapping until one contains the
+/// address (`iova_tree_find_iova` is a `g_tree_foreach` over all maps).
+struct LinearMaps(Vec<(u64, u64, u64)>);
+impl LinearMaps {
+    fn translate(&self, addr: u64) -> Option<u64> {
+        for &(first, last, iova) in &self.0 {
+            if first <= addr && addr <= last {
+                return Some(iova + (addr - first));
+            }
+        }
+        None
+    }
+}
+
+fn translate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("translate");
+    g.measurement_time(Duration::from_secs(2));
+    g.warm_up_time(Duration::from_millis(500));
+    for n in [16u64, 256, 1024, 4096] {
+        let rs = regions(n);
+        let mut p = Planner::new(DeviceCaps::default(), Some(1 << 40)).unwrap();
+        p.apply(&Event::Boot(rs.clone())).unwrap();
+        p.apply(&Event::SvqPrepare(svq(3))).unwrap();
+        p.apply(&Event::SvqSwitch(None)).unwrap();
+        // QEMU keeps its maps in insertion order in a GTree keyed by IOVA;
+        // the walk visits them in that order.
+        let lin = LinearMaps(
+            rs.iter()
+                .map(|r| (r.gpa.0, r.gpa.0 + r.size - 1, r.gpa.0))
+                .collect(),
+        );
+        let mut rng = Lcg(n);
+        let random: Vec<u64> = (0..4096)
+            .map(|_| {
+                let r = &rs[(rng.next() % n) as usize];
+                r.gpa.0 + (rng.next() % (r.size / 64)) * 64
+            })
+            .collect();
+        let sequential: Vec<u64> = (0..4096)
+            .map(|i| {
+                let r = &rs[(i * n as usize / 4096) % n as usize];
+                r.gpa.0 + (i as u64 % 32) * 4096
+            })
+            .collect();
+        for (pattern, addrs) in [("random", &random), ("sequential", &sequential)] {
+            g.bench_with_input(
+                BenchmarkId::new(format!("planner/{pattern}"), n),
+                addrs,
+                |b, a| {
+                    let mut i = 0;
+                    b.iter(|| {
+                        i = (i + 1) % a.len();
+                        black_box(p.translate(Gpa(a[i]), 64).unwrap())
+                    })
+                },
+            );
+            g.bench_with_input(
+                BenchmarkId::new(format!("qemu_linear/{pattern}"), n),
+                addrs,
+                |b, a| {
+                    let mut i = 0;
+                    b.iter(|| {
+                        i = (i + 1) % a.len();
+                        black_box(lin.translate(a[i]).unwrap())
+                    })
+                },
+            );
+        }
+    }
+    g.finish();
+}
+
+/// First fit over a sorted `Vec` of free holes, scanned linearly.
+struct FirstFit(Vec<(u64, u64)>);
+impl FirstFit {
+    fn alloc(&mut self, size: u64) -> Option<u64> {
+        let i = self.0.iter().position(|&(f, l)| l - f + 1 >= size)?;
+        let (f, l) = self.0[i];
+        if l - f + 1 == size {
+            self.0.remove(i);
+        } else {
+            self.0[i].0 = f + size;
+        }
+        Some(f)
+    }
+    fn free(&mut self, f: u64, size: u64) {
+        let l = f + size - 1;
+        let i = self.0.partition_point(|&(a, _)| a < f);
+        self.0.insert(i, (f, l));
+        if i + 1 < self.0.len() && self.0[i].1 + 1 == self.0[i + 1].0 {
+            self.0[i].1 = self.0[i + 1].1;
+            self.0.remove(i + 1);
+        }
+        if i > 0 && self.0[i - 1].1 + 1 == self.0[i].0 {
+            self.0[i - 1].1 = self.0[i].1;
+            self.0.remove(i);
+        }
+    }
+}
+
+fn alloc_churn(c: &mut Criterion) {
+    let mut g = c.benchmark_group("alloc_churn");
+    g.measurement_time(Duration::from_secs(2));
+    g.warm_up_time(Duration::from_millis(500));
+    g.sample_size(20);
+    let page = 4096u64;
+    let (base, end) = (1u64 << 40, (1u64 << 46) - 1);
+    for live in [1_000usize, 10_000, 100_000] {
+        let sizes: Vec<u64> = {
+            let mut r = Lcg(live as u64);
+            (0..live).map(|_| (1 + r.next() % 16) * page).collect()
+        };
+        // Ours.
+        let mut a = IovaAllocator::new(base, end, PageSize::SIZE_4K).unwrap();
+        let mut held: Vec<_> = sizes.iter().map(|&s| a.alloc(s).unwrap()).collect();
+        // Free every other one so the space is fragmented, as churn leaves it.
+        for s in held.iter_mut().step_by(2) {
+            assert!(a.free(*s));
+        }
+        for (s, sz) in held.iter_mut().zip(&sizes).step_by(2) {
+            *s = a.alloc(*sz).unwrap();
+        }
+        let mut r = Lcg(7);
+        g.bench_function(BenchmarkId::new("iova_allocator", live), |b| {
+            b.iter(|| {
+                let i = (r.next() % live as u64) as usize;
+                assert!(a.free(held[i]));
+                held[i] = a.alloc(sizes[i]).unwrap();
+            })
+        });
+        // rust-vmm vm-allocator, first match.
+        let mut v = vm_allocator::AddressAllocator::new(base, end - base + 1).unwrap();
+        let policy = vm_allocator::AllocPolicy::FirstMatch;
+        let mut vheld: Vec<_> = sizes
+            .iter()
+            .map(|&s| v.allocate(s, page, policy).unwrap())
+            .collect();
+        for (s, sz) in vheld.iter_mut().zip(&sizes).step_by(2) {
+            v.free(s).unwrap();
+            *s = v.allocate(*sz, page, policy).unwrap();
+        }
+        let mut r = Lcg(7);
+        g.bench_function(BenchmarkId::new("vm_allocator", live), |b| {
+            b.iter(|| {
+                let i = (r.next() % live as u64) as usize;
+                v.free(&vheld[i]).unwrap();
+                vheld[i] = v.allocate(sizes[i], page, policy).unwrap();
+            })
+        });
+        // First fit, linear.
+        let mut f = FirstFit(vec![(base, end)]);
+        let mut fheld: Vec<u64> = sizes.iter().map(|&s| f.alloc(s).unwrap()).collect();
+        for (s, sz) in fheld.iter_mut().zip(&sizes).step_by(2) {
+            f.free(*s, *sz);
+            *s = f.alloc(*sz).unwrap();
+        }
+        let mut r = Lcg(7);
+        g.bench_function(BenchmarkId::new("first_fit_linear", live), |b| {
+            b.iter(|| {
+                let i = (r.next() % live as u64) as usize;
+                f.free(fheld[i], sizes[i]);
+                fheld[i] = f.alloc(sizes[i]).unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+fn plan(c: &mut Criterion) {
+    let mut g = c.benchmark_group("plan");
+    g.measurement_time(Duration::from_secs(2));
+    g.warm_up_time(Duration::from_millis(300));
+    g.sample_size(30);
+    for (n, q) in [(16u64, 3u32), (256, 17), (1024, 65), (4096, 256)] {
+        let mut base = Planner::new(DeviceCaps::default(), Some(1 << 40)).unwrap();
+        base.apply(&Event::Boot(regions(n))).unwrap();
+        base.apply(&Event::SvqPrepare(svq(q))).unwrap();
+        let id = format!("{n}r/{q}q");
+        g.bench_function(BenchmarkId::new("prepared_switch", &id), |b| {
+            b.iter_batched_ref(
+                || base.clone(),
+                |p| black_box(p.svq_switch(None).unwrap()),
+                BatchSize::LargeInput,
+            )
+        });
+        let mut sw = base.clone();
+        sw.svq_switch(None).unwrap();
+        g.bench_function(BenchmarkId::new("failback", &id), |b| {
+            b.iter_batched_ref(
+                || sw.clone(),
+                |p| black_box(p.failback().unwrap()),
+                BatchSize::LargeInput,
+            )
+        });
+        let hot = RegionSpec {
+            gpa: Gpa(1 << 39),
+            size: 128 * MIB,
+            hva: Hva(0x2000_0000_0000),
+            readonly: false,
+        };
+        g.bench_function(BenchmarkId::new("hotplug_svq", &id), |b| {
+            b.iter_batched_ref(
+                || sw.clone(),
+                |p| black_box(p.add_regions(std::slice::from_ref(&hot)).unwrap()),
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, translate, alloc_churn, plan);
+criterion_main!(benches);
