@@ -56,18 +56,27 @@ fn svq(queues: u32) -> SvqConfig {
     }
 }
 
-/// QEMU's SVQ translation today: walk every mapping until one contains the
-/// address (`iova_tree_find_iova` is a `g_tree_foreach` over all maps).
-struct LinearMaps(Vec<(u64, u64, u64)>);
+/// QEMU's SVQ translation today: `vhost_iova_tree_find_iova` calls
+/// `iova_tree_find_iova`, a `g_tree_foreach` over every mapping with a
+/// callback that stops at the first one containing the address. A GTree
+/// keeps one heap node per mapping and walks them by pointer; a
+/// `LinkedList` (one heap node per element) and a callback through a
+/// function pointer reproduce that walk.
+struct LinearMaps(std::collections::LinkedList<(u64, u64, u64)>);
 impl LinearMaps {
-    fn translate(&self, addr: u64) -> Option<u64> {
-        for &(first, last, iova) in &self.0 {
-            if first <= addr && addr <= last {
-                return Some(iova + (addr - first));
+    fn translate(&self, addr: u64, cb: fn(&(u64, u64, u64), u64) -> bool) -> Option<u64> {
+        for m in &self.0 {
+            if cb(m, addr) {
+                return Some(m.2 + (addr - m.0));
             }
         }
         None
     }
+}
+
+/// `iova_tree_find_address_iterator`: whether the map holds the address.
+fn find_address(m: &(u64, u64, u64), addr: u64) -> bool {
+    m.0 <= addr && addr <= m.1
 }
 
 fn translate(c: &mut Criterion) {
@@ -119,7 +128,7 @@ fn translate(c: &mut Criterion) {
                     let mut i = 0;
                     b.iter(|| {
                         i = (i + 1) % a.len();
-                        black_box(lin.translate(a[i]).unwrap())
+                        black_box(lin.translate(a[i], black_box(find_address)).unwrap())
                     })
                 },
             );
@@ -168,56 +177,79 @@ fn alloc_churn(c: &mut Criterion) {
             let mut r = Lcg(live as u64);
             (0..live).map(|_| (1 + r.next() % 16) * page).collect()
         };
-        // Ours.
+        // Each allocator gets 2 * live allocations, then every other one is
+        // freed: `live` allocations with `live` holes between them. Each
+        // step frees a random live allocation and allocates a new random
+        // size: the free list stays long and fragmented, as churn leaves it.
+        let steps: Vec<(usize, u64)> = {
+            let mut r = Lcg(7);
+            (0..1 << 16)
+                .map(|_| {
+                    (
+                        (r.next() % live as u64) as usize,
+                        (1 + r.next() % 16) * page,
+                    )
+                })
+                .collect()
+        };
         let mut a = IovaAllocator::new(base, end, PageSize::SIZE_4K).unwrap();
-        let mut held: Vec<_> = sizes.iter().map(|&s| a.alloc(s).unwrap()).collect();
-        // Free every other one so the space is fragmented, as churn leaves it.
-        for s in held.iter_mut().step_by(2) {
+        let all: Vec<_> = sizes
+            .iter()
+            .chain(&sizes)
+            .map(|&s| a.alloc(s).unwrap())
+            .collect();
+        let mut held: Vec<_> = all.iter().step_by(2).copied().collect();
+        for s in all.iter().skip(1).step_by(2) {
             assert!(a.free(*s));
         }
-        for (s, sz) in held.iter_mut().zip(&sizes).step_by(2) {
-            *s = a.alloc(*sz).unwrap();
-        }
-        let mut r = Lcg(7);
+        let mut k = 0;
         g.bench_function(BenchmarkId::new("iova_allocator", live), |b| {
             b.iter(|| {
-                let i = (r.next() % live as u64) as usize;
+                let (i, sz) = steps[k % steps.len()];
+                k += 1;
                 assert!(a.free(held[i]));
-                held[i] = a.alloc(sizes[i]).unwrap();
+                held[i] = a.alloc(sz).unwrap();
             })
         });
         // rust-vmm vm-allocator, first match.
         let mut v = vm_allocator::AddressAllocator::new(base, end - base + 1).unwrap();
         let policy = vm_allocator::AllocPolicy::FirstMatch;
-        let mut vheld: Vec<_> = sizes
+        let all: Vec<_> = sizes
             .iter()
+            .chain(&sizes)
             .map(|&s| v.allocate(s, page, policy).unwrap())
             .collect();
-        for (s, sz) in vheld.iter_mut().zip(&sizes).step_by(2) {
+        let mut vheld: Vec<_> = all.iter().step_by(2).cloned().collect();
+        for s in all.iter().skip(1).step_by(2) {
             v.free(s).unwrap();
-            *s = v.allocate(*sz, page, policy).unwrap();
         }
-        let mut r = Lcg(7);
+        let mut k = 0;
         g.bench_function(BenchmarkId::new("vm_allocator", live), |b| {
             b.iter(|| {
-                let i = (r.next() % live as u64) as usize;
+                let (i, sz) = steps[k % steps.len()];
+                k += 1;
                 v.free(&vheld[i]).unwrap();
-                vheld[i] = v.allocate(sizes[i], page, policy).unwrap();
+                vheld[i] = v.allocate(sz, page, policy).unwrap();
             })
         });
         // First fit, linear.
         let mut f = FirstFit(vec![(base, end)]);
-        let mut fheld: Vec<u64> = sizes.iter().map(|&s| f.alloc(s).unwrap()).collect();
-        for (s, sz) in fheld.iter_mut().zip(&sizes).step_by(2) {
-            f.free(*s, *sz);
-            *s = f.alloc(*sz).unwrap();
+        let all: Vec<(u64, u64)> = sizes
+            .iter()
+            .chain(&sizes)
+            .map(|&s| (f.alloc(s).unwrap(), s))
+            .collect();
+        let mut fheld: Vec<(u64, u64)> = all.iter().step_by(2).copied().collect();
+        for &(at, sz) in all.iter().skip(1).step_by(2) {
+            f.free(at, sz);
         }
-        let mut r = Lcg(7);
+        let mut k = 0;
         g.bench_function(BenchmarkId::new("first_fit_linear", live), |b| {
             b.iter(|| {
-                let i = (r.next() % live as u64) as usize;
-                f.free(fheld[i], sizes[i]);
-                fheld[i] = f.alloc(sizes[i]).unwrap();
+                let (i, sz) = steps[k % steps.len()];
+                k += 1;
+                f.free(fheld[i].0, fheld[i].1);
+                fheld[i] = (f.alloc(sz).unwrap(), sz);
             })
         });
     }

@@ -70,6 +70,15 @@ fn ns(v: f64) -> String {
     }
 }
 
+/// `x` as a ratio: one decimal below 10, none above.
+fn ratio(x: f64) -> String {
+    if x < 10.0 {
+        format!("{x:.1}x")
+    } else {
+        format!("{x:.0}x")
+    }
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -248,10 +257,10 @@ fn main() {
             ) {
                 let _ = writeln!(
                     md,
-                    "| {n} | {pat} | {} | {} | {:.1}x |",
+                    "| {n} | {pat} | {} | {} | {} |",
                     ns(a),
                     ns(b),
-                    b / a
+                    ratio(b / a)
                 );
             }
         }
@@ -270,12 +279,12 @@ fn main() {
         ) {
             let _ = writeln!(
                 md,
-                "| {n} | {} | {} | {} | {:.0}x | {:.0}x |",
+                "| {n} | {} | {} | {} | {} | {} |",
                 ns(a),
                 ns(v),
                 ns(f),
-                v / a,
-                f / a
+                ratio(v / a),
+                ratio(f / a)
             );
         }
     }
