@@ -212,10 +212,15 @@ impl<D: MsgSink> Applier<D> {
         &self.dev
     }
 
-    /// The device was reset: the mirror forgets what the device forgets.
-    pub fn device_reset(&mut self) {
+    /// Resets the device (`VHOST_VDPA_SET_STATUS` 0 on a real one); the
+    /// mirror forgets what the device forgets.
+    ///
+    /// # Errors
+    /// The reset's error; the mirror is then unchanged.
+    pub fn device_reset(&mut self) -> io::Result<()> {
+        self.dev.reset()?;
         self.committed.reset_device();
-        self.dev.reset();
+        Ok(())
     }
 
     /// Checks a plan against the mirror and the limits without sending it.
@@ -386,7 +391,7 @@ impl<D: MsgSink> Applier<D> {
                         "RLIMIT_MEMLOCK: {} bytes pinned now, {} more needed, limit {l}",
                         fresh.pinned_now, m.size
                     ),
-                    _ => "pinning failed (memory not mapped, or the limit changed), or the parent driver refused the map".into(),
+                    _ => "pinning failed (memory not mapped, or the limit changed), or the device's IOTLB is full (each physically contiguous run of a pinned map is one entry; vdpa_sim allows max_iotlb_entries, 2048 by default), or the parent driver refused the map".into(),
                 }
             }
             MsgType::Update => "the parent driver refused the map (use_va device)".into(),
@@ -504,8 +509,9 @@ impl MsgSink for ModelDevice {
         Ok(MSG_LEN)
     }
 
-    fn reset(&mut self) {
+    fn reset(&mut self) -> io::Result<()> {
         self.kernel.reset_device();
+        Ok(())
     }
 }
 
@@ -541,8 +547,8 @@ impl MsgSink for FaultyDevice {
         self.inner.send(msg)
     }
 
-    fn reset(&mut self) {
-        self.inner.reset();
+    fn reset(&mut self) -> io::Result<()> {
+        self.inner.reset()
     }
 }
 
@@ -634,7 +640,7 @@ mod tests {
             for ev in events {
                 let plan = p.apply(&ev).unwrap();
                 if ev == Event::Reset {
-                    a.device_reset();
+                    a.device_reset().unwrap();
                 }
                 let before = device_table(&a);
                 assert_eq!(before, tables(a.committed(), 4));

@@ -22,8 +22,14 @@ pub trait MsgSink {
     /// # Errors
     /// The kernel's refusal (EFAULT for every IOTLB rule).
     fn send(&mut self, msg: &[u8; MSG_LEN]) -> io::Result<usize>;
-    /// A device reset happened (the model forgets what a real device forgets).
-    fn reset(&mut self) {}
+    /// Resets the device (status 0): a real device is reset, a model
+    /// forgets what a real device forgets.
+    ///
+    /// # Errors
+    /// The reset's error.
+    fn reset(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// What `probe` learned about a device.
@@ -146,17 +152,6 @@ impl VhostVdpa {
             .map_err(|e| dev_err(&self.path, what, e.into()))
     }
 
-    /// Resets the device (`VHOST_VDPA_SET_STATUS` 0). Without
-    /// `IOTLB_PERSIST` the device forgets its maps; the kernel keeps them.
-    ///
-    /// # Errors
-    /// [`AdapterError::Device`].
-    pub fn reset(&self) -> Result<(), AdapterError> {
-        // SAFETY: `_IOW(VHOST_VIRTIO, 0x72, __u8)`: the kernel reads one byte.
-        unsafe { ioctl(self.fd.as_fd(), Setter::<{ op::SET_STATUS }, u8>::new(0)) }
-            .map_err(|e| dev_err(&self.path, "VHOST_VDPA_SET_STATUS 0", e.into()))
-    }
-
     /// Reads what the device offers, acks what the adapter uses
     /// ([`uapi::negotiate`]) and reads the rest of its description.
     ///
@@ -227,6 +222,12 @@ impl MsgSink for VhostVdpa {
     fn send(&mut self, msg: &[u8; MSG_LEN]) -> io::Result<usize> {
         rustix::io::write(&self.fd, msg).map_err(io::Error::from)
     }
+
+    fn reset(&mut self) -> io::Result<()> {
+        // SAFETY: `_IOW(VHOST_VIRTIO, 0x72, __u8)`: the kernel reads one byte.
+        unsafe { ioctl(self.fd.as_fd(), Setter::<{ op::SET_STATUS }, u8>::new(0)) }
+            .map_err(io::Error::from)
+    }
 }
 
 /// Whether the device behind `probe` pins memory: VDUSE never does,
@@ -260,7 +261,7 @@ impl<T: MsgSink + ?Sized> MsgSink for &mut T {
         (**self).send(msg)
     }
 
-    fn reset(&mut self) {
-        (**self).reset();
+    fn reset(&mut self) -> io::Result<()> {
+        (**self).reset()
     }
 }

@@ -94,6 +94,9 @@ enum Cmd {
         /// Whether the device pins memory (default: from its driver).
         #[arg(long)]
         pinning: Option<bool>,
+        /// No progress spinner (logs, serial consoles).
+        #[arg(long)]
+        no_progress: bool,
     },
 }
 
@@ -249,7 +252,7 @@ fn apply_cmd(
                 pinned_now: 0,
             }),
         };
-        run_on_device(run, &mut a, &mut mem, || Ok(()), print_step)?;
+        run_on_device(run, &mut a, &mut mem, print_step)?;
         return Ok(String::new());
     }
     let device = device.expect("clap requires --device without --dry-run");
@@ -258,7 +261,6 @@ fn apply_cmd(
     let caps = p.caps(pinning.unwrap_or_else(|| pins_memory(&p)))?;
     println!("{}: {}", device.display(), describe(&caps));
     let name = device.display().to_string();
-    let reset_dev = VhostVdpa::open(device).ok();
     let mut mem = HostMemory::new(Some(backing));
     let mut a = Applier::new(&mut d, caps, p.format());
     let run = DeviceRun {
@@ -269,19 +271,7 @@ fn apply_cmd(
         kind: strategy,
         limits: None,
     };
-    run_on_device(
-        run,
-        &mut a,
-        &mut mem,
-        || match &reset_dev {
-            Some(r) => r.reset(),
-            None => Err(AdapterError::device(
-                &name,
-                "cannot reopen the device to reset it",
-            )),
-        },
-        print_step,
-    )?;
+    run_on_device(run, &mut a, &mut mem, print_step)?;
     Ok(String::new())
 }
 
@@ -290,6 +280,7 @@ fn bench_cmd(
     cfg: BenchConfig,
     backing: Backing,
     pinning: Option<bool>,
+    progress: bool,
 ) -> Result<String, AdapterError> {
     let mut d = VhostVdpa::open(device)?;
     let p = d.probe()?;
@@ -307,7 +298,11 @@ fn bench_cmd(
         .then(|| std::fs::read_to_string("/proc/self/maps").ok())
         .flatten()
         .map(|t| vdpa_adapter::apply::parse_maps(&t));
-    let bar = indicatif::ProgressBar::new_spinner();
+    let bar = if progress {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     bar.set_message("pinning guest memory");
     // SAFETY: `guest` and `svq` are mappings of this process, large enough
     // for the benchmark's regions and vrings, alive until after `bench`
@@ -453,6 +448,7 @@ fn main() -> ExitCode {
             repeats,
             backing,
             pinning,
+            no_progress,
         } => bench_cmd(
             &device,
             BenchConfig {
@@ -463,6 +459,7 @@ fn main() -> ExitCode {
             },
             backing.get(),
             pinning,
+            !no_progress,
         ),
     };
     match result {

@@ -134,8 +134,8 @@ pub struct DeviceRun<'a> {
     pub limits: Option<Limits>,
 }
 
-/// Runs every step of the scenario on `applier`. `reset` is called before
-/// a reset event's plan (a real device is reset there).
+/// Runs every step of the scenario on `applier`; a reset event resets the
+/// device before its plan is applied.
 ///
 /// # Errors
 /// The first step the planner refuses, the pre-checks stop, or the device
@@ -144,7 +144,6 @@ pub fn run_on_device<D: MsgSink>(
     run: DeviceRun<'_>,
     applier: &mut Applier<D>,
     memory: &mut HostMemory,
-    mut reset: impl FnMut() -> Result<(), AdapterError>,
     mut on_step: impl FnMut(usize, &StepOutcome),
 ) -> Result<Vec<StepOutcome>, AdapterError> {
     let DeviceRun {
@@ -168,8 +167,11 @@ pub fn run_on_device<D: MsgSink>(
             .apply(&ev)
             .map_err(|e| step_error(file, i, &ev, s.name(), e))?;
         if ev == Event::Reset {
-            reset()?;
-            applier.device_reset();
+            applier.device_reset().map_err(|e| AdapterError::Device {
+                device: device.to_string(),
+                what: "reset (VHOST_VDPA_SET_STATUS 0)".into(),
+                source: Some(e),
+            })?;
         }
         let maps = memory.mappings();
         // SAFETY: every UPDATE maps memory `memory` owns: the scenario's

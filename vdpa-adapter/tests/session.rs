@@ -52,7 +52,6 @@ fn run(backing: Backing) -> (Result<usize, AdapterError>, usize) {
         },
         &mut a,
         &mut mem,
-        || Ok(()),
         |_, _| {},
     )
     .map(|steps| steps.len());
