@@ -111,7 +111,7 @@ pub enum ApplyError {
         violation: Box<Violation>,
     },
     /// The plan pins more than `RLIMIT_MEMLOCK` allows: nothing was sent.
-    #[error("the plan needs {needed} bytes pinned at its peak but RLIMIT_MEMLOCK allows {limit} ({pinned_now} pinned now); raise it (ulimit -l) or run with CAP_IPC_LOCK; nothing was sent")]
+    #[error("the plan needs {needed} bytes pinned at its peak but RLIMIT_MEMLOCK allows {limit} ({pinned_now} pinned now); raise it (ulimit -l, LimitMEMLOCK= for a service); nothing was sent")]
     Memlock {
         /// Bytes pinned by this process at the plan's peak.
         needed: u64,
