@@ -163,7 +163,36 @@ fn bytes(n: u64) -> String {
     }
 }
 
-fn chart(path: &Path, qs: &[Quality]) {
+/// Measured qemu medians from the rig's bench table: (guest GiB, switch +
+/// failback seconds).
+fn rig_points(text: &str) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    let mut guest = None;
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("guest ") {
+            let mut w = rest.split_whitespace();
+            let (n, unit) = (w.next(), w.next());
+            guest = match (n.and_then(|n| n.parse::<f64>().ok()), unit) {
+                (Some(n), Some("MiB")) => Some(n / 1024.0),
+                (Some(n), Some("GiB")) => Some(n),
+                _ => None,
+            };
+        } else if l.starts_with("qemu") {
+            let ms: Vec<f64> = l
+                .split('|')
+                .skip(1)
+                .take(2)
+                .filter_map(|c| c.split_whitespace().next()?.parse().ok())
+                .collect();
+            if let (Some(g), [a, b]) = (guest, ms.as_slice()) {
+                out.push((g, (a + b) / 1e3));
+            }
+        }
+    }
+    out
+}
+
+fn chart(path: &Path, qs: &[Quality], measured: &[(f64, f64)]) {
     let root = SVGBackend::new(path, (960, 420)).into_drawing_area();
     root.fill(&WHITE).unwrap();
     let (left, right) = root.split_horizontally(480);
@@ -189,7 +218,7 @@ fn chart(path: &Path, qs: &[Quality]) {
         ),
         (
             &right,
-            "Estimated downtime (vdpa_sim pin rate)",
+            "Downtime: estimated, and measured (x)",
             "seconds (switch + failback)",
             &time as &dyn Fn(&Cost, &Cost) -> f64,
         ),
@@ -201,7 +230,7 @@ fn chart(path: &Path, qs: &[Quality]) {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d((4f64..4096f64).log_scale(), 0f64..ymax)
+            .build_cartesian_2d((0.25f64..4096f64).log_scale(), 0f64..ymax)
             .unwrap();
         c.configure_mesh()
             .x_desc("guest memory (GiB, 16 regions)")
@@ -216,6 +245,16 @@ fn chart(path: &Path, qs: &[Quality]) {
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
             c.draw_series(s.into_iter().map(|p| Circle::new(p, 3, color.filled())))
                 .unwrap();
+        }
+        if y_label.starts_with("seconds") && !measured.is_empty() {
+            c.draw_series(
+                measured
+                    .iter()
+                    .map(|&p| Cross::new(p, 5, BLACK.stroke_width(2))),
+            )
+            .unwrap()
+            .label("qemu, measured on vdpa_sim (rig)")
+            .legend(|(x, y)| Cross::new((x + 8, y), 4, BLACK));
         }
         c.configure_series_labels()
             .border_style(BLACK)
@@ -333,7 +372,8 @@ fn main() {
             );
         }
     }
-    chart(&repo.join("benchmarks.svg"), &qs);
+    let rig = std::fs::read_to_string(repo.join("target/rig-bench.txt")).unwrap_or_default();
+    chart(&repo.join("benchmarks.svg"), &qs, &rig_points(&rig));
     let _ = writeln!(md, "\n![critical-phase pinned bytes and estimated downtime against guest size](benchmarks.svg)\n");
     let _ = writeln!(
         md,
