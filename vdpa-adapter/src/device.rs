@@ -189,19 +189,24 @@ impl VhostVdpa {
         let groups = self.get_u32::<{ op::GET_GROUP_NUM }>("VHOST_VDPA_GET_GROUP_NUM")?;
         let address_spaces = self.get_u32::<{ op::GET_AS_NUM }>("VHOST_VDPA_GET_AS_NUM")?;
         let mut vq_groups = Vec::with_capacity(vqs as usize);
+        // Parents without virtqueue groups (VDUSE on 6.12) refuse
+        // GET_VRING_GROUP: every queue is then in group 0.
         for index in 0..vqs {
             let mut st = op::VringState { index, num: 0 };
             // SAFETY: `_IOWR(VHOST_VIRTIO, 0x7B, struct vhost_vring_state)`,
             // which `VringState` mirrors; the kernel reads `index` and writes
             // `num` into the struct we own for the duration of the call.
-            unsafe {
+            let r = unsafe {
                 ioctl(
                     self.fd.as_fd(),
                     Updater::<{ op::GET_VRING_GROUP }, op::VringState>::new(&mut st),
                 )
+            };
+            match r {
+                Ok(()) => vq_groups.push(st.num),
+                Err(_) if groups <= 1 => vq_groups.push(0),
+                Err(e) => return Err(dev_err(&self.path, "VHOST_VDPA_GET_VRING_GROUP", e.into())),
             }
-            .map_err(|e| dev_err(&self.path, "VHOST_VDPA_GET_VRING_GROUP", e.into()))?;
-            vq_groups.push(st.num);
         }
         Ok(Probe {
             path: self.path.clone(),

@@ -1,0 +1,393 @@
+//! `vduse-readback SCENARIO`: the end-to-end rig's exact check. Creates a
+//! VDUSE block device (served by a thread of this process), binds it to
+//! vhost-vdpa with iproute2's `vdpa`, applies every step of the scenario
+//! through the adapter with memfd memory, and after every step checks the
+//! planner's layout against the table sent (`layout::check`), then walks the
+//! device's IOTLB with `VDUSE_IOTLB_GET_FD`: every entry's range and perm
+//! must equal that table, and the first 16 bytes of every mapped page, read
+//! through the device's own mapping, must equal the VMM's memory at the
+//! planned host address (the GPA tag the adapter wrote). Last, private
+//! anonymous memory must be refused before anything is sent.
+//! Prints `READBACK-OK` on success; any difference is printed and exits 1.
+
+use std::ffi::c_void;
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::process::{Command, ExitCode};
+
+use rustix::ioctl::{ioctl, opcode, Ioctl, IoctlOutput, Opcode, Setter};
+use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+use vdpa_adapter::apply::{Applier, Limits};
+use vdpa_adapter::device::VhostVdpa;
+use vdpa_adapter::memory::Backing;
+use vdpa_adapter::session::HostMemory;
+use vdpa_adapter::{Scenario, StrategyKind};
+use vdpa_iova_planner::{Entry, Event, Perm};
+
+const NAME: &str = "vdpa-rig";
+const BASE: u8 = 0x81;
+const PAGE: u64 = 4096;
+
+#[repr(C)]
+struct DevConfig {
+    name: [u8; 256],
+    vendor_id: u32,
+    device_id: u32,
+    features: u64,
+    vq_num: u32,
+    vq_align: u32,
+    reserved: [u32; 13],
+    config_size: u32,
+    /// `struct virtio_blk_config` (60 bytes), all zero.
+    config: [u8; 60],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct VqConfig {
+    index: u32,
+    max_size: u16,
+    reserved: [u16; 13],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct IotlbEntry {
+    offset: u64,
+    start: u64,
+    last: u64,
+    perm: u8,
+}
+
+/// The ioctl opcodes encode the size of the header struct only (the
+/// config bytes follow it), as `_IOW(0x81, 0x02, struct vduse_dev_config)`.
+const CREATE_DEV: Opcode = opcode::write::<[u8; 336]>(BASE, 0x02);
+const DESTROY_DEV: Opcode = opcode::write::<[u8; 256]>(BASE, 0x03);
+const SET_API_VERSION: Opcode = opcode::write::<u64>(BASE, 0x01);
+const VQ_SETUP: Opcode = opcode::write::<VqConfig>(BASE, 0x14);
+const IOTLB_GET_FD: Opcode = opcode::read_write::<IotlbEntry>(BASE, 0x10);
+
+/// `VDUSE_IOTLB_GET_FD` returns a new file descriptor as the ioctl's value.
+struct GetFd(IotlbEntry);
+
+// SAFETY: the opcode is `_IOWR(0x81, 0x10, struct vduse_iotlb_entry)` and
+// `as_ptr` points at a `#[repr(C)]` mirror of that struct owned by `self`;
+// the kernel's return value is a new file descriptor we take ownership of.
+unsafe impl Ioctl for GetFd {
+    type Output = (OwnedFd, IotlbEntry);
+    const IS_MUTATING: bool = true;
+
+    fn opcode(&self) -> Opcode {
+        IOTLB_GET_FD
+    }
+
+    fn as_ptr(&mut self) -> *mut c_void {
+        (&mut self.0 as *mut IotlbEntry).cast()
+    }
+
+    unsafe fn output_from_ptr(
+        out: IoctlOutput,
+        ptr: *mut c_void,
+    ) -> rustix::io::Result<Self::Output> {
+        // SAFETY: `out` is the fd the kernel installed for us (a successful
+        // GET_FD), and `ptr` is the entry `as_ptr` gave, filled by the kernel.
+        unsafe { Ok((OwnedFd::from_raw_fd(out), *ptr.cast::<IotlbEntry>())) }
+    }
+}
+
+fn fail(what: String) -> ExitCode {
+    println!("READBACK-FAIL {what}");
+    ExitCode::FAILURE
+}
+
+fn name_bytes() -> [u8; 256] {
+    let mut n = [0u8; 256];
+    n[..NAME.len()].copy_from_slice(NAME.as_bytes());
+    n
+}
+
+/// Creates the VDUSE device and serves its requests from a thread; returns
+/// a duplicate of the device's fd (it opens only once) for the read-back.
+fn create_device() -> std::io::Result<std::fs::File> {
+    let control = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/vduse/control")?;
+    // SAFETY: `_IOW(0x81, 0x01, __u64)`: the kernel reads one u64.
+    unsafe { ioctl(control.as_fd(), Setter::<SET_API_VERSION, u64>::new(0)) }?;
+    let cfg = DevConfig {
+        name: name_bytes(),
+        vendor_id: 0,
+        device_id: 2,
+        features: (1 << 32) | (1 << 33), // VERSION_1 | ACCESS_PLATFORM
+        vq_num: 1,
+        vq_align: 4096,
+        reserved: [0; 13],
+        config_size: 60,
+        config: [0; 60],
+    };
+    // SAFETY: the kernel reads the 336-byte header and then `config_size`
+    // bytes of config, which `DevConfig` holds right after it (`#[repr(C)]`).
+    unsafe { ioctl(control.as_fd(), Setter::<CREATE_DEV, DevConfig>::new(cfg)) }?;
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/dev/vduse/{NAME}"))?;
+    let vq = VqConfig {
+        index: 0,
+        max_size: 256,
+        ..VqConfig::default()
+    };
+    // SAFETY: `_IOW(0x81, 0x14, struct vduse_vq_config)`, mirrored by `VqConfig`.
+    unsafe { ioctl(dev.as_fd(), Setter::<VQ_SETUP, VqConfig>::new(vq)) }?;
+    let readback = dev.try_clone()?;
+    std::thread::spawn(move || {
+        let mut dev = dev;
+        let mut req = [0u8; 152];
+        // Every request (vq state, status, iotlb update) is answered OK.
+        while dev.read_exact(&mut req).is_ok() {
+            let mut resp = [0u8; 152];
+            resp[..4].copy_from_slice(&req[4..8]);
+            if rustix::io::write(&dev, &resp).is_err() {
+                break;
+            }
+        }
+    });
+    std::mem::forget(control);
+    Ok(readback)
+}
+
+fn destroy_device() {
+    let _ = Command::new("vdpa").args(["dev", "del", NAME]).output();
+    if let Ok(c) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/vduse/control")
+    {
+        // SAFETY: `_IOW(0x81, 0x03, char[256])`: the kernel reads the name.
+        let _ = unsafe {
+            ioctl(
+                c.as_fd(),
+                Setter::<DESTROY_DEV, [u8; 256]>::new(name_bytes()),
+            )
+        };
+    }
+}
+
+/// One IOTLB entry of the device and the first 16 bytes of each of its pages.
+type ReadBack = (IotlbEntry, Vec<[u8; 16]>);
+
+/// Walks the device's IOTLB.
+fn read_back(dev: &std::fs::File) -> Result<Vec<ReadBack>, String> {
+    let mut out = Vec::new();
+    let mut start = 0u64;
+    loop {
+        let q = IotlbEntry {
+            start,
+            last: u64::MAX,
+            ..IotlbEntry::default()
+        };
+        // SAFETY: see `GetFd`.
+        let (fd, e) = match unsafe { ioctl(dev.as_fd(), GetFd(q)) } {
+            Ok(v) => v,
+            Err(rustix::io::Errno::INVAL) => break,
+            Err(err) => return Err(format!("VDUSE_IOTLB_GET_FD at {start:#x}: {err}")),
+        };
+        let len = (e.last - e.start + 1) as usize;
+        // SAFETY: a fresh read-only shared mapping of the file the device
+        // maps at this entry, at the offset the kernel gave; unmapped below.
+        let p = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ,
+                MapFlags::SHARED,
+                &fd,
+                e.offset,
+            )
+        }
+        .map_err(|err| format!("mmap of entry {:#x}: {err}", e.start))?;
+        let mut tags = Vec::new();
+        for k in 0..len / PAGE as usize {
+            let mut t = [0u8; 16];
+            // SAFETY: `p` maps `len` readable bytes; `k * PAGE + 16 <= len`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    p.cast::<u8>().add(k * PAGE as usize),
+                    t.as_mut_ptr(),
+                    16,
+                )
+            };
+            tags.push(t);
+        }
+        // SAFETY: the mapping made above, no longer used.
+        let _ = unsafe { munmap(p, len) };
+        out.push((e, tags));
+        match e.last.checked_add(1) {
+            Some(n) => start = n,
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+fn main() -> ExitCode {
+    let Some(path) = std::env::args().nth(1) else {
+        return fail("usage: vduse-readback SCENARIO".into());
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("{path}: {e}")),
+    };
+    let scn = match Scenario::parse(&text, &path) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    destroy_device();
+    let vduse = match create_device() {
+        Ok(f) => f,
+        Err(e) => return fail(format!("creating the VDUSE device: {e}")),
+    };
+    let st = Command::new("vdpa")
+        .args(["dev", "add", "name", NAME, "mgmtdev", "vduse"])
+        .status();
+    if !st.is_ok_and(|s| s.success()) {
+        return fail("vdpa dev add".into());
+    }
+    let node = std::fs::read_dir(format!("/sys/bus/vdpa/devices/{NAME}"))
+        .ok()
+        .and_then(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|n| n.starts_with("vhost-vdpa-"))
+        });
+    let Some(node) = node else {
+        return fail("no vhost-vdpa device for the VDUSE device".into());
+    };
+    let dev_path = format!("/dev/{node}");
+    let r = run(&scn, &path, &dev_path, &vduse);
+    destroy_device();
+    match r {
+        Ok(n) => {
+            println!("READBACK-OK {path}: {n} steps, every entry and page tag as planned");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn run(scn: &Scenario, path: &str, dev_path: &str, vduse: &std::fs::File) -> Result<usize, String> {
+    let mut d = VhostVdpa::open(std::path::Path::new(dev_path)).map_err(|e| e.to_string())?;
+    let p = d.probe().map_err(|e| e.to_string())?;
+    // VDUSE never pins.
+    let caps = p.caps(false).map_err(|e| e.to_string())?;
+    let on_device = Scenario {
+        caps,
+        ..scn.clone()
+    };
+    let mut s = StrategyKind::Identity
+        .build(&on_device, path)
+        .map_err(|e| e.to_string())?;
+    let mut mem = HostMemory::new(Some(Backing::Memfd));
+    let mut a = Applier::new(&mut d, caps, p.format());
+    let mut steps = 0;
+    let mut guest = vdpa_iova_planner::GuestView::new(scn.viommu_last.is_some());
+    for (i, ev) in scn.steps().enumerate() {
+        let ev = mem.rewrite(&ev, PAGE).map_err(|e| e.to_string())?;
+        let plan = s.apply(&ev).map_err(|e| format!("step {i}: {e}"))?;
+        if ev == Event::Reset {
+            a.device_reset()
+                .map_err(|e| format!("step {i}: reset: {e}"))?;
+        }
+        let maps = mem.mappings();
+        // SAFETY: every HVA is memory `mem` owns until the end of `run`,
+        // after the device is closed.
+        unsafe { a.apply(&plan, &Limits::current(), maps.as_deref()) }
+            .map_err(|e| format!("step {i} ({}): {e}", ev.name()))?;
+        // The planner's placements and vrings against the table sent...
+        guest.track(&ev);
+        vdpa_iova_planner::layout::check(&a.committed().device_tables(), s.as_ref(), &guest)
+            .map_err(|e| format!("step {i} ({}): layout: {e}", ev.name()))?;
+        // ...and the table sent against what the device holds.
+        let mut want: Vec<Entry> = a.committed().device_entries(0).copied().collect();
+        want.sort();
+        let have = read_back(vduse)?;
+        if have.len() != want.len() {
+            return Err(format!(
+                "step {i} ({}): the device has {} entries, the plan {}",
+                ev.name(),
+                have.len(),
+                want.len()
+            ));
+        }
+        for ((e, tags), w) in have.iter().zip(&want) {
+            let (f, l) = w.iova.bounds();
+            let perm = match w.perm {
+                Perm::Ro => 1,
+                Perm::Wo => 2,
+                Perm::Rw => 3,
+            };
+            if (e.start, e.last, e.perm) != (f, l, perm) {
+                return Err(format!(
+                    "step {i} ({}): expected entry [{f:#x}, {l:#x}] perm {perm}, device has [{:#x}, {:#x}] perm {}",
+                    ev.name(),
+                    e.start,
+                    e.last,
+                    e.perm
+                ));
+            }
+            for (k, t) in tags.iter().enumerate() {
+                let hva = w.hva.0 + k as u64 * PAGE;
+                let mut mine = [0u8; 16];
+                // SAFETY: `hva` lies in a mapping `mem` owns (the plan mapped
+                // it, and the model accepted it), at least 16 bytes long.
+                unsafe { std::ptr::copy_nonoverlapping(hva as *const u8, mine.as_mut_ptr(), 16) };
+                if *t != mine {
+                    return Err(format!(
+                        "step {i} ({}): page at iova {:#x}: device reads {:02x?}, the VMM has {:02x?} at hva {hva:#x}",
+                        ev.name(),
+                        f + k as u64 * PAGE,
+                        t,
+                        mine
+                    ));
+                }
+            }
+        }
+        println!(
+            "step {i} {:<12} {} entries read back, every page as planned",
+            ev.name(),
+            have.len()
+        );
+        steps += 1;
+    }
+    // Tear everything down, then show that private anonymous memory, which
+    // the kernel would silently skip on this use_va device, is refused
+    // before anything is sent.
+    let mut s = StrategyKind::Identity
+        .build(&on_device, path)
+        .map_err(|e| e.to_string())?;
+    drop(a);
+    let mut anon = HostMemory::new(Some(Backing::Anon));
+    let mut fresh = Applier::new(&mut d, caps, p.format());
+    for ev in scn.steps() {
+        let ev = anon.rewrite(&ev, PAGE).map_err(|e| e.to_string())?;
+        let plan = s.apply(&ev).map_err(|e| e.to_string())?;
+        let maps_memory = plan
+            .ops()
+            .iter()
+            .any(|o| matches!(o.kind, vdpa_iova_planner::OpKind::Update { .. }));
+        // SAFETY: as above; a plan that maps memory is refused by the
+        // pre-check before anything is sent, and one that does not maps nothing.
+        match unsafe { fresh.apply(&plan, &Limits::current(), anon.mappings().as_deref()) } {
+            Err(e @ vdpa_adapter::apply::ApplyError::NotShared { .. }) if maps_memory => {
+                println!("anonymous memory refused: {e}");
+                break;
+            }
+            Ok(_) if !maps_memory => continue,
+            Err(e) => return Err(format!("anonymous memory: unexpected {e}")),
+            Ok(_) => return Err("anonymous memory was sent to a use_va device".into()),
+        }
+    }
+    Ok(steps)
+}
