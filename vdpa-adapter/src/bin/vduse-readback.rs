@@ -23,7 +23,7 @@ use vdpa_adapter::device::VhostVdpa;
 use vdpa_adapter::memory::Backing;
 use vdpa_adapter::session::HostMemory;
 use vdpa_adapter::{Scenario, StrategyKind};
-use vdpa_iova_planner::{Entry, Event, Perm};
+use vdpa_iova_planner::{Entry, Event, Perm, Strategy};
 
 const NAME: &str = "vdpa-rig";
 const BASE: u8 = 0x81;
@@ -266,7 +266,10 @@ fn main() -> ExitCode {
         return fail("no vhost-vdpa device for the VDUSE device".into());
     };
     let dev_path = format!("/dev/{node}");
-    let r = run(&scn, &path, &dev_path, &vduse);
+    let r = run(&scn, &path, &dev_path, &vduse).and_then(|n| {
+        reset_probe(&dev_path, &vduse)?;
+        Ok(n)
+    });
     destroy_device();
     match r {
         Ok(n) => {
@@ -390,4 +393,54 @@ fn run(scn: &Scenario, path: &str, dev_path: &str, vduse: &std::fs::File) -> Res
         }
     }
     Ok(steps)
+}
+
+/// What a reset without `IOTLB_PERSIST` (VDUSE offers none) does to the
+/// device's table, and what the planner's restore (an empty batch) does.
+fn reset_probe(dev_path: &str, vduse: &std::fs::File) -> Result<(), String> {
+    let mut d = VhostVdpa::open(std::path::Path::new(dev_path)).map_err(|e| e.to_string())?;
+    let p = d.probe().map_err(|e| e.to_string())?;
+    let caps = p.caps(false).map_err(|e| e.to_string())?;
+    let m = vdpa_adapter::memory::Mem::new(16 << 20, Backing::Memfd, "reset-probe")
+        .map_err(|e| e.to_string())?;
+    let mut s = vdpa_iova_planner::Planner::new(caps, None).map_err(|e| e.to_string())?;
+    let mut a = Applier::new(&mut d, caps, p.format());
+    let boot = s
+        .apply(&Event::Boot(vec![vdpa_iova_planner::RegionSpec {
+            gpa: vdpa_iova_planner::Gpa(0),
+            size: m.len(),
+            hva: vdpa_iova_planner::Hva(m.addr()),
+            readonly: false,
+        }]))
+        .map_err(|e| e.to_string())?;
+    // SAFETY: `m` outlives the device's use of it: everything is unmapped
+    // (and the device closed) before it is dropped.
+    unsafe { a.apply(&boot, &Limits::current(), None) }.map_err(|e| e.to_string())?;
+    let before = read_back(vduse)?.len();
+    a.device_reset().map_err(|e| e.to_string())?;
+    let after = read_back(vduse)?.len();
+    let plan = s.apply(&Event::Reset).map_err(|e| e.to_string())?;
+    // SAFETY: as above.
+    unsafe { a.apply(&plan, &Limits::current(), None) }.map_err(|e| e.to_string())?;
+    let restored = read_back(vduse)?.len();
+    println!(
+        "RESET-PROBE persist={} entries before reset {before}, right after {after} ({}), after the planner's restore ({} messages) {restored}",
+        caps.persist,
+        if after == before { "kept" } else { "forgotten" },
+        plan.ops().len()
+    );
+    let unplug = s
+        .apply(&Event::Unplug(vdpa_iova_planner::Gpa(0)))
+        .map_err(|e| e.to_string())?;
+    // SAFETY: as above.
+    unsafe { a.apply(&unplug, &Limits::current(), None) }.map_err(|e| e.to_string())?;
+    if restored != before {
+        return Err(format!(
+            "after the restore the device has {restored} entries, not {before}"
+        ));
+    }
+    drop(a);
+    drop(d);
+    drop(m);
+    Ok(())
 }
