@@ -49,6 +49,12 @@
 //! BATCH_BEGIN/BATCH_END pair, a `DmaMap` device only by unmapping and
 //! mapping each entry again.
 //!
+//! **Seen** on 6.12 by the end-to-end rig: VDUSE, which offers no
+//! `IOTLB_PERSIST`, keeps its table across a reset (it ignores the clean-map
+//! flag), so the model is conservative there and the empty-batch restore is
+//! harmless; vdpa_sim drops its maps (from its source: it falls back to
+//! pass-through), and with `IOTLB_PERSIST` acked keeps them.
+//!
 //! # Permissive replay
 //! [`KernelIotlb::permissive`] accepts a partial INVALIDATE the way the kernel
 //! does (every overlapping entry is dropped whole) and records it in
