@@ -104,6 +104,20 @@ pub struct RawMsg {
     pub perm: u8,
 }
 
+impl RawMsg {
+    /// A BATCH_BEGIN or BATCH_END for `asid` (other fields zero).
+    pub fn marker(asid: u32, kind: MsgType) -> RawMsg {
+        RawMsg {
+            asid,
+            kind,
+            iova: 0,
+            size: 0,
+            uaddr: 0,
+            perm: 0,
+        }
+    }
+}
+
 impl From<&Op> for RawMsg {
     fn from(op: &Op) -> Self {
         let (kind, iova, size, uaddr, perm) = match op.kind {
@@ -693,14 +707,7 @@ mod tests {
     }
 
     fn marker(asid: u32, kind: MsgType) -> RawMsg {
-        RawMsg {
-            asid,
-            kind,
-            iova: 0,
-            size: 0,
-            uaddr: 0,
-            perm: 0,
-        }
+        RawMsg::marker(asid, kind)
     }
 
     #[test]

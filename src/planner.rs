@@ -49,7 +49,8 @@ use crate::error::PlanError;
 use crate::kernel::Entry;
 use crate::plan::{reset_plan, Perm, Phase, Plan, PlanBuilder};
 use crate::strategy::{
-    validate_regions, GuestMemory, Mode, Piece, Placement, RegionSpec, Segment, Segments, Strategy,
+    overlapping_keys, validate_regions, GuestMemory, Mode, Piece, Placement, RegionSpec, Segment,
+    Segments, Strategy,
 };
 use crate::svq::{areas, QueueLayout, SvqConfig, VringArea};
 
@@ -880,13 +881,11 @@ impl Strategy for Planner {
         }
         let (gi, hva) = v.resolve(&self.caps, giova, size, gpa, perm)?;
         let (f, l) = gi.bounds();
-        if let Some((_, u)) = self.regions.range(..=l).next_back() {
-            if u.gpa.last().raw() >= f {
-                return Err(PlanError::GuestMapOverlap {
-                    new: (f, l),
-                    existing: u.gpa.bounds(),
-                });
-            }
+        if let Some(k) = overlapping_keys(&self.regions, |u| u.gpa.last().raw(), f, l).first() {
+            return Err(PlanError::GuestMapOverlap {
+                new: (f, l),
+                existing: self.regions[k].gpa.bounds(),
+            });
         }
         self.add_units(vec![(gi, hva, perm)])
     }
@@ -901,13 +900,7 @@ impl Strategy for Planner {
             return Err(self.out_of_order("viommu_unmap"));
         }
         let (f, l) = Span::new(giova, size, self.caps.page_size)?.bounds();
-        let mut hit: SmallVec<[u64; 2]> = SmallVec::new();
-        if let Some((&k, u)) = self.regions.range(..f).next_back() {
-            if u.gpa.last().raw() >= f {
-                hit.push(k);
-            }
-        }
-        hit.extend(self.regions.range(f..=l).map(|(&k, _)| k));
+        let hit = overlapping_keys(&self.regions, |u| u.gpa.last().raw(), f, l);
         if hit.is_empty() {
             return Err(PlanError::NotMapped { first: f, last: l });
         }

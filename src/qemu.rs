@@ -39,7 +39,8 @@ use crate::kernel::Entry;
 use crate::plan::{plan_from_ops, Op, OpKind, Perm, Phase, Plan};
 use crate::planner::{translate_map, xlate_entry, XlateMap};
 use crate::strategy::{
-    validate_regions, GuestMemory, Mode, Piece, Placement, RegionSpec, Segments, Strategy,
+    overlapping_keys, validate_regions, GuestMemory, Mode, Piece, Placement, RegionSpec, Segments,
+    Strategy,
 };
 use crate::svq::{areas, AreaKind, QueueLayout, SvqConfig, VringArea};
 
@@ -505,13 +506,11 @@ impl Strategy for QemuPlanner {
         }
         let (gi, hva) = v.resolve(&self.caps, giova, size, gpa, perm)?;
         let (f, l) = gi.bounds();
-        if let Some((_, u)) = self.regions.range(..=l).next_back() {
-            if u.gpa.last().raw() >= f {
-                return Err(PlanError::GuestMapOverlap {
-                    new: (f, l),
-                    existing: u.gpa.bounds(),
-                });
-            }
+        if let Some(k) = overlapping_keys(&self.regions, |u| u.gpa.last().raw(), f, l).first() {
+            return Err(PlanError::GuestMapOverlap {
+                new: (f, l),
+                existing: self.regions[k].gpa.bounds(),
+            });
         }
         let r = QRegion {
             gpa: gi,
@@ -544,13 +543,7 @@ impl Strategy for QemuPlanner {
         }
         let span = Span::new(giova, size, self.caps.page_size)?;
         let (f, l) = span.bounds();
-        let mut hit: Vec<u64> = Vec::new();
-        if let Some((&k, u)) = self.regions.range(..f).next_back() {
-            if u.gpa.last().raw() >= f {
-                hit.push(k);
-            }
-        }
-        hit.extend(self.regions.range(f..=l).map(|(&k, _)| k));
+        let hit = overlapping_keys(&self.regions, |u| u.gpa.last().raw(), f, l);
         if hit.is_empty() {
             return Err(PlanError::NotMapped { first: f, last: l });
         }

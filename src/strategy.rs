@@ -418,6 +418,24 @@ pub trait Strategy {
     }
 }
 
+/// Keys of the entries of `map` (keyed by first address, `last` giving each
+/// one's last address) that overlap `[f, l]`, in order.
+pub(crate) fn overlapping_keys<V>(
+    map: &BTreeMap<u64, V>,
+    last: impl Fn(&V) -> u64,
+    f: u64,
+    l: u64,
+) -> SmallVec<[u64; 2]> {
+    let mut hit = SmallVec::new();
+    if let Some((&k, v)) = map.range(..f).next_back() {
+        if last(v) >= f {
+            hit.push(k);
+        }
+    }
+    hit.extend(map.range(f..=l).map(|(&k, _)| k));
+    hit
+}
+
 /// Guest memory of a vIOMMU guest: declared, not mapped until the guest maps it.
 #[derive(Clone, Debug)]
 pub(crate) struct GuestMemory {

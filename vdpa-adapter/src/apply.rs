@@ -461,14 +461,7 @@ impl<D: MsgSink> Applier<D> {
 }
 
 fn marker(asid: u32, kind: MsgType) -> RawMsg {
-    RawMsg {
-        asid,
-        kind,
-        iova: 0,
-        size: 0,
-        uaddr: 0,
-        perm: 0,
-    }
+    RawMsg::marker(asid, kind)
 }
 
 /// Every entry of every address space (at most 64 looked at).

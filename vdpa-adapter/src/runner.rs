@@ -8,7 +8,7 @@ use vdpa_iova_planner::{
 };
 
 use crate::error::AdapterError;
-use crate::scenario::{step_error, Scenario};
+use crate::scenario::{layout_error, step_error, Scenario};
 
 /// Which strategy plans.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -169,15 +169,8 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
             });
         }
         guest.track(&ev);
-        let rep = layout::check(&k.device_tables(), s.as_ref(), &guest).map_err(|e| {
-            AdapterError::Layout {
-                file: file.to_string(),
-                step: i,
-                event: ev.name(),
-                strategy: s.name().to_string(),
-                what: e.to_string(),
-            }
-        })?;
+        let rep = layout::check(&k.device_tables(), s.as_ref(), &guest)
+            .map_err(|e| layout_error(file, i, &ev, s.name(), e))?;
         let displaced = s
             .placements()
             .iter()

@@ -332,6 +332,23 @@ impl Scenario {
     }
 }
 
+/// A layout check that failed after step `step`: a planner bug.
+pub(crate) fn layout_error(
+    file: &str,
+    step: usize,
+    ev: &Event,
+    strategy: &str,
+    e: vdpa_iova_planner::layout::LayoutError,
+) -> AdapterError {
+    AdapterError::Layout {
+        file: file.to_string(),
+        step,
+        event: ev.name(),
+        strategy: strategy.to_string(),
+        what: e.to_string(),
+    }
+}
+
 /// Maps a planner refusal to the scenario's terms.
 pub(crate) fn step_error(
     file: &str,

@@ -14,7 +14,7 @@ use crate::device::MsgSink;
 use crate::error::AdapterError;
 use crate::memory::{Backing, Mem};
 use crate::runner::StrategyKind;
-use crate::scenario::{step_error, Scenario};
+use crate::scenario::{layout_error, step_error, Scenario};
 
 /// What one step did on the device.
 #[derive(Clone, Debug)]
@@ -192,15 +192,8 @@ pub fn run_on_device<D: MsgSink>(
             source: Box::new(e),
         })?;
         guest.track(&ev);
-        layout::check(&applier.committed().device_tables(), s.as_ref(), &guest).map_err(|e| {
-            AdapterError::Layout {
-                file: file.to_string(),
-                step: i,
-                event: ev.name(),
-                strategy: s.name().to_string(),
-                what: e.to_string(),
-            }
-        })?;
+        layout::check(&applier.committed().device_tables(), s.as_ref(), &guest)
+            .map_err(|e| layout_error(file, i, &ev, s.name(), e))?;
         let o = StepOutcome {
             event: ev.name(),
             messages: rep.messages,
