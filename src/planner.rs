@@ -1035,12 +1035,17 @@ impl Strategy for Planner {
     }
 
     fn translate(&self, gpa: Gpa, len: u64) -> Result<Segments, PlanError> {
-        translate_flat(&self.flat, gpa, len, |g| {
-            self.regions
-                .range(..=g)
-                .next_back()
-                .is_some_and(|(_, r)| r.gpa.contains(Gpa(g)))
-        })
+        translate_with(
+            |a| self.flat.lookup(a),
+            gpa,
+            len,
+            |g| {
+                self.regions
+                    .range(..=g)
+                    .next_back()
+                    .is_some_and(|(_, r)| r.gpa.contains(Gpa(g)))
+            },
+        )
     }
 }
 
@@ -1063,50 +1068,19 @@ struct Flat {
     rest: Vec<(u64, Xlate)>,
 }
 
-/// `translate_map` over [`Flat`]: a binary search per segment.
-fn translate_flat(
-    flat: &Flat,
-    gpa: Gpa,
-    len: u64,
-    is_guest: impl Fn(u64) -> bool,
-) -> Result<Segments, PlanError> {
-    if len == 0 {
-        return Err(PlanError::ZeroSize {
-            kind: "gpa",
-            first: gpa.raw(),
-        });
-    }
-    let last = gpa.raw().checked_add(len - 1).ok_or(PlanError::Wraps {
-        kind: "gpa",
-        first: gpa.raw(),
-        size: len,
-    })?;
-    let mut out: Segments = smallvec![];
-    let mut cur = gpa.raw();
-    loop {
-        let i = flat.firsts.partition_point(|&f| f <= cur);
-        match i.checked_sub(1).map(|i| flat.rest[i]) {
-            Some((end, x)) if end >= cur => {
-                let end = end.min(last);
-                out.push(Segment {
-                    iova: Iova(cur.wrapping_add(x.delta)),
-                    len: end - cur + 1,
-                    perm: x.perm,
-                });
-                if end == last {
-                    return Ok(out);
-                }
-                cur = end + 1;
-            }
-            _ if is_guest(cur) => return Err(PlanError::Unreachable { gpa: cur }),
-            _ => return Err(PlanError::NotGuestMemory { gpa: cur }),
-        }
+impl Flat {
+    /// The entry holding `addr`: its last address and translation.
+    fn lookup(&self, addr: u64) -> Option<(u64, Xlate)> {
+        let i = self.firsts.partition_point(|&f| f <= addr).checked_sub(1)?;
+        let (end, x) = self.rest[i];
+        (end >= addr).then_some((end, x))
     }
 }
 
-/// The translation walk shared by the strategies.
-pub(crate) fn translate_map(
-    xlate: &RangeInclusiveMap<u64, Xlate>,
+/// The translation walk shared by the strategies, over a `lookup` giving
+/// the entry that holds an address (its last address and translation).
+pub(crate) fn translate_with(
+    lookup: impl Fn(u64) -> Option<(u64, Xlate)>,
     gpa: Gpa,
     len: u64,
     is_guest: impl Fn(u64) -> bool,
@@ -1125,9 +1099,9 @@ pub(crate) fn translate_map(
     let mut out: Segments = smallvec![];
     let mut cur = gpa.raw();
     loop {
-        match xlate.get_key_value(&cur) {
-            Some((r, x)) => {
-                let end = (*r.end()).min(last);
+        match lookup(cur) {
+            Some((end, x)) => {
+                let end = end.min(last);
                 out.push(Segment {
                     iova: Iova(cur.wrapping_add(x.delta)),
                     len: end - cur + 1,
@@ -1142,6 +1116,21 @@ pub(crate) fn translate_map(
             None => return Err(PlanError::NotGuestMemory { gpa: cur }),
         }
     }
+}
+
+/// [`translate_with`] over a range map (the baseline strategy's).
+pub(crate) fn translate_map(
+    xlate: &RangeInclusiveMap<u64, Xlate>,
+    gpa: Gpa,
+    len: u64,
+    is_guest: impl Fn(u64) -> bool,
+) -> Result<Segments, PlanError> {
+    translate_with(
+        |a| xlate.get_key_value(&a).map(|(r, x)| (*r.end(), *x)),
+        gpa,
+        len,
+        is_guest,
+    )
 }
 
 /// The GPA -> IOVA translation map, shared with the baseline strategy.
