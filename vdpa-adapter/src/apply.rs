@@ -28,6 +28,9 @@ pub struct Limits {
     /// Bytes this process has pinned now (`VmPin` of `/proc/self/status`),
     /// this device's maps included.
     pub pinned_now: u64,
+    /// Entries vhost-vdpa allows per address space (its `max_iotlb_entries`
+    /// module parameter, see [`crate::physmem`]); `None` when unlimited.
+    pub max_entries: Option<u64>,
 }
 
 impl Limits {
@@ -45,6 +48,7 @@ impl Limits {
         Limits {
             memlock: l.current,
             pinned_now,
+            max_entries: crate::physmem::max_entries(),
         }
     }
 }
@@ -119,6 +123,19 @@ pub enum ApplyError {
         limit: u64,
         /// Pinned before the plan.
         pinned_now: u64,
+    },
+    /// An address space would hold more entries than vhost-vdpa allows:
+    /// nothing was sent.
+    #[error("operation {op} would add an entry to address space {asid}, which already holds the {limit} entries vhost-vdpa allows (module parameter max_iotlb_entries){pinning}; nothing was sent")]
+    Entries {
+        /// Index of the op.
+        op: usize,
+        /// The address space.
+        asid: u32,
+        /// The limit.
+        limit: u64,
+        /// A note for pinning devices, where this is a lower bound.
+        pinning: &'static str,
     },
     /// A use_va device would silently skip private or anonymous memory.
     #[error("operation {op} maps hva {hva:#x}, which is {what}: a use_va device silently skips it (use memfd or hugetlbfs memory, mapped shared); nothing was sent")]
@@ -234,7 +251,11 @@ impl<D: MsgSink> Applier<D> {
         limits: &Limits,
         maps: Option<&[Mapping]>,
     ) -> Result<(), ApplyError> {
-        let mut trial = self.committed.clone();
+        let mut trial = self.committed.clone().with_entry_limit(
+            limits
+                .max_entries
+                .map(|n| n.try_into().unwrap_or(usize::MAX)),
+        );
         let table_bytes = |k: &KernelIotlb| -> u64 {
             (0..self.caps.address_spaces.min(64))
                 .flat_map(|a| k.entries(a))
@@ -251,6 +272,18 @@ impl<D: MsgSink> Applier<D> {
                 Ok(Applied::Mapped(e)) => cur += e.iova.size(),
                 Ok(Applied::Unmapped(v)) => cur -= v.iter().map(|e| e.iova.size()).sum::<u64>(),
                 Ok(_) => {}
+                Err(Violation::EntryLimit { asid, limit }) => {
+                    return Err(ApplyError::Entries {
+                        op: i,
+                        asid,
+                        limit: limit as u64,
+                        pinning: if self.caps.pinning {
+                            ", and a pinned map takes one per physically contiguous run of its pages, so it may need more"
+                        } else {
+                            ""
+                        },
+                    })
+                }
                 Err(v) => {
                     return Err(ApplyError::WouldRefuse {
                         op: i,
@@ -391,7 +424,19 @@ impl<D: MsgSink> Applier<D> {
                         "RLIMIT_MEMLOCK: {} bytes pinned now, {} more needed, limit {l}",
                         fresh.pinned_now, m.size
                     ),
-                    _ => "pinning failed (memory not mapped, or the limit changed), or the device's IOTLB is full (each physically contiguous run of a pinned map is one entry; vdpa_sim allows max_iotlb_entries, 2048 by default), or the parent driver refused the map".into(),
+                    _ => match entry_count(work, m) {
+                        Some((have, new)) => match limits.max_entries.or_else(crate::physmem::max_entries) {
+                            Some(max) if have + new > max => format!(
+                                "the entry limit: the address space holds {have} entries and this map's memory lies in {new} physically contiguous runs (one entry each), over the {max} vhost-vdpa allows (module parameter max_iotlb_entries; huge pages make fewer runs)"
+                            ),
+                            max => format!(
+                                "pinning failed (memory not mapped or not pinnable), or the parent driver refused the map; not the entry limit ({} + {new} entries, limit {})",
+                                have,
+                                max.map_or("none".into(), |m| m.to_string())
+                            ),
+                        },
+                        None => "pinning failed (memory not mapped or not pinnable), or the entry limit was reached (one entry per physically contiguous run of pinned memory, at most vhost-vdpa's max_iotlb_entries per address space; run as root to have the runs counted), or the parent driver refused the map".into(),
+                    },
                 }
             }
             MsgType::Update => "the parent driver refused the map (use_va device)".into(),
@@ -458,6 +503,18 @@ impl<D: MsgSink> Applier<D> {
             undone: undo.len(),
         }
     }
+}
+
+/// Entries the kernel holds in `m`'s address space (one per physically
+/// contiguous run of each mirrored entry's pinned pages) and the runs `m`'s
+/// own memory needs; `None` when page frames cannot be read.
+fn entry_count(work: &KernelIotlb, m: &RawMsg) -> Option<(u64, u64)> {
+    let runs = |hva: u64, size: u64| crate::physmem::contiguous_runs(hva, size).ok().flatten();
+    let mut have = 0;
+    for e in work.entries(m.asid) {
+        have += runs(e.hva.0, e.iova.size())?;
+    }
+    Some((have, runs(m.uaddr, m.size)?))
 }
 
 fn marker(asid: u32, kind: MsgType) -> RawMsg {
@@ -574,6 +631,7 @@ mod tests {
     const NO_LIMIT: Limits = Limits {
         memlock: None,
         pinned_now: 0,
+        max_entries: None,
     };
 
     fn applier(caps: DeviceCaps) -> Applier<FaultyDevice> {
@@ -675,6 +733,7 @@ mod tests {
         let tight = Limits {
             memlock: Some(GIB),
             pinned_now: 0,
+            max_entries: None,
         };
         // SAFETY: a model device never touches host memory.
         let e = unsafe { a.apply(&boot, &tight, None) }.unwrap_err();
@@ -686,6 +745,7 @@ mod tests {
         let busy = Limits {
             memlock: Some(3 * GIB),
             pinned_now: 2 * GIB,
+            max_entries: None,
         };
         // SAFETY: as above.
         assert!(unsafe { a.apply(&boot, &busy, None) }.is_err());
@@ -697,6 +757,46 @@ mod tests {
         let e = unsafe { a.apply(&boot, &NO_LIMIT, None) }.unwrap_err();
         assert!(matches!(e, ApplyError::WouldRefuse { op: 0, .. }), "{e}");
         assert_eq!(a.device().inner.received, 1);
+    }
+
+    #[test]
+    fn an_address_space_over_the_entry_limit_is_refused_up_front() {
+        let caps = DeviceCaps::default();
+        let mut p = Planner::new(caps, None).unwrap();
+        let mut a = applier(caps);
+        let boot = p
+            .apply(&Event::Boot(vec![ram(0, GIB), ram(2 * GIB, GIB)]))
+            .unwrap();
+        let prepare = p.apply(&Event::SvqPrepare(svq(2))).unwrap();
+        let two = Limits {
+            max_entries: Some(2),
+            ..NO_LIMIT
+        };
+        // SAFETY: a model device never touches host memory.
+        unsafe { a.apply(&boot, &two, None) }.unwrap();
+        // SAFETY: as above.
+        let e = unsafe { a.apply(&prepare, &two, None) }.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ApplyError::Entries {
+                    asid: 0,
+                    limit: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("max_iotlb_entries"), "{e}");
+        assert!(e.to_string().contains("physically contiguous run"), "{e}");
+        let sent = a.device().inner.received;
+        let room = Limits {
+            max_entries: Some(64),
+            ..NO_LIMIT
+        };
+        // SAFETY: as above.
+        unsafe { a.apply(&prepare, &room, None) }.unwrap();
+        assert!(a.device().inner.received > sent);
     }
 
     #[test]

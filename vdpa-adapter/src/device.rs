@@ -55,6 +55,9 @@ pub struct Probe {
     pub vq_groups: Vec<u32>,
     /// The vDPA parent driver, from sysfs, when found.
     pub parent: Option<String>,
+    /// Entries vhost-vdpa allows per address space (its `max_iotlb_entries`
+    /// module parameter), `None` when this kernel has no such limit.
+    pub max_entries: Option<u64>,
 }
 
 impl Probe {
@@ -219,6 +222,7 @@ impl VhostVdpa {
             groups,
             vq_groups,
             parent: parent_driver(&self.path),
+            max_entries: crate::physmem::max_entries(),
         })
     }
 }

@@ -114,14 +114,16 @@ impl AdapterError {
     }
 
     /// Process exit code: 2 bad input, 3 refused by the device (or its
-    /// model), 4 environment (permissions, memlock, missing device).
+    /// model), 4 environment (permissions, memlock, the entry limit,
+    /// missing device).
     pub fn exit_code(&self) -> i32 {
         match self {
             AdapterError::ReadScenario { .. } => 4,
             AdapterError::Scenario { .. } | AdapterError::Refused { .. } => 2,
             AdapterError::KernelRule { .. } | AdapterError::Layout { .. } => 3,
             AdapterError::Apply { source, .. } => match **source {
-                crate::apply::ApplyError::Memlock { .. } => 4,
+                crate::apply::ApplyError::Memlock { .. }
+                | crate::apply::ApplyError::Entries { .. } => 4,
                 crate::apply::ApplyError::NotShared { .. }
                 | crate::apply::ApplyError::Encode { .. } => 2,
                 _ => 3,

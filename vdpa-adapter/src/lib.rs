@@ -9,6 +9,7 @@ pub mod bench;
 pub mod device;
 pub mod error;
 pub mod memory;
+pub mod physmem;
 pub mod report;
 pub mod runner;
 pub mod scenario;

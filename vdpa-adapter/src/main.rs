@@ -159,6 +159,7 @@ fn probe_cmd(device: &Path, format: Format) -> Result<String, AdapterError> {
                 "vq_groups": p.vq_groups,
                 "pins_memory": caps.pinning,
                 "map_style": caps.map_style.as_str(),
+                "max_entries_per_address_space": p.max_entries,
             });
             format!(
                 "{}\n",
@@ -191,6 +192,16 @@ fn probe_table(p: &Probe, caps: &vdpa_iova_planner::DeviceCaps) -> String {
     out += &format!(
         "address spaces:  {}, virtqueues {}, groups {} {:?}\n",
         p.address_spaces, p.vqs, p.groups, p.vq_groups
+    );
+    out += &format!(
+        "table entries:   {}\n",
+        match p.max_entries {
+            Some(n) if caps.pinning => format!(
+                "at most {n} per address space (vhost_vdpa max_iotlb_entries); a pinned map takes one per physically contiguous run"
+            ),
+            Some(n) => format!("at most {n} per address space (vhost_vdpa max_iotlb_entries)"),
+            None => "no limit".into(),
+        }
     );
     out += &format!(
         "backend features offered {:#x}, acked {:#x}:\n",
@@ -250,6 +261,7 @@ fn apply_cmd(
             limits: Some(Limits {
                 memlock: None,
                 pinned_now: 0,
+                max_entries: None,
             }),
         };
         run_on_device(run, &mut a, &mut mem, print_step)?;

@@ -48,6 +48,7 @@ fn run(backing: Backing) -> (Result<usize, AdapterError>, usize) {
             limits: Some(Limits {
                 memlock: None,
                 pinned_now: 0,
+                max_entries: None,
             }),
         },
         &mut a,

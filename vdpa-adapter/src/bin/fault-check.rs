@@ -52,6 +52,7 @@ fn run() -> Result<(), String> {
     let none = Limits {
         memlock: None,
         pinned_now: 0,
+        max_entries: None,
     };
     let boot = s
         .apply(&Event::Boot(vec![region(0, &m0)]))
