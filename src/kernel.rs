@@ -392,9 +392,11 @@ impl KernelIotlb {
     }
 
     /// The same model with at most `limit` entries per address space
-    /// (`None`: no limit, upstream's behaviour). Debian's 6.12 kernel has a
-    /// `vhost_vdpa` module parameter `max_iotlb_entries` (default 2048);
-    /// an UPDATE beyond it fails with ENOSPC. On a pinning device the kernel
+    /// (`None`: no limit, as in kernels before the 2026 fix "vhost_iotlb:
+    /// bound map allocation in add_range"). Kernels with it, such as
+    /// Debian's 6.12.117, have a `vhost_vdpa` module parameter
+    /// `max_iotlb_entries` (default 2048); an UPDATE beyond it fails with
+    /// ENOSPC. On a pinning device the kernel
     /// makes one entry per physically contiguous run of an UPDATE's pages,
     /// which the model cannot know: it counts one per UPDATE, a lower bound.
     #[must_use]
@@ -808,7 +810,7 @@ mod tests {
         assert!(k.apply_raw(&upd(1, 0x5000, 0x1000)).is_ok());
         assert!(k.apply_raw(&inv(0, 0x1000, 0x1000)).is_ok());
         assert!(k.apply_raw(&upd(0, 0x5000, 0x1000)).is_ok());
-        // No limit: upstream's behaviour.
+        // No limit: kernels before the fix.
         let mut u = k.clone().with_entry_limit(None);
         assert!(u.apply_raw(&upd(0, 0x9000, 0x1000)).is_ok());
     }

@@ -3,7 +3,9 @@
 //! A pinning device (vhost-vdpa with `use_va` off) turns one UPDATE into one
 //! table entry per *physically contiguous run* of the pinned pages, and
 //! vhost-vdpa caps each address space at `max_iotlb_entries` entries (a
-//! `vhost_vdpa` module parameter, 2048 by default where it exists). How many
+//! `vhost_vdpa` module parameter, 2048 by default, on kernels with the 2026
+//! fix "vhost_iotlb: bound map allocation in add_range", such as Debian's
+//! 6.12.117; older kernels have no limit). How many
 //! runs a host range has depends on how fragmented memory was when its pages
 //! were allocated, so no plan can know it. When the kernel refuses a pinned
 //! UPDATE, the adapter counts the runs here to say whether that limit was the
