@@ -163,33 +163,103 @@ fn bytes(n: u64) -> String {
     }
 }
 
-/// Measured qemu medians from the rig's bench table: (guest GiB, switch +
-/// failback seconds).
-fn rig_points(text: &str) -> Vec<(f64, f64)> {
+/// One strategy at one guest size, from the rig's bench output.
+struct RigRow {
+    /// Guest size as printed ("256 MiB").
+    guest: String,
+    /// Guest size in GiB.
+    gib: f64,
+    repeats: u32,
+    strategy: String,
+    /// Median, min, max in ms: switch, then failback.
+    switch: [f64; 3],
+    failback: [f64; 3],
+    /// "pinned while stopped" as printed.
+    pinned: String,
+}
+
+/// Parses `vdpa-adapter bench` output: a `guest ...` header line, then one
+/// line per strategy, `name | med [min, max] | med [min, max] pinned ...`.
+fn rig_rows(text: &str) -> Vec<RigRow> {
     let mut out = Vec::new();
-    let mut guest = None;
+    let mut guest: Option<(String, f64, u32)> = None;
+    let cell = |c: &str| -> Option<[f64; 3]> {
+        let n: Vec<f64> = c
+            .split(|ch: char| ch.is_whitespace() || "[],".contains(ch))
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (n.len() >= 3).then(|| [n[0], n[1], n[2]])
+    };
     for l in text.lines() {
         if let Some(rest) = l.strip_prefix("guest ") {
-            let mut w = rest.split_whitespace();
-            let (n, unit) = (w.next(), w.next());
-            guest = match (n.and_then(|n| n.parse::<f64>().ok()), unit) {
+            let w: Vec<&str> = rest.split_whitespace().collect();
+            let n = w.first().and_then(|n| n.parse::<f64>().ok());
+            let gib = match (n, w.get(1).copied()) {
                 (Some(n), Some("MiB")) => Some(n / 1024.0),
                 (Some(n), Some("GiB")) => Some(n),
                 _ => None,
             };
-        } else if l.starts_with("qemu") {
-            let ms: Vec<f64> = l
-                .split('|')
-                .skip(1)
-                .take(2)
-                .filter_map(|c| c.split_whitespace().next()?.parse().ok())
-                .collect();
-            if let (Some(g), [a, b]) = (guest, ms.as_slice()) {
-                out.push((g, (a + b) / 1e3));
-            }
+            let repeats = w
+                .windows(2)
+                .find(|p| p[1].starts_with("repeats"))
+                .and_then(|p| p[0].parse().ok())
+                .unwrap_or(1);
+            guest = gib.map(|g| (format!("{} {}", w[0], w[1]), g, repeats));
+        } else if let (Some((label, gib, repeats)), Some((name, rest))) =
+            (&guest, l.split_once('|'))
+        {
+            let cols: Vec<&str> = rest.split('|').collect();
+            let (Some(sw), Some(fb)) = (
+                cols.first().and_then(|c| cell(c)),
+                cols.get(1).and_then(|c| cell(c)),
+            ) else {
+                continue;
+            };
+            let pinned = cols[1]
+                .split_once("pinned while stopped:")
+                .map_or("", |p| p.1)
+                .trim()
+                .to_string();
+            out.push(RigRow {
+                guest: label.clone(),
+                gib: *gib,
+                repeats: *repeats,
+                strategy: name.trim().to_string(),
+                switch: sw,
+                failback: fb,
+                pinned,
+            });
         }
     }
     out
+}
+
+/// Measured qemu medians from the rig: (guest GiB, switch + failback seconds).
+fn rig_points(rows: &[RigRow]) -> Vec<(f64, f64)> {
+    rows.iter()
+        .filter(|r| r.strategy == "qemu")
+        .map(|r| (r.gib, (r.switch[0] + r.failback[0]) / 1e3))
+        .collect()
+}
+
+/// The rig's rows as a Markdown table.
+fn rig_table(rows: &[RigRow]) -> String {
+    let mut t = String::from(
+        "| guest | strategy | SVQ switch, ms: median [min, max] | failback, ms: median [min, max] | pinned while stopped (switch / failback) |\n|---|---|---|---|---|\n",
+    );
+    let ms = |c: &[f64; 3]| format!("{:.1} [{:.1}, {:.1}]", c[0], c[1], c[2]);
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} |",
+            r.guest,
+            r.strategy,
+            ms(&r.switch),
+            ms(&r.failback),
+            r.pinned
+        );
+    }
+    t
 }
 
 fn chart(path: &Path, qs: &[Quality], measured: &[(f64, f64)]) {
@@ -372,27 +442,39 @@ fn main() {
             );
         }
     }
-    let rig = std::fs::read_to_string(repo.join("target/rig-bench.txt")).unwrap_or_default();
+    let rig =
+        rig_rows(&std::fs::read_to_string(repo.join("target/rig-bench.txt")).unwrap_or_default());
     chart(&repo.join("benchmarks.svg"), &qs, &rig_points(&rig));
     let _ = writeln!(md, "\n![critical-phase pinned bytes and estimated downtime against guest size](benchmarks.svg)\n");
     let _ = writeln!(
         md,
         "## Real kernel: vdpa_sim (use_va=0, pins like a NIC) on Linux 6.12 under qemu TCG\n"
     );
-    match std::fs::read_to_string(repo.join("target/rig-bench.txt")) {
-        Ok(t) if !t.trim().is_empty() => {
-            let _ = writeln!(
-                md,
-                "From `.ci/rig/run` (the end-to-end rig, which runs `vdpa-adapter bench` inside the VM): critical-phase wall time of the SVQ switch and the failback on the device, identity against qemu, median [min, max] of 3 runs. The identity strategy sends no message while the device is stopped, at every size.\n\n```text\n{}```",
-                t
-            );
-        }
-        _ => {
-            let _ = writeln!(
-                md,
-                "Run `.ci/rig/run` first: it leaves the table in `target/rig-bench.txt`."
-            );
-        }
+    if rig.is_empty() {
+        let _ = writeln!(
+            md,
+            "Run `.ci/rig/run` first: it leaves the table in `target/rig-bench.txt`."
+        );
+    } else {
+        let repeats = rig.iter().map(|r| r.repeats).min().unwrap_or(1);
+        let per_gib: Vec<f64> = rig
+            .iter()
+            .filter(|r| r.strategy == "qemu" && r.gib >= 1.0)
+            .map(|r| r.switch[0] / r.gib)
+            .collect();
+        let _ = writeln!(
+            md,
+            "From `.ci/rig/run` (the end-to-end rig, which runs `vdpa-adapter bench` inside the VM): critical-phase wall time of the SVQ switch and the failback on the device, identity against qemu, median [min, max] of {repeats} runs, one region, 3 queues. The identity strategy sends no message while the device is stopped, at every size{}.\n\n{}",
+            if per_gib.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; QEMU's switch costs {:.0} ms per GiB of guest memory here",
+                    per_gib.iter().sum::<f64>() / per_gib.len() as f64
+                )
+            },
+            rig_table(&rig)
+        );
     }
     std::fs::write(repo.join("BENCHMARKS.md"), md).unwrap();
     println!(
