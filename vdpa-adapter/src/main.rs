@@ -257,11 +257,12 @@ fn apply_cmd(
             device: "kernel model",
             caps,
             kind: strategy,
-            // Nothing is pinned on a model: the device's limits are not this machine's.
+            // Nothing is pinned on a model: this machine's memlock does not
+            // apply; the scenario's entry limit does.
             limits: Some(Limits {
                 memlock: None,
                 pinned_now: 0,
-                max_entries: None,
+                max_entries: scn.max_entries,
             }),
         };
         run_on_device(run, &mut a, &mut mem, print_step)?;

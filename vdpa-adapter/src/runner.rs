@@ -1,7 +1,7 @@
 //! Runs a scenario through a strategy against the kernel model, checking
 //! every plan and the resulting layout after every step.
 
-use vdpa_iova_planner::kernel::KernelIotlb;
+use vdpa_iova_planner::kernel::{KernelIotlb, Violation};
 use vdpa_iova_planner::layout;
 use vdpa_iova_planner::{
     Cost, Event, GuestView, Mode, Op, PlanError, Planner, QemuPlanner, Strategy, VringArea,
@@ -132,10 +132,14 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
     let mut s = kind.build(scn, file)?;
     // Our plans must pass the strict model; QEMU's are replayed as the kernel
     // takes them, so what they lose shows.
+    let limit = scn
+        .max_entries
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     let mut k = match kind {
         StrategyKind::Qemu => KernelIotlb::permissive(&scn.caps),
         _ => KernelIotlb::new(&scn.caps),
-    };
+    }
+    .with_entry_limit(limit);
     let mut guest = GuestView::new(scn.viommu_last.is_some());
     let mut steps = Vec::new();
     let mut stopped = None;
@@ -159,6 +163,18 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
         }
         let quirks_before = k.quirks().len();
         if let Err((op, violation)) = k.apply_all(plan.ops()) {
+            // The device's entry limit is a limit of the device, like its
+            // IOVA range: the run stops there, and the comparison shows where.
+            if let Violation::EntryLimit { asid, limit } = violation {
+                stopped = Some(Stop {
+                    step: i,
+                    event: ev.name(),
+                    reason: format!(
+                        "operation {op} would put more than the device's {limit} entries (max_entries) in address space {asid}"
+                    ),
+                });
+                break;
+            }
             return Err(AdapterError::KernelRule {
                 file: file.to_string(),
                 step: i,

@@ -39,6 +39,9 @@ pub struct Scenario {
     pub name: String,
     /// The device.
     pub caps: DeviceCaps,
+    /// `[device] max_entries`: entries the kernel allows per address space
+    /// (vhost_vdpa's `max_iotlb_entries`), if given.
+    pub max_entries: Option<u64>,
     /// `[guest] max_gpa`, if given.
     pub max_gpa: Option<u64>,
     /// `[guest] viommu_last` when `viommu = true`: the guest has a vIOMMU.
@@ -123,6 +126,7 @@ struct DeviceSection {
     persist: Option<bool>,
     pinning: Option<bool>,
     map_style: Option<String>,
+    max_entries: Option<Num>,
 }
 
 #[derive(Deserialize, Default)]
@@ -205,6 +209,14 @@ impl Scenario {
             },
         };
         caps.validate().map_err(|e| err(format!("[device]: {e}")))?;
+        let max_entries = match d.max_entries {
+            Some(Num(0)) => {
+                return Err(err(
+                    "[device] max_entries: 0 (leave it out for no limit)".into()
+                ))
+            }
+            n => n.map(|n| n.0),
+        };
         let boot = f
             .guest
             .regions
@@ -319,6 +331,7 @@ impl Scenario {
         Ok(Scenario {
             name: f.name.unwrap_or_else(|| origin.to_string()),
             caps,
+            max_entries,
             max_gpa: f.guest.max_gpa.map(|n| n.0),
             viommu_last,
             boot,
@@ -419,6 +432,7 @@ mod tests {
             ("[guest]\nviommu = true\n", "needs viommu_last"),
             ("[guest]\nviommu_last = 4096\n", "without viommu = true"),
             ("[device]\nmap_style = \"setmap\"\n", "map_style"),
+            ("[device]\nmax_entries = 0\n", "max_entries: 0"),
             (
                 "[[events]]\nkind = \"viommu_unmap\"\ngiova = 0\nsize = 4096\n",
                 "needs `[guest] viommu = true`",

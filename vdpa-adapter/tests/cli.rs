@@ -154,11 +154,12 @@ fn every_scenario_file_plans_cleanly_under_every_strategy() {
                     assert_eq!(r.steps.len(), scn.events.len() + 1);
                 }
             }
-            // Our best strategy for the device never stops.
+            // Our best strategy for the device never stops, unless the
+            // scenario fills the device's table on purpose.
             let best = kinds[kinds.len() - 2];
             let r = run(&scn, &name, best).unwrap();
             assert!(
-                r.stopped.is_none(),
+                r.stopped.is_none() || scn.max_entries.is_some(),
                 "{name}: {best:?} stopped: {:?}",
                 r.stopped
             );
@@ -166,6 +167,43 @@ fn every_scenario_file_plans_cleanly_under_every_strategy() {
         }
     }
     assert!(n >= 7, "scenarios/ holds {n} files");
+}
+
+#[test]
+fn a_full_table_stops_every_strategy_where_the_kernel_would_refuse() {
+    let path = repo().join("scenarios/entry-limit.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let scn = Scenario::parse(&text, "entry-limit.toml").unwrap();
+    assert_eq!(scn.max_entries, Some(38));
+    // 2 regions + 17 queues x 2 areas = 36; the second DIMM is entry 38, the
+    // third would be 39.
+    for k in StrategyKind::available(&scn) {
+        let r = run(&scn, "entry-limit.toml", k).unwrap();
+        let stop = r.stopped.unwrap_or_else(|| panic!("{k:?} did not stop"));
+        assert_eq!((stop.step, stop.event), (5, "hotplug"), "{k:?}");
+        assert!(stop.reason.contains("38 entries"), "{}", stop.reason);
+    }
+    // Without the limit nothing stops.
+    let open = Scenario {
+        max_entries: None,
+        ..scn
+    };
+    for k in StrategyKind::available(&open) {
+        assert!(run(&open, "entry-limit.toml", k).unwrap().stopped.is_none());
+    }
+    // The dry run refuses the same step up front, as the adapter does on a
+    // device whose vhost_vdpa has that limit: exit 4, nothing sent.
+    let out = bin()
+        .args(["apply", "--dry-run"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("step 5 (hotplug)"), "{err}");
+    assert!(err.contains("already holds the 38 entries"), "{err}");
+    assert!(err.contains("nothing was sent"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 6);
 }
 
 #[test]
