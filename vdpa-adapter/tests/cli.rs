@@ -139,7 +139,11 @@ fn errors_name_file_event_and_field_and_set_exit_codes() {
 #[test]
 fn every_scenario_file_plans_cleanly_under_every_strategy() {
     let mut n = 0;
-    for e in std::fs::read_dir(repo().join("scenarios")).unwrap() {
+    // The rig's scenarios too: they run on real devices in `.ci/rig/run`.
+    let files = std::fs::read_dir(repo().join("scenarios"))
+        .unwrap()
+        .chain(std::fs::read_dir(repo().join(".ci/rig")).unwrap());
+    for e in files {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
             let name = p.display().to_string();
@@ -166,7 +170,7 @@ fn every_scenario_file_plans_cleanly_under_every_strategy() {
             n += 1;
         }
     }
-    assert!(n >= 7, "scenarios/ holds {n} files");
+    assert!(n >= 12, "scenarios/ and .ci/rig/ hold {n} files");
 }
 
 #[test]

@@ -23,7 +23,7 @@ use vdpa_adapter::device::VhostVdpa;
 use vdpa_adapter::memory::Backing;
 use vdpa_adapter::session::HostMemory;
 use vdpa_adapter::{Scenario, StrategyKind};
-use vdpa_iova_planner::{Entry, Event, Perm, Strategy};
+use vdpa_iova_planner::{DeviceCaps, Entry, Event, Perm, Strategy};
 
 const NAME: &str = "vdpa-rig";
 const BASE: u8 = 0x81;
@@ -280,11 +280,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// The scenario's device as far as this device can play it: its IOVA range
+/// (a smaller range than the device's is kept, so small-range plans are
+/// exercised), batching and address spaces when the device has them; what
+/// the device does on its own (map style, persist, no pinning) is the device's.
+fn on_this_device(dev: DeviceCaps, scn: &DeviceCaps) -> Result<DeviceCaps, String> {
+    let (f, l) = (scn.range.first(), scn.range.last());
+    if !dev.range.contains_bounds(f, l) {
+        return Err(format!(
+            "the scenario's IOVA range [{f:#x}, {l:#x}] is not inside the device's {}",
+            dev.range
+        ));
+    }
+    if scn.batching && !dev.batching {
+        return Err("the scenario batches; the device does not".into());
+    }
+    if scn.address_spaces > dev.address_spaces || (scn.desc_asid && !dev.desc_asid) {
+        return Err(format!(
+            "the scenario needs {} address spaces{}; the device has {}",
+            scn.address_spaces,
+            if scn.desc_asid { " and desc_asid" } else { "" },
+            dev.address_spaces
+        ));
+    }
+    Ok(DeviceCaps {
+        range: scn.range,
+        batching: scn.batching,
+        address_spaces: scn.address_spaces,
+        desc_asid: scn.desc_asid,
+        ..dev
+    })
+}
+
 fn run(scn: &Scenario, path: &str, dev_path: &str, vduse: &std::fs::File) -> Result<usize, String> {
     let mut d = VhostVdpa::open(std::path::Path::new(dev_path)).map_err(|e| e.to_string())?;
     let p = d.probe().map_err(|e| e.to_string())?;
     // VDUSE never pins.
-    let caps = p.caps(false).map_err(|e| e.to_string())?;
+    let caps = on_this_device(p.caps(false).map_err(|e| e.to_string())?, &scn.caps)?;
     let on_device = Scenario {
         caps,
         ..scn.clone()
