@@ -47,7 +47,7 @@ fn msg_codec_corpus() {
 fn regression_oom_huge_region() {
     let data = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/corpus/planner_events/regression-oom-huge-region"),
+            .join("../fuzz/regressions/planner_events/oom-huge-region"),
     )
     .unwrap();
     proptests::fuzz::planner_events(&data);
