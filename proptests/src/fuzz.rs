@@ -58,17 +58,22 @@ fn pick(sel: u8, raw: u64) -> u64 {
 /// table after it.
 pub fn kernel_model(data: &[u8]) {
     let mut u = Unstructured::new(data);
-    let Ok((range, spaces)) = <(u8, u8)>::arbitrary(&mut u) else {
+    let Ok((range, spaces, limit)) = <(u8, u8, u8)>::arbitrary(&mut u) else {
         return;
     };
+    // Half the inputs without an entry limit, half with 1 to 8 entries.
+    let limit = (limit >= 128).then_some(usize::from(limit % 8) + 1);
     let (first, last) = RANGES[usize::from(range) % RANGES.len()];
     let caps = DeviceCaps {
         range: DeviceRange::new(first, last).expect("first <= last"),
         address_spaces: u32::from(spaces % 3) + 1,
         ..DeviceCaps::default()
     };
-    let mut k = KernelIotlb::new(&caps);
-    let mut n = NaiveKernel::new(caps.address_spaces, (first, last));
+    let mut k = KernelIotlb::new(&caps).with_entry_limit(limit);
+    let mut n = NaiveKernel {
+        limit,
+        ..NaiveKernel::new(caps.address_spaces, (first, last))
+    };
     // `arbitrary` yields defaults once the data runs out: stop there.
     for _ in 0..256 {
         if u.is_empty() {

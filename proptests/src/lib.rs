@@ -95,6 +95,8 @@ pub struct NaiveKernel {
     pub batch: Option<u32>,
     /// Live entries: (asid, first, last, hva, perm).
     pub entries: Vec<(u32, u64, u64, u64, Perm)>,
+    /// Entries allowed per address space, if limited.
+    pub limit: Option<usize>,
 }
 
 impl NaiveKernel {
@@ -150,6 +152,10 @@ impl NaiveKernel {
                     .iter()
                     .any(|e| e.0 == m.asid && e.1 <= last && m.iova <= e.2)
                 {
+                    return false;
+                }
+                let held = self.entries.iter().filter(|e| e.0 == m.asid).count();
+                if self.limit.is_some_and(|l| held >= l) {
                     return false;
                 }
                 self.entries.push((m.asid, m.iova, last, m.uaddr, perm));
