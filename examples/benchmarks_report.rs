@@ -204,7 +204,16 @@ fn rig_rows(text: &str) -> Vec<RigRow> {
                 .find(|p| p[1].starts_with("repeats"))
                 .and_then(|p| p[0].parse().ok())
                 .unwrap_or(1);
-            guest = gib.map(|g| (format!("{} {}", w[0], w[1]), g, repeats));
+            let huge = rest.contains("huge pages");
+            guest = gib.map(|g| {
+                let label = format!(
+                    "{} {}{}",
+                    w[0],
+                    w[1],
+                    if huge { ", huge pages" } else { "" }
+                );
+                (label, g, repeats)
+            });
         } else if let (Some((label, gib, repeats)), Some((name, rest))) =
             (&guest, l.split_once('|'))
         {
@@ -237,7 +246,7 @@ fn rig_rows(text: &str) -> Vec<RigRow> {
 /// Measured qemu medians from the rig: (guest GiB, switch + failback seconds).
 fn rig_points(rows: &[RigRow]) -> Vec<(f64, f64)> {
     rows.iter()
-        .filter(|r| r.strategy == "qemu")
+        .filter(|r| r.strategy == "qemu" && !r.guest.contains("huge"))
         .map(|r| (r.gib, (r.switch[0] + r.failback[0]) / 1e3))
         .collect()
 }
@@ -457,22 +466,24 @@ fn main() {
         );
     } else {
         let repeats = rig.iter().map(|r| r.repeats).min().unwrap_or(1);
-        let per_gib: Vec<f64> = rig
-            .iter()
-            .filter(|r| r.strategy == "qemu" && r.gib >= 1.0)
-            .map(|r| r.switch[0] / r.gib)
-            .collect();
+        let per_gib = |huge: bool| -> Option<f64> {
+            let v: Vec<f64> = rig
+                .iter()
+                .filter(|r| r.strategy == "qemu" && r.gib >= 1.0)
+                .filter(|r| r.guest.contains("huge") == huge)
+                .map(|r| r.switch[0] / r.gib)
+                .collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
         let _ = writeln!(
             md,
-            "From `.ci/rig/run` (the end-to-end rig, which runs `vdpa-adapter bench` inside the VM): critical-phase wall time of the SVQ switch and the failback on the device, identity against qemu, median [min, max] of {repeats} runs, one region, 3 queues. The identity strategy sends no message while the device is stopped, at every size{}.\n\n{}",
-            if per_gib.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; QEMU's switch costs {:.0} ms per GiB of guest memory here",
-                    per_gib.iter().sum::<f64>() / per_gib.len() as f64
-                )
-            },
+            "From `.ci/rig/run` (the end-to-end rig, which runs `vdpa-adapter bench` inside the VM): critical-phase wall time of the SVQ switch and the failback on the device, identity against qemu, median [min, max] of {repeats} runs, one region, 3 queues, memfd memory. The identity strategy sends no message while the device is stopped, at every size{}{}.\n\n{}",
+            per_gib(false).map_or(String::new(), |ms| format!(
+                "; QEMU's switch costs {ms:.0} ms per GiB of guest memory here"
+            )),
+            per_gib(true).map_or(String::new(), |ms| format!(
+                " ({ms:.0} ms per GiB on huge pages)"
+            )),
             rig_table(&rig)
         );
     }

@@ -336,11 +336,19 @@ fn bench_cmd(
     }?;
     bar.finish_and_clear();
     let mut out = format!(
-        "{}: {}\nguest {} in {} region(s), {} queues, {} repeats; critical phase (device stopped), median [min, max]\n\n",
+        "{}: {}\nguest {} in {} region(s) of {}, {} queues, {} repeats; critical phase (device stopped), median [min, max]\n\n",
         device.display(),
         describe(&caps),
         bytes(cfg.guest_mem),
         cfg.regions,
+        match backing {
+            Backing::Hugepages => format!(
+                "{} huge pages",
+                bytes(vdpa_adapter::memory::huge_page_size())
+            ),
+            Backing::Memfd => "memfd 4 KiB pages".into(),
+            Backing::Anon => "anonymous 4 KiB pages".into(),
+        },
         cfg.queues,
         cfg.repeats
     );

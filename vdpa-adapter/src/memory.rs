@@ -30,12 +30,31 @@ pub struct Mem {
     _fd: Option<OwnedFd>,
 }
 
+/// The default huge page size (`Hugepagesize` of `/proc/meminfo`), 2 MiB
+/// when it cannot be read.
+pub fn huge_page_size() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let kb = m.lines().find_map(|l| l.strip_prefix("Hugepagesize:"))?;
+            kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+        })
+        .map_or(2 << 20, |kb| kb * 1024)
+}
+
 impl Mem {
     /// Maps `len` bytes (a page multiple) of fresh memory.
     ///
     /// # Errors
     /// The memfd, truncate or mmap error.
     pub fn new(len: u64, backing: Backing, name: &str) -> io::Result<Mem> {
+        // hugetlbfs takes only whole huge pages (ftruncate is EINVAL otherwise).
+        let len = match backing {
+            Backing::Hugepages => len
+                .checked_next_multiple_of(huge_page_size())
+                .ok_or_else(|| io::Error::other("size beyond u64"))?,
+            _ => len,
+        };
         let len = usize::try_from(len).map_err(|_| io::Error::other("size beyond usize"))?;
         let prot = ProtFlags::READ | ProtFlags::WRITE;
         match backing {
