@@ -52,8 +52,11 @@
 //! **Seen** on 6.12 by the end-to-end rig: VDUSE, which offers no
 //! `IOTLB_PERSIST`, keeps its table across a reset (it ignores the clean-map
 //! flag), so the model is conservative there and the empty-batch restore is
-//! harmless; vdpa_sim drops its maps (from its source: it falls back to
-//! pass-through), and with `IOTLB_PERSIST` acked keeps them.
+//! harmless. vdpa_sim without `IOTLB_PERSIST` drops its maps for a
+//! pass-through `[0, 2^64 - 1]`, and the empty BATCH_BEGIN/BATCH_END puts the
+//! same entries back without pinning anything again (watched through kprobes
+//! on the kernel's IOTLB functions, since its table cannot be read). With
+//! `IOTLB_PERSIST` acked it keeps them.
 //!
 //! # Permissive replay
 //! [`KernelIotlb::permissive`] accepts a partial INVALIDATE the way the kernel

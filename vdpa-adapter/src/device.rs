@@ -161,6 +161,16 @@ impl VhostVdpa {
     /// # Errors
     /// [`AdapterError::Device`] naming the ioctl that failed.
     pub fn probe(&mut self) -> Result<Probe, AdapterError> {
+        self.probe_without(0)
+    }
+
+    /// [`VhostVdpa::probe`], leaving the backend features in `withheld`
+    /// unacked even when offered (for instance `IOTLB_PERSIST`, to see what
+    /// a reset does without it).
+    ///
+    /// # Errors
+    /// As [`VhostVdpa::probe`].
+    pub fn probe_without(&mut self, withheld: u64) -> Result<Probe, AdapterError> {
         // SAFETY: `_IOR(VHOST_VIRTIO, 0x26, __u64)`: the kernel writes one u64.
         let offered = unsafe {
             ioctl(
@@ -169,7 +179,7 @@ impl VhostVdpa {
             )
         }
         .map_err(|e| dev_err(&self.path, "VHOST_GET_BACKEND_FEATURES", e.into()))?;
-        let acked = uapi::negotiate(offered);
+        let acked = uapi::negotiate(offered) & !withheld;
         // SAFETY: `_IOW(VHOST_VIRTIO, 0x25, __u64)`: the kernel reads one u64.
         unsafe {
             ioctl(
