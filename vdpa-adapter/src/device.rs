@@ -92,10 +92,16 @@ impl Probe {
             desc_asid: has(backend::DESC_ASID),
             persist: has(backend::IOTLB_PERSIST),
             pinning,
-            map_style: self
-                .parent
-                .as_deref()
-                .map_or(MapStyle::SetMap, map_style_of),
+            map_style: match self.parent.as_deref() {
+                // vdpa_sim loaded with batch_mapping=0 has dma_map, not set_map.
+                Some(p) if is_vdpa_sim(p) => {
+                    match std::fs::read_to_string("/sys/module/vdpa_sim/parameters/batch_mapping") {
+                        Ok(v) if v.trim() == "0" => MapStyle::DmaMap,
+                        _ => MapStyle::SetMap,
+                    }
+                }
+                p => p.map_or(MapStyle::SetMap, map_style_of),
+            },
         })
     }
 }
@@ -255,7 +261,7 @@ impl MsgSink for VhostVdpa {
 pub fn pins_memory(probe: &Probe) -> bool {
     match probe.parent.as_deref() {
         Some("vduse") => false,
-        Some(p) if p.starts_with("vdpasim") || p.starts_with("vdpa_sim") => {
+        Some(p) if is_vdpa_sim(p) => {
             std::fs::read_to_string("/sys/module/vdpa_sim/parameters/use_va")
                 .map(|v| !v.trim().starts_with('Y'))
                 .unwrap_or(true)
@@ -264,15 +270,49 @@ pub fn pins_memory(probe: &Probe) -> bool {
     }
 }
 
-/// The vDPA parent driver behind `/dev/vhost-vdpa-N`, from sysfs
-/// (`/sys/bus/vdpa/devices/vdpaN/../driver` is the management device's).
+fn is_vdpa_sim(parent: &str) -> bool {
+    parent.starts_with("vdpasim") || parent.starts_with("vdpa_sim")
+}
+
+/// The vDPA parent driver behind `/dev/vhost-vdpa-N`, from sysfs. The
+/// vhost-vdpa character device has no class; it is a child of its vdpa
+/// device, so the vdpa device is the one of `/sys/bus/vdpa/devices` holding
+/// `vhost-vdpa-N`. Its parent is the management device: a hardware parent
+/// (mlx5, ifcvf, ...) has a `driver` link; the software ones are recognised
+/// by where they are (see [`software_parent`]).
 fn parent_driver(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_str()?;
-    let class = Path::new("/sys/class/vhost-vdpa").join(name).join("device");
-    let vdpa = std::fs::canonicalize(class).ok()?;
-    let parent = vdpa.parent()?.join("driver");
-    let drv = std::fs::read_link(parent).ok()?;
-    Some(drv.file_name()?.to_string_lossy().into_owned())
+    let name = path.file_name()?;
+    std::fs::read_dir("/sys/bus/vdpa/devices")
+        .ok()?
+        .filter_map(|e| std::fs::canonicalize(e.ok()?.path()).ok())
+        .find(|dev| dev.join(name).exists())
+        .and_then(|dev| parent_of(&dev))
+}
+
+/// [`parent_driver`] for the canonical sysfs path of a vdpa device.
+fn parent_of(vdpa: &Path) -> Option<String> {
+    let parent = vdpa.parent()?;
+    if let Ok(drv) = std::fs::read_link(parent.join("driver")) {
+        return Some(drv.file_name()?.to_string_lossy().into_owned());
+    }
+    software_parent(parent)
+}
+
+/// The software management devices, recognised by the sysfs directory
+/// their vdpa devices sit in: VDUSE puts them under its own character
+/// device (`/sys/devices/virtual/vduse/NAME/DEV`), and vdpa_sim registers
+/// them without a parent, at the top (`/sys/devices/DEV`), as no other
+/// in-tree parent of Linux 6.12 does.
+fn software_parent(parent: &Path) -> Option<String> {
+    let names: Vec<&str> = parent
+        .components()
+        .filter_map(|c| c.as_os_str().to_str())
+        .collect();
+    match names.as_slice() {
+        [.., "vduse", _] => Some("vduse".into()),
+        ["/", "sys", "devices"] => Some("vdpa_sim".into()),
+        _ => None,
+    }
 }
 
 impl<T: MsgSink + ?Sized> MsgSink for &mut T {
@@ -282,5 +322,29 @@ impl<T: MsgSink + ?Sized> MsgSink for &mut T {
 
     fn reset(&mut self) -> io::Result<()> {
         (**self).reset()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn software_parents_are_named_by_their_management_device() {
+        assert_eq!(
+            software_parent(Path::new("/sys/devices")),
+            Some("vdpa_sim".into())
+        );
+        assert_eq!(
+            software_parent(Path::new("/sys/devices/virtual/vduse/vdpa-rig")),
+            Some("vduse".into())
+        );
+        assert_eq!(
+            software_parent(Path::new("/sys/devices/pci0000:00/0000:00:03.0")),
+            None
+        );
+        assert!(is_vdpa_sim("vdpa_sim"));
+        assert_eq!(map_style_of("vp_vdpa"), MapStyle::Platform);
+        assert_eq!(map_style_of("mlx5_vdpa"), MapStyle::SetMap);
     }
 }

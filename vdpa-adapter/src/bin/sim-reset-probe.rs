@@ -27,7 +27,7 @@ use vdpa_adapter::apply::{Applier, Limits};
 use vdpa_adapter::device::VhostVdpa;
 use vdpa_adapter::memory::{Backing, Mem};
 use vdpa_adapter::uapi::backend;
-use vdpa_iova_planner::{Event, Gpa, Hva, Planner, RegionSpec, Strategy};
+use vdpa_iova_planner::{Event, Gpa, Hva, MapStyle, Planner, RegionSpec, Strategy};
 
 const TRACING: &str = "/sys/kernel/tracing";
 const GROUP: &str = "rigreset";
@@ -40,9 +40,19 @@ fn mark(text: &str) -> Result<(), String> {
     write("trace_marker", text)
 }
 
-/// One probe hit: `(iotlb, Some((start, last)))` for an add, `(iotlb, None)`
-/// for a reset.
-type Hit = (u64, Option<(u64, u64)>);
+/// What a probe saw done to an IOTLB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change {
+    /// `vhost_iotlb_add_range_ctx(start, last)`.
+    Add(u64, u64),
+    /// `vhost_iotlb_del_range(start, last)`: every overlapping entry goes.
+    Del(u64, u64),
+    /// `vhost_iotlb_reset`: everything goes.
+    Reset,
+}
+
+/// One probe hit: the IOTLB and what was done to it.
+type Hit = (u64, Change);
 
 /// The probe hits of a trace, split at the `rig:` markers.
 fn phases(trace: &str) -> Vec<(String, Vec<Hit>)> {
@@ -52,10 +62,12 @@ fn phases(trace: &str) -> Vec<(String, Vec<Hit>)> {
             out.push((m.trim().to_string(), Vec::new()));
             continue;
         }
-        let is_add = l.contains(" add: (");
-        if !is_add && !l.contains(" reset: (") {
+        let kind = ["add", "del", "reset"]
+            .into_iter()
+            .find(|k| l.contains(&format!(" {k}: (")));
+        let Some(kind) = kind else {
             continue;
-        }
+        };
         let field = |k: &str| {
             l.split_whitespace()
                 .find_map(|w| w.strip_prefix(k))
@@ -64,13 +76,12 @@ fn phases(trace: &str) -> Vec<(String, Vec<Hit>)> {
         let Some(iotlb) = field("iotlb=") else {
             continue;
         };
-        let hit = if is_add {
-            match (field("start="), field("last=")) {
-                (Some(s), Some(e)) => (iotlb, Some((s, e))),
-                _ => continue,
-            }
-        } else {
-            (iotlb, None)
+        let range = (field("start="), field("last="));
+        let hit = match (kind, range) {
+            ("reset", _) => (iotlb, Change::Reset),
+            ("add", (Some(s), Some(e))) => (iotlb, Change::Add(s, e)),
+            ("del", (Some(s), Some(e))) => (iotlb, Change::Del(s, e)),
+            _ => continue,
         };
         out.last_mut().expect("start phase").1.push(hit);
     }
@@ -79,7 +90,7 @@ fn phases(trace: &str) -> Vec<(String, Vec<Hit>)> {
 
 /// What the tables in `sims` hold after `hits`, starting from `tables`.
 fn replay(tables: &mut Vec<(u64, BTreeSet<(u64, u64)>)>, hits: &[Hit]) {
-    for &(iotlb, add) in hits {
+    for &(iotlb, change) in hits {
         let i = match tables.iter().position(|t| t.0 == iotlb) {
             Some(i) => i,
             None => {
@@ -87,11 +98,12 @@ fn replay(tables: &mut Vec<(u64, BTreeSet<(u64, u64)>)>, hits: &[Hit]) {
                 tables.len() - 1
             }
         };
-        match add {
-            None => tables[i].1.clear(),
-            Some(r) => {
-                tables[i].1.insert(r);
+        match change {
+            Change::Reset => tables[i].1.clear(),
+            Change::Add(f, l) => {
+                tables[i].1.insert((f, l));
             }
+            Change::Del(f, l) => tables[i].1.retain(|&(s, e)| e < f || s > l),
         }
     }
 }
@@ -112,7 +124,13 @@ fn run(dev: &str) -> Result<(), String> {
         .open(format!("{TRACING}/kprobe_events"))
         .and_then(|mut f| {
             use std::io::Write;
-            f.write_all(format!("p:{GROUP}/reset vhost_iotlb_reset iotlb=%di:x64\n").as_bytes())
+            f.write_all(
+                format!(
+                    "p:{GROUP}/reset vhost_iotlb_reset iotlb=%di:x64\n\
+                     p:{GROUP}/del vhost_iotlb_del_range iotlb=%di:x64 start=%si:x64 last=%dx:x64\n"
+                )
+                .as_bytes(),
+            )
         })
         .map_err(|e| format!("kprobe_events: {e}"))?;
     write("trace", "")?;
@@ -124,6 +142,7 @@ fn run(dev: &str) -> Result<(), String> {
         .probe_without(1 << backend::IOTLB_PERSIST)
         .map_err(|e| e.to_string())?;
     let caps = p.caps(true).map_err(|e| e.to_string())?;
+    let dma_map = caps.map_style == MapStyle::DmaMap;
     if caps.persist || !caps.batching {
         return Err(format!(
             "need batching without persist, have batching={} persist={}",
@@ -174,7 +193,7 @@ fn run(dev: &str) -> Result<(), String> {
     let sims: BTreeSet<u64> = ph
         .iter()
         .flat_map(|p| p.1.iter())
-        .filter(|h| h.1.is_none())
+        .filter(|h| h.1 == Change::Reset)
         .map(|h| h.0)
         .collect();
     let mut tables = Vec::new();
@@ -215,7 +234,7 @@ fn run(dev: &str) -> Result<(), String> {
     }
     let pinned_again: Vec<_> = restore_hits
         .iter()
-        .filter(|h| h.1.is_some() && !sims.contains(&h.0))
+        .filter(|h| matches!(h.1, Change::Add(..)) && !sims.contains(&h.0))
         .collect();
     replay(&mut tables, &restore_hits);
     let restored = tables
@@ -223,18 +242,25 @@ fn run(dev: &str) -> Result<(), String> {
         .find(|t| t.0 == *sim)
         .map(|t| t.1.clone())
         .unwrap_or_default();
-    if restored != *runs || !pinned_again.is_empty() {
+    // A set_map device is re-pushed from the table vhost-vdpa kept: nothing
+    // is pinned again. A dma_map device can only be restored by unmapping and
+    // mapping every entry again, which pins each run again.
+    let want_pinned = if dma_map { runs.len() } else { 0 };
+    if restored != *runs || pinned_again.len() != want_pinned {
         return Err(format!(
-            "after the restore, expected the simulator's table to hold the {} runs again and nothing pinned again; it holds {restored:x?}, and {} entries were added to vhost-vdpa's table",
+            "after the restore ({}), expected the simulator's table to hold the {} runs again and {want_pinned} runs pinned again; it holds {restored:x?}, and {} entries were added to vhost-vdpa's table",
+            caps.map_style.as_str(),
             runs.len(),
             pinned_again.len()
         ));
     }
     println!(
-        "SIM-RESET-OK persist=false: after the boot plan vdpa_sim's table held the map ({} physically contiguous runs); the reset replaced it with pass-through [0, 2^64-1]; the planner's restore ({} messages) put the same {} runs back and pinned nothing again",
+        "SIM-RESET-OK {} persist=false: after the boot plan vdpa_sim's table held the map ({} physically contiguous runs); the reset replaced it with pass-through [0, 2^64-1]; the planner's restore ({} messages) put the same {} runs back and pinned {} runs again",
+        caps.map_style.as_str(),
         runs.len(),
         restore.ops().len(),
-        restored.len()
+        restored.len(),
+        pinned_again.len()
     );
     Ok(())
 }
@@ -270,16 +296,29 @@ mod tests {
         assert_eq!(
             ph[0].1,
             vec![
-                (0xffff1, Some((0, 0xfff))),
-                (0xffff2, None),
-                (0xffff2, Some((0, 0xfff)))
+                (0xffff1, Change::Add(0, 0xfff)),
+                (0xffff2, Change::Reset),
+                (0xffff2, Change::Add(0, 0xfff))
             ]
         );
-        assert_eq!(ph[1], ("mapped".to_string(), vec![(0xffff2, None)]));
+        assert_eq!(
+            ph[1],
+            ("mapped".to_string(), vec![(0xffff2, Change::Reset)])
+        );
         let mut tables = Vec::new();
         replay(&mut tables, &ph[0].1);
         replay(&mut tables, &ph[1].1);
         assert_eq!(tables[0].1.len(), 1);
         assert!(tables[1].1.is_empty(), "a reset empties the table");
+        let mut t = vec![(
+            1,
+            BTreeSet::from([(0, 0xfff), (0x1000, 0x1fff), (0x3000, 0x3fff)]),
+        )];
+        replay(&mut t, &[(1, Change::Del(0x800, 0x1000))]);
+        assert_eq!(
+            t[0].1,
+            BTreeSet::from([(0x3000, 0x3fff)]),
+            "every overlapping entry goes"
+        );
     }
 }
