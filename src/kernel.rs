@@ -56,7 +56,9 @@
 //! pass-through `[0, 2^64 - 1]`, and the empty BATCH_BEGIN/BATCH_END puts the
 //! same entries back without pinning anything again (watched through kprobes
 //! on the kernel's IOTLB functions, since its table cannot be read). With
-//! `IOTLB_PERSIST` acked it keeps them.
+//! `IOTLB_PERSIST` acked it keeps them. Loaded with `batch_mapping=0` (a
+//! `DmaMap` device) the empty batch restores nothing, and unmapping and
+//! mapping each entry again brings the same entries back, pinned again.
 //!
 //! # Permissive replay
 //! [`KernelIotlb::permissive`] accepts a partial INVALIDATE the way the kernel
