@@ -315,7 +315,15 @@ fn on_this_device(dev: DeviceCaps, scn: &DeviceCaps) -> Result<DeviceCaps, Strin
 fn run(scn: &Scenario, path: &str, dev_path: &str, vduse: &std::fs::File) -> Result<usize, String> {
     let mut d = VhostVdpa::open(std::path::Path::new(dev_path)).map_err(|e| e.to_string())?;
     let p = d.probe().map_err(|e| e.to_string())?;
-    // VDUSE never pins.
+    // What `apply` would find on its own: a VDUSE parent, which never pins,
+    // so the shared-memory check applies.
+    if p.parent.as_deref() != Some("vduse") || vdpa_adapter::device::pins_memory(&p) {
+        return Err(format!(
+            "probe found parent {:?} (pins memory: {}), expected vduse (no pinning)",
+            p.parent,
+            vdpa_adapter::device::pins_memory(&p)
+        ));
+    }
     let caps = on_this_device(p.caps(false).map_err(|e| e.to_string())?, &scn.caps)?;
     let on_device = Scenario {
         caps,
