@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
-use vdpa_iova_planner::{DeviceCaps, OpKind};
+use vdpa_iova_planner::{DeviceCaps, MapStyle, OpKind};
 
 use crate::runner::RunReport;
 
@@ -44,7 +44,7 @@ fn ratio(ours: u64, theirs: u64) -> String {
 /// One line describing the device.
 pub fn describe(caps: &DeviceCaps) -> String {
     format!(
-        "IOVA range {}, {} pages, {}, {} address space{}, {}{}",
+        "IOVA range {}, {} pages, {}, {} address space{}, {}{}{}",
         caps.range,
         bytes(caps.page_size.get()),
         if caps.batching {
@@ -63,6 +63,11 @@ pub fn describe(caps: &DeviceCaps) -> String {
             ", maps persist across reset"
         } else {
             ""
+        },
+        match caps.map_style {
+            MapStyle::SetMap => "",
+            MapStyle::DmaMap => ", maps programmed one by one (dma_map)",
+            MapStyle::Platform => ", platform IOMMU",
         },
     )
 }
