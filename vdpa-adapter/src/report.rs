@@ -170,9 +170,10 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
             .map(|s| s.unreachable_bytes)
             .max()
             .unwrap_or(0);
+        let peak = r.steps.iter().map(|s| s.peak_entries).max().unwrap_or(0);
         let _ = writeln!(
             out,
-            "{:<13} all phases: {} messages, {} pinned, {} unpinned; guest memory the device could not reach: {}",
+            "{:<13} all phases: {} messages, {} pinned, {} unpinned; guest memory the device could not reach: {}; at most {peak} entries in one address space",
             r.strategy,
             c.messages,
             bytes(c.pinned_bytes),
@@ -307,6 +308,7 @@ pub fn json(run: &RunReport) -> Value {
                 })).collect::<Vec<_>>(),
                 "displaced": s.displaced.iter().map(|d| json!({"gpa": d.gpa, "iova": d.iova, "size": d.size})).collect::<Vec<_>>(),
                 "unreachable_bytes": s.unreachable_bytes,
+                "peak_entries": s.peak_entries,
                 "kernel_quirks": s.quirks,
             })
         })

@@ -90,6 +90,10 @@ pub struct StepReport {
     pub displaced: Vec<Displaced>,
     /// Guest bytes the device cannot reach after the step.
     pub unreachable_bytes: u64,
+    /// The most entries one address space held at any point of the step's
+    /// plan (what vhost-vdpa's `max_iotlb_entries` must allow; one per
+    /// UPDATE, more on pinning devices with scattered memory).
+    pub peak_entries: usize,
     /// Mode after the step.
     pub mode: Mode,
     /// What the kernel did that the plan did not mean (only for plans
@@ -162,7 +166,13 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
             k.reset_device();
         }
         let quirks_before = k.quirks().len();
-        if let Err((op, violation)) = k.apply_all(plan.ops()) {
+        let mut peak_entries = 0;
+        let replay = plan.ops().iter().enumerate().try_for_each(|(i, op)| {
+            k.apply(op).map_err(|v| (i, v))?;
+            peak_entries = peak_entries.max(k.len(op.asid));
+            Ok(())
+        });
+        if let Err((op, violation)) = replay {
             // The device's entry limit is a limit of the device, like its
             // IOVA range: the run stops there, and the comparison shows where.
             if let Violation::EntryLimit { asid, limit } = violation {
@@ -210,6 +220,7 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
             svq: s.vring_areas(),
             displaced,
             unreachable_bytes: rep.unreachable_bytes,
+            peak_entries,
             mode: s.mode(),
             quirks: k.quirks()[quirks_before..]
                 .iter()

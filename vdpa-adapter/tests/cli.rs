@@ -193,7 +193,12 @@ fn a_full_table_stops_every_strategy_where_the_kernel_would_refuse() {
         ..scn
     };
     for k in StrategyKind::available(&open) {
-        assert!(run(&open, "entry-limit.toml", k).unwrap().stopped.is_none());
+        let r = run(&open, "entry-limit.toml", k).unwrap();
+        assert!(r.stopped.is_none());
+        // What the table needed at its fullest: 2 regions, 34 vring areas,
+        // 3 DIMMs.
+        let peak = r.steps.iter().map(|s| s.peak_entries).max().unwrap();
+        assert_eq!(peak, 39, "{k:?}");
     }
     // The dry run refuses the same step up front, as the adapter does on a
     // device whose vhost_vdpa has that limit: exit 4, nothing sent.
