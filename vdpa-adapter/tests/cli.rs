@@ -46,6 +46,24 @@ fn default_plan_table_is_golden() {
     golden("plan-default.txt", &String::from_utf8(out.stdout).unwrap());
 }
 
+/// The README's quick start shows the default plan's output as it is.
+#[test]
+fn readme_shows_the_default_plan_as_it_is() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let golden =
+        std::fs::read_to_string(repo().join("vdpa-adapter/tests/golden/plan-default.txt")).unwrap();
+    let after = readme
+        .split_once("Output of the first command")
+        .expect("the quick start shows the output")
+        .1;
+    let block = after
+        .split_once("```text\n")
+        .and_then(|(_, b)| b.split_once("```"))
+        .expect("a text block")
+        .0;
+    assert_eq!(block, golden, "README.md's quick-start output is stale");
+}
+
 #[test]
 fn upstream_collision_detail_is_golden() {
     let out = bin()
