@@ -37,17 +37,9 @@ impl Limits {
     /// This process's limits now.
     pub fn current() -> Limits {
         let l = rustix::process::getrlimit(rustix::process::Resource::Memlock);
-        let pinned_now = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmPin:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .map_or(0, |kb| kb * 1024);
         Limits {
             memlock: l.current,
-            pinned_now,
+            pinned_now: crate::memory::proc_bytes("/proc/self/status", "VmPin:").unwrap_or(0),
             max_entries: crate::physmem::max_entries(),
         }
     }

@@ -26,6 +26,18 @@ pub struct BenchConfig {
     pub repeats: u32,
 }
 
+impl BenchConfig {
+    /// The shadow virtqueues measured: `queues` of 256 descriptors, their
+    /// buffer at `hva` ([`SvqConfig::queue_bytes`] each).
+    pub fn svq(&self, hva: Hva) -> SvqConfig {
+        SvqConfig {
+            queues: self.queues,
+            queue_size: 256,
+            hva,
+        }
+    }
+}
+
 /// Measured critical-phase times of one strategy.
 #[derive(Clone, Debug)]
 pub struct BenchRow {
@@ -54,7 +66,7 @@ pub fn stats(v: &[Duration]) -> (Duration, Duration, Duration) {
 ///
 /// # Safety
 /// `[guest_hva, guest_hva + cfg.guest_mem)` and the vring buffer (as large
-/// as `cfg.queues` queues of 256 entries) must be memory of this process
+/// as [`BenchConfig::svq`] needs) must be memory of this process
 /// that stays mapped until this function returns; the device is left with
 /// nothing mapped.
 ///
@@ -78,11 +90,7 @@ pub unsafe fn bench<D: MsgSink>(
             readonly: false,
         })
         .collect();
-    let svq = SvqConfig {
-        queues: cfg.queues,
-        queue_size: 256,
-        hva: Hva(svq_hva),
-    };
+    let svq = cfg.svq(Hva(svq_hva));
     let mut rows = Vec::new();
     for kind in [StrategyKind::Identity, StrategyKind::Qemu] {
         let mut row = BenchRow {

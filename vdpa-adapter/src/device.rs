@@ -58,6 +58,9 @@ pub struct Probe {
     /// Entries vhost-vdpa allows per address space (its `max_iotlb_entries`
     /// module parameter), `None` when this kernel has no such limit.
     pub max_entries: Option<u64>,
+    /// How the parent programs maps ([`map_style_of`]; `set_map` when the
+    /// parent is unknown).
+    pub map_style: MapStyle,
 }
 
 impl Probe {
@@ -92,27 +95,26 @@ impl Probe {
             desc_asid: has(backend::DESC_ASID),
             persist: has(backend::IOTLB_PERSIST),
             pinning,
-            map_style: match self.parent.as_deref() {
-                // vdpa_sim loaded with batch_mapping=0 has dma_map, not set_map.
-                Some(p) if is_vdpa_sim(p) => {
-                    match std::fs::read_to_string("/sys/module/vdpa_sim/parameters/batch_mapping") {
-                        Ok(v) if v.trim() == "0" => MapStyle::DmaMap,
-                        _ => MapStyle::SetMap,
-                    }
-                }
-                p => p.map_or(MapStyle::SetMap, map_style_of),
-            },
+            map_style: self.map_style,
         })
     }
 }
 
 /// The map style of a vDPA parent driver: mlx5, vdpa_sim and VDUSE have a
-/// whole-table `set_map`; ifcvf, octeon_ep, pds and virtio-pci's vp_vdpa use
-/// the platform IOMMU. Unknown drivers are taken as `set_map`, the style of
-/// the devices this adapter is tested on.
+/// whole-table `set_map` (vdpa_sim loaded with `batch_mapping=0` has
+/// per-map `dma_map` instead, read from its module parameter); ifcvf,
+/// octeon_ep, pds and virtio-pci's vp_vdpa use the platform IOMMU. Unknown
+/// drivers are taken as `set_map`, the style of the devices this adapter is
+/// tested on.
 pub fn map_style_of(parent: &str) -> MapStyle {
     match parent {
         "ifcvf" | "octep_vdpa" | "pds_vdpa" | "vp_vdpa" | "alibaba_eni_vdpa" => MapStyle::Platform,
+        p if is_vdpa_sim(p) => {
+            match std::fs::read_to_string("/sys/module/vdpa_sim/parameters/batch_mapping") {
+                Ok(v) if v.trim() == "0" => MapStyle::DmaMap,
+                _ => MapStyle::SetMap,
+            }
+        }
         _ => MapStyle::SetMap,
     }
 }
@@ -227,6 +229,8 @@ impl VhostVdpa {
                 Err(e) => return Err(dev_err(&self.path, "VHOST_VDPA_GET_VRING_GROUP", e.into())),
             }
         }
+        let parent = parent_driver(&self.path);
+        let map_style = parent.as_deref().map_or(MapStyle::SetMap, map_style_of);
         Ok(Probe {
             path: self.path.clone(),
             device_id,
@@ -237,8 +241,9 @@ impl VhostVdpa {
             vqs,
             groups,
             vq_groups,
-            parent: parent_driver(&self.path),
+            parent,
             max_entries: crate::physmem::max_entries(),
+            map_style,
         })
     }
 }

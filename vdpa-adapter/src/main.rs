@@ -306,7 +306,12 @@ fn bench_cmd(
     };
     let mut guest = memory("guest memory", cfg.guest_mem)?;
     guest.tag_pages(0, 4096, vdpa_adapter::session::TAG_MAGIC);
-    let svq = memory("vring buffers", u64::from(cfg.queues) * 3 * 4096)?;
+    let svq_bytes = cfg
+        .svq(vdpa_iova_planner::Hva(0))
+        .queue_bytes(caps.page_size)
+        .map_err(|e| AdapterError::device("bench", e.to_string()))?
+        * u64::from(cfg.queues);
+    let svq = memory("vring buffers", svq_bytes)?;
     let maps = (!caps.pinning)
         .then(|| std::fs::read_to_string("/proc/self/maps").ok())
         .flatten()

@@ -33,13 +33,21 @@ pub struct Mem {
 /// The default huge page size (`Hugepagesize` of `/proc/meminfo`), 2 MiB
 /// when it cannot be read.
 pub fn huge_page_size() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            let kb = m.lines().find_map(|l| l.strip_prefix("Hugepagesize:"))?;
-            kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
-        })
-        .map_or(2 << 20, |kb| kb * 1024)
+    proc_bytes("/proc/meminfo", "Hugepagesize:").unwrap_or(2 << 20)
+}
+
+/// A `Key:   N kB` line of a `/proc` file (`/proc/meminfo`,
+/// `/proc/self/status`), in bytes.
+pub fn proc_bytes(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let kb = text.lines().find_map(|l| l.strip_prefix(key))?;
+    let kb = kb
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    kb.checked_mul(1024)
 }
 
 impl Mem {

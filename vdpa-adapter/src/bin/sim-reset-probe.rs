@@ -19,7 +19,7 @@
 //! Prints `SIM-RESET-OK` on success; anything else prints what was seen and
 //! exits 1. Needs root and tracefs at `/sys/kernel/tracing`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -88,51 +88,35 @@ fn phases(trace: &str) -> Vec<(String, Vec<Hit>)> {
     out
 }
 
-/// What the tables in `sims` hold after `hits`, starting from `tables`.
-fn replay(tables: &mut Vec<(u64, BTreeSet<(u64, u64)>)>, hits: &[Hit]) {
+/// Every IOTLB's entries, by IOTLB address.
+type Tables = BTreeMap<u64, BTreeSet<(u64, u64)>>;
+
+/// What the tables hold after `hits`, starting from `tables`.
+fn replay(tables: &mut Tables, hits: &[Hit]) {
     for &(iotlb, change) in hits {
-        let i = match tables.iter().position(|t| t.0 == iotlb) {
-            Some(i) => i,
-            None => {
-                tables.push((iotlb, BTreeSet::new()));
-                tables.len() - 1
-            }
-        };
+        let t = tables.entry(iotlb).or_default();
         match change {
-            Change::Reset => tables[i].1.clear(),
+            Change::Reset => t.clear(),
             Change::Add(f, l) => {
-                tables[i].1.insert((f, l));
+                t.insert((f, l));
             }
-            Change::Del(f, l) => tables[i].1.retain(|&(s, e)| e < f || s > l),
+            Change::Del(f, l) => t.retain(|&(s, e)| e < f || s > l),
         }
     }
 }
 
 fn run(dev: &str) -> Result<(), String> {
-    // The probes: the first argument of both is the IOTLB; x86-64 passes
-    // arguments in rdi, rsi, rdx.
+    // The probes: the first argument of each is the IOTLB; x86-64 passes
+    // arguments in rdi, rsi, rdx. Writing the file replaces earlier probes.
     let _ = write(&format!("events/{GROUP}/enable"), "0");
-    let _ = write("kprobe_events", "");
     write(
         "kprobe_events",
         &format!(
-            "p:{GROUP}/add vhost_iotlb_add_range_ctx iotlb=%di:x64 start=%si:x64 last=%dx:x64\n"
+            "p:{GROUP}/add vhost_iotlb_add_range_ctx iotlb=%di:x64 start=%si:x64 last=%dx:x64\n\
+             p:{GROUP}/reset vhost_iotlb_reset iotlb=%di:x64\n\
+             p:{GROUP}/del vhost_iotlb_del_range iotlb=%di:x64 start=%si:x64 last=%dx:x64\n"
         ),
     )?;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(format!("{TRACING}/kprobe_events"))
-        .and_then(|mut f| {
-            use std::io::Write;
-            f.write_all(
-                format!(
-                    "p:{GROUP}/reset vhost_iotlb_reset iotlb=%di:x64\n\
-                     p:{GROUP}/del vhost_iotlb_del_range iotlb=%di:x64 start=%si:x64 last=%dx:x64\n"
-                )
-                .as_bytes(),
-            )
-        })
-        .map_err(|e| format!("kprobe_events: {e}"))?;
     write("trace", "")?;
     write(&format!("events/{GROUP}/enable"), "1")?;
     write("tracing_on", "1")?;
@@ -196,14 +180,14 @@ fn run(dev: &str) -> Result<(), String> {
         .filter(|h| h.1 == Change::Reset)
         .map(|h| h.0)
         .collect();
-    let mut tables = Vec::new();
+    let mut tables = Tables::new();
     replay(&mut tables, &boot_hits);
     // Opening the device resets it, so every simulator table starts in
     // pass-through; the one the boot plan's set_map filled is ours.
     let mapped: Vec<_> = tables
         .iter()
-        .filter(|x| sims.contains(&x.0) && !x.1.is_empty() && !x.1.contains(&(0, u64::MAX)))
-        .cloned()
+        .filter(|(t, e)| sims.contains(t) && !e.is_empty() && !e.contains(&(0, u64::MAX)))
+        .map(|(&t, e)| (t, e.clone()))
         .collect();
     let [(sim, runs)] = mapped.as_slice() else {
         return Err(format!(
@@ -221,11 +205,7 @@ fn run(dev: &str) -> Result<(), String> {
         ));
     }
     replay(&mut tables, &reset_hits);
-    let after_reset = tables
-        .iter()
-        .find(|t| t.0 == *sim)
-        .map(|t| t.1.clone())
-        .unwrap_or_default();
+    let after_reset = tables.get(sim).cloned().unwrap_or_default();
     if !after_reset.contains(&(0, u64::MAX)) || after_reset.iter().any(|r| runs.contains(r)) {
         return Err(format!(
             "after the reset, expected vdpa_sim's pass-through [0, 2^64-1] and none of our {} runs, saw {after_reset:x?}",
@@ -237,11 +217,7 @@ fn run(dev: &str) -> Result<(), String> {
         .filter(|h| matches!(h.1, Change::Add(..)) && !sims.contains(&h.0))
         .collect();
     replay(&mut tables, &restore_hits);
-    let restored = tables
-        .iter()
-        .find(|t| t.0 == *sim)
-        .map(|t| t.1.clone())
-        .unwrap_or_default();
+    let restored = tables.get(sim).cloned().unwrap_or_default();
     // A set_map device is re-pushed from the table vhost-vdpa kept: nothing
     // is pinned again. A dma_map device can only be restored by unmapping and
     // mapping every entry again, which pins each run again.
@@ -305,18 +281,18 @@ mod tests {
             ph[1],
             ("mapped".to_string(), vec![(0xffff2, Change::Reset)])
         );
-        let mut tables = Vec::new();
+        let mut tables = Tables::new();
         replay(&mut tables, &ph[0].1);
         replay(&mut tables, &ph[1].1);
-        assert_eq!(tables[0].1.len(), 1);
-        assert!(tables[1].1.is_empty(), "a reset empties the table");
-        let mut t = vec![(
+        assert_eq!(tables[&0xffff1].len(), 1);
+        assert!(tables[&0xffff2].is_empty(), "a reset empties the table");
+        let mut t = Tables::from([(
             1,
             BTreeSet::from([(0, 0xfff), (0x1000, 0x1fff), (0x3000, 0x3fff)]),
-        )];
+        )]);
         replay(&mut t, &[(1, Change::Del(0x800, 0x1000))]);
         assert_eq!(
-            t[0].1,
+            t[&1],
             BTreeSet::from([(0x3000, 0x3fff)]),
             "every overlapping entry goes"
         );
