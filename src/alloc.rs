@@ -53,6 +53,11 @@ impl IovaAllocator {
         self.window
     }
 
+    /// The page size every address and size is a multiple of.
+    pub fn page(&self) -> PageSize {
+        self.page
+    }
+
     /// Size in bytes of the largest free range (0 when full).
     pub fn largest_free(&self) -> u64 {
         self.by_len

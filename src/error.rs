@@ -93,6 +93,10 @@ pub enum PlanError {
         window: Option<(u64, u64)>,
         /// The largest free range in it, in bytes.
         largest_free: u64,
+        /// Every free range `[first, last]` that was searched, by address:
+        /// the window, then (in SVQ mode) the free holes of the rest of the
+        /// device range. Empty when nothing was free.
+        considered: Vec<(u64, u64)>,
     },
     /// `translate` was asked for an address that is not guest memory.
     NotGuestMemory {
@@ -186,15 +190,26 @@ impl fmt::Display for PlanError {
             PlanError::MissingSvqConfig => {
                 write!(f, "svq_switch without svq_prepare needs queues, queue_size and hva")
             }
-            PlanError::OutOfIova { needed, purpose, window, largest_free } => {
+            PlanError::OutOfIova { needed, purpose, window, largest_free, considered } => {
                 write!(f, "out of IOVA space: {purpose} needs {needed:#x} contiguous bytes")?;
                 match window {
                     Some((a, b)) => write!(
                         f,
                         " in window [{a:#x}, {b:#x}], whose largest free range is {largest_free:#x} bytes"
-                    ),
-                    None => write!(f, " and the device range has no free hole that large"),
+                    )?,
+                    None => write!(f, " and the device range has no free hole that large")?,
                 }
+                if !considered.is_empty() {
+                    const SHOWN: usize = 8;
+                    write!(f, "; free ranges considered:")?;
+                    for (a, b) in considered.iter().take(SHOWN) {
+                        write!(f, " [{a:#x}, {b:#x}]")?;
+                    }
+                    if considered.len() > SHOWN {
+                        write!(f, " and {} more", considered.len() - SHOWN)?;
+                    }
+                }
+                Ok(())
             }
             PlanError::NotGuestMemory { gpa } => write!(f, "gpa {gpa:#x} is not guest memory"),
             PlanError::Unreachable { gpa } => write!(

@@ -108,6 +108,17 @@ struct SvqState {
     /// The window of the guest's address space: vrings (when shared) and
     /// displaced memory.
     alloc: IovaAllocator,
+    /// The free IOVAs of the device range below a window chosen above
+    /// `max_gpa` (`None` when the window already spans the whole range):
+    /// what nothing mapped keeps, used only when the window is full.
+    rest: Option<IovaAllocator>,
+    /// Identity ranges `first -> last` of memory displaced in SVQ mode,
+    /// kept free so that its failback maps it home without moving anything.
+    claims: BTreeMap<u64, u64>,
+    /// The free bytes of `claims`: the last resort when the window and the
+    /// rest of the range are full (their owner's failback then moves
+    /// whatever was put there, while the device is stopped).
+    spare: Option<IovaAllocator>,
     /// IOVA of each queue's block.
     queues: Vec<u64>,
     /// Everything mapped in the window, by first IOVA.
@@ -137,24 +148,142 @@ impl SvqState {
         out
     }
 
+    /// Allocates `size` bytes: best fit in the window, else best fit in the
+    /// free holes of the rest of the device range.
     fn alloc(&mut self, size: u64, purpose: &'static str) -> Result<Span<Iova>, PlanError> {
-        self.alloc.alloc(size).ok_or(PlanError::OutOfIova {
+        if let Some(s) = self.alloc.alloc(size) {
+            return Ok(s);
+        }
+        if let Some(s) = self.rest.as_mut().and_then(|r| r.alloc(size)) {
+            return Ok(s);
+        }
+        if let Some(s) = self.spare.as_mut().and_then(|r| r.alloc(size)) {
+            return Ok(s);
+        }
+        let mut considered: Vec<(u64, u64)> = self.alloc.free_ranges().collect();
+        for r in [&self.rest, &self.spare].into_iter().flatten() {
+            considered.extend(r.free_ranges());
+        }
+        considered.sort_unstable();
+        Err(PlanError::OutOfIova {
             needed: size,
             purpose,
             window: Some(self.alloc.window()),
             largest_free: self.alloc.largest_free(),
+            considered,
         })
+    }
+
+    /// Gives `span` back to whichever allocator owns each of its bytes:
+    /// the spare where a claim covers them, the window or the rest elsewhere.
+    fn free(&mut self, span: Span<Iova>) -> bool {
+        let (f, l) = span.bounds();
+        let mut ok = true;
+        let mut cur = Some(f);
+        let hit: SmallVec<[(u64, u64); 2]> = claims_in(&self.claims, f, l).collect();
+        for (cf, cl) in hit {
+            let (a, z) = (cf.max(f), cl.min(l));
+            if let Some(c) = cur.filter(|&c| c < a) {
+                ok &= self.free_plain(Span::trusted(c, a - c));
+            }
+            if let Some(sp) = &mut self.spare {
+                ok &= sp.free(Span::trusted(a, z - a + 1));
+            }
+            cur = z.checked_add(1);
+        }
+        if let Some(c) = cur.filter(|&c| c <= l) {
+            ok &= self.free_plain(Span::trusted(c, l - c + 1));
+        }
+        ok
+    }
+
+    fn free_plain(&mut self, span: Span<Iova>) -> bool {
+        let a = self.alloc.free(span);
+        let b = self.rest.as_mut().map_or(true, |r| r.free(span));
+        a && b
+    }
+
+    /// Takes `[f, l]` out of the free space (memory mapped there now).
+    fn carve(&mut self, f: u64, l: u64) {
+        self.alloc.carve(f, l);
+        for r in [&mut self.rest, &mut self.spare].into_iter().flatten() {
+            r.carve(f, l);
+        }
+    }
+
+    /// Keeps `[f, l]`, the identity range of memory just displaced, for its
+    /// owner: its free bytes (all but `hits`, what is mapped there) move to
+    /// the spare.
+    fn claim(&mut self, f: u64, l: u64, hits: &[(u64, SvqEntry)]) {
+        self.carve(f, l);
+        let spare = self.spare.get_or_insert_with(|| {
+            let w = self.alloc.window();
+            let (lo, hi) = match &self.rest {
+                Some(r) => (r.window().0.min(w.0), w.1),
+                None => w,
+            };
+            let mut sp = IovaAllocator::new(lo, hi, self.alloc.page())
+                .expect("the window holds a page");
+            sp.carve(lo, hi);
+            sp
+        });
+        let mut cur = Some(f);
+        let mut spans: SmallVec<[Span<Iova>; 4]> = SmallVec::new();
+        for (at, e) in hits {
+            let el = match e {
+                SvqEntry::Queue { last, .. } => *last,
+                SvqEntry::Displaced { piece, .. } => piece.iova.last().raw(),
+            };
+            if let Some(c) = cur.filter(|&c| c < *at) {
+                spans.push(Span::trusted(c, at - c));
+            }
+            cur = el.checked_add(1).map(|n| n.max(cur.unwrap_or(n)));
+        }
+        if let Some(c) = cur.filter(|&c| c <= l) {
+            spans.push(Span::trusted(c, l - c + 1));
+        }
+        for sp in spans {
+            let freed = spare.free(sp);
+            debug_assert!(freed, "a claimed range starts carved");
+        }
+        self.claims.insert(f, l);
+    }
+
+    /// Drops the claims inside `[f, l]` (their owner is gone): their free
+    /// bytes go back to the window or the rest.
+    fn release(&mut self, f: u64, l: u64) {
+        let gone: SmallVec<[(u64, u64); 2]> = claims_in(&self.claims, f, l).collect();
+        for (cf, cl) in gone {
+            self.claims.remove(&cf);
+            let free: SmallVec<[(u64, u64); 4]> = self
+                .spare
+                .iter()
+                .flat_map(|sp| sp.free_ranges())
+                .filter_map(|(a, z)| {
+                    let (x, y) = (a.max(cf), z.min(cl));
+                    (x <= y).then_some((x, y))
+                })
+                .collect();
+            if let Some(sp) = &mut self.spare {
+                sp.carve(cf, cl);
+            }
+            for (x, y) in free {
+                let freed = self.free_plain(Span::trusted(x, y - x + 1));
+                debug_assert!(freed, "claimed bytes were carved from the window");
+            }
+        }
     }
 
     /// Allocates and records the block of queue `vq`.
     fn place_queue(&mut self, vq: u32, purpose: &'static str) -> Result<u64, PlanError> {
         let size = self.layout.total();
         let blk = match &mut self.rings {
-            Some(r) => r.alloc(size).ok_or(PlanError::OutOfIova {
+            Some(r) => r.alloc(size).ok_or_else(|| PlanError::OutOfIova {
                 needed: size,
                 purpose,
                 window: Some(r.window()),
                 largest_free: r.largest_free(),
+                considered: r.free_ranges().collect(),
             })?,
             None => {
                 let blk = self.alloc(size, purpose)?;
@@ -455,7 +584,8 @@ impl Planner {
         let layout = cfg.layout(self.caps.page_size)?;
         let p = self.caps.page_size;
         let (uf, ul) = self.usable;
-        let mut candidates: SmallVec<[IovaAllocator; 2]> = SmallVec::new();
+        // (window, rest of the device range below it)
+        let mut candidates: SmallVec<[(IovaAllocator, Option<IovaAllocator>); 2]> = SmallVec::new();
         if let Some(floor) = p.align_up(self.max_gpa().max(uf)) {
             if let Some(mut a) = IovaAllocator::new(floor, ul, p) {
                 for r in self.regions.values().rev() {
@@ -464,22 +594,36 @@ impl Planner {
                     }
                     a.carve(r.gpa.first().raw(), r.gpa.last().raw());
                 }
-                candidates.push(a);
+                let mut rest = floor
+                    .checked_sub(1)
+                    .and_then(|below| IovaAllocator::new(uf, below, p));
+                if let Some(rest) = &mut rest {
+                    for r in self.regions.values() {
+                        if r.gpa.first().raw() >= floor {
+                            break;
+                        }
+                        for piece in &r.pieces {
+                            rest.carve(piece.iova.first().raw(), piece.iova.last().raw());
+                        }
+                    }
+                }
+                candidates.push((a, rest));
             }
         }
         if let Some(mut a) = IovaAllocator::new(uf, ul, p) {
             for r in self.regions.values() {
                 a.carve(r.gpa.first().raw(), r.gpa.last().raw());
             }
-            candidates.push(a);
+            candidates.push((a, None));
         }
         let mut last_err = PlanError::OutOfIova {
             needed: layout.total(),
             purpose: "shadow vrings",
             window: None,
             largest_free: 0,
+            considered: Vec::new(),
         };
-        for alloc in candidates {
+        for (alloc, rest) in candidates {
             let mut s = SvqState {
                 cfg,
                 layout,
@@ -488,11 +632,31 @@ impl Planner {
                     .then(|| IovaAllocator::new(uf, ul, p))
                     .flatten(),
                 alloc,
+                rest,
+                claims: BTreeMap::new(),
+                spare: None,
                 queues: Vec::new(),
                 entries: BTreeMap::new(),
             };
+            // The vrings are laid out in the window alone (the next
+            // candidate is every hole); the rest of the range is only for
+            // memory displaced later, when the window is full.
+            let rest = s.rest.take();
             match self.fill_svq(&mut s, phase) {
-                Ok((plan, staged)) => return Ok((plan, s, staged)),
+                Ok((plan, staged)) => {
+                    s.rest = rest;
+                    if let Some(staged_rest) = &mut s.rest {
+                        // Displaced at setup: mapped in the window, but
+                        // never let the rest hand out their bytes either.
+                        for r in staged.values() {
+                            for piece in r.pieces.iter().filter(|p| !p.is_identity()) {
+                                staged_rest
+                                    .carve(piece.iova.first().raw(), piece.iova.last().raw());
+                            }
+                        }
+                    }
+                    return Ok((plan, s, staged));
+                }
                 Err(e) => last_err = e,
             }
         }
@@ -589,20 +753,35 @@ impl Planner {
                     if let Some(i) = inside {
                         let (f, l) = i.bounds();
                         let hits = s.overlapping(f, l);
-                        s.alloc.carve(f, l);
                         if hits.is_empty() || mode == Mode::Prepared {
                             // Prepared: the guest addresses memory by GPA, so
                             // whatever is in the way moves, not the memory.
-                            for (at, e) in hits {
+                            // What moves gives its IOVAs back first, so that
+                            // none of them is lost outside [f, l].
+                            // Every unmap comes before any map: a moved
+                            // entry may land where another one was.
+                            for &(at, e) in &hits {
+                                let last = s.entry_last(at, &e);
+                                let freed = s.free(Span::trusted(at, last - at + 1));
+                                debug_assert!(freed, "svq entries were allocated");
                                 s.entries.remove(&at);
                                 match e {
+                                    SvqEntry::Queue { .. } => {
+                                        s.unmap_queue(&mut b, Phase::Prepare, at)
+                                    }
+                                    SvqEntry::Displaced { piece, .. } => {
+                                        b.invalidate(Phase::Prepare, ASID, piece.iova)
+                                    }
+                                }
+                            }
+                            s.carve(f, l);
+                            for (_, e) in hits {
+                                match e {
                                     SvqEntry::Queue { vq, .. } => {
-                                        s.unmap_queue(&mut b, Phase::Prepare, at);
                                         let nf = s.place_queue(vq, "moving a shadow vring")?;
                                         s.map_queue(&mut b, Phase::Prepare, vq, nf);
                                     }
                                     SvqEntry::Displaced { region, piece } => {
-                                        b.invalidate(Phase::Prepare, ASID, piece.iova);
                                         let iova =
                                             s.alloc(piece.gpa.size(), "moving displaced memory")?;
                                         let np = Piece {
@@ -635,6 +814,9 @@ impl Planner {
                             Self::map_piece(&mut b, Phase::Prepare, &r, &piece);
                             r.pieces.push(piece);
                         } else {
+                            // In SVQ mode: the memory moves. Its identity
+                            // range stays its own, for a free failback.
+                            s.claim(f, l, &hits);
                             s.displace(
                                 &mut b,
                                 Phase::Prepare,
@@ -680,14 +862,17 @@ impl Planner {
         // Nothing below can fail: commit.
         let r = self.regions.remove(&gpa.raw()).expect("looked up above");
         if let Some(s) = &mut self.svq {
-            for p in r.pieces.iter().filter(|p| !p.is_identity()) {
-                s.entries.remove(&p.iova.first().raw());
-                let freed = s.alloc.free(p.iova);
-                debug_assert!(freed, "displaced memory was allocated from the window");
+            // Every IOVA the region held is free again, identity ones too:
+            // a region plugged there later finds its identity range free,
+            // and until then displaced memory may use it.
+            for p in &r.pieces {
+                if !p.is_identity() {
+                    s.entries.remove(&p.iova.first().raw());
+                }
+                let freed = s.free(p.iova);
+                debug_assert!(freed, "a mapped piece is not free space");
             }
-            // Identity memory inside the window stays carved out until the
-            // window is dropped at failback or completion: a region plugged
-            // there again finds its identity range free, which is all it needs.
+            s.release(r.gpa.first().raw(), r.gpa.last().raw());
         }
         let (f, l) = r.gpa.bounds();
         self.xlate.remove(f..=l);
@@ -960,13 +1145,18 @@ impl Strategy for Planner {
             let (cf, cl) = (u.gpa.first().raw().max(f), u.gpa.last().raw().min(l));
             self.xlate.remove(cf..=cl);
             if let Some(s) = &mut self.svq {
-                for p in u.pieces.iter().filter(|p| !p.is_identity()) {
-                    s.entries.remove(&p.iova.first().raw());
+                for p in &u.pieces {
+                    if !p.is_identity() {
+                        s.entries.remove(&p.iova.first().raw());
+                    }
+                    // The unmapped part's IOVAs are free again.
                     if let Some(cut) = clip_piece(p, cf, cl) {
-                        let freed = s.alloc.free(cut.iova);
-                        debug_assert!(freed, "displaced memory was allocated from the window");
+                        let freed = s.free(cut.iova);
+                        debug_assert!(freed, "a mapped piece is not free space");
                     }
                 }
+                let (uf, ul) = u.gpa.bounds();
+                s.release(uf, ul);
             }
         }
         let mut staged = BTreeMap::new();
@@ -1047,6 +1237,22 @@ impl Strategy for Planner {
             },
         )
     }
+}
+
+/// The claims (`first -> last`) overlapping `[f, l]`, by address.
+fn claims_in(
+    claims: &BTreeMap<u64, u64>,
+    f: u64,
+    l: u64,
+) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let before = claims
+        .range(..f)
+        .next_back()
+        .filter(|(_, &cl)| cl >= f)
+        .map(|(&a, &b)| (a, b));
+    before
+        .into_iter()
+        .chain(claims.range(f..=l).map(|(&a, &b)| (a, b)))
 }
 
 /// The part of `p` mapping guest addresses `[a, z]`, at the same offset.

@@ -142,6 +142,7 @@ impl QemuPlanner {
             purpose,
             window: lo.map(|l| (l, hi)),
             largest_free: 0,
+            considered: Vec::new(),
         };
         let mut cur = lo.ok_or_else(err)?;
         for (&f, &l) in tree {
