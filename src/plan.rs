@@ -137,6 +137,10 @@ pub struct Op {
 
 /// What a plan costs. Bytes count only on devices that pin (for `use_va`
 /// devices mapping pins nothing, so pinned bytes are zero).
+///
+/// Unpinned bytes are what the kernel unpins: an INVALIDATE drops (and
+/// unpins) every **whole** entry its range overlaps, and one that overlaps
+/// nothing unpins nothing, whatever size it names.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Cost {
@@ -144,7 +148,7 @@ pub struct Cost {
     pub pinned_bytes: u64,
     /// Of those, bytes pinned while the device is stopped.
     pub critical_pinned_bytes: u64,
-    /// Bytes unpinned by the plan's INVALIDATEs.
+    /// Bytes unpinned by the plan's INVALIDATEs: the whole entries they drop.
     pub unpinned_bytes: u64,
     /// Of those, bytes unpinned while the device is stopped.
     pub critical_unpinned_bytes: u64,
@@ -158,8 +162,20 @@ pub struct Cost {
 }
 
 impl Cost {
-    /// Adds up the cost of `ops` on a device that pins (`pinning`) or not.
+    /// Adds up the cost of `ops` on a device that pins (`pinning`) or not,
+    /// where every INVALIDATE names exactly one live entry (as every plan of
+    /// the identity strategy does; the kernel model refuses anything else
+    /// when it replays them strictly).
     pub fn of(ops: &[Op], pinning: bool) -> Cost {
+        Cost::of_with(ops, pinning, |op| match op.kind {
+            OpKind::Invalidate { iova } => iova.size(),
+            _ => 0,
+        })
+    }
+
+    /// Like [`Cost::of`], with `unpinned` giving the bytes each INVALIDATE
+    /// really unpins (the sizes of the whole entries it drops).
+    pub fn of_with(ops: &[Op], pinning: bool, mut unpinned: impl FnMut(&Op) -> u64) -> Cost {
         let mut c = Cost::default();
         for op in ops {
             let crit = op.phase == Phase::Critical;
@@ -172,10 +188,11 @@ impl Cost {
                         c.critical_pinned_bytes += iova.size();
                     }
                 }
-                OpKind::Invalidate { iova } if pinning => {
-                    c.unpinned_bytes += iova.size();
+                OpKind::Invalidate { .. } if pinning => {
+                    let n = unpinned(op);
+                    c.unpinned_bytes += n;
                     if crit {
-                        c.critical_unpinned_bytes += iova.size();
+                        c.critical_unpinned_bytes += n;
                     }
                 }
                 OpKind::BatchEnd if crit => c.critical_batch_ends += 1,
@@ -240,7 +257,7 @@ impl Plan {
 
 /// Collects the map and unmap operations of one event, then orders them by
 /// phase and adds batch markers where the device batches.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct PlanBuilder {
     ops: Vec<Op>,
 }
@@ -323,6 +340,17 @@ impl PlanBuilder {
 /// Builds a plan from explicit ops (for strategies that control batching themselves).
 pub(crate) fn plan_from_ops(ops: Vec<Op>, caps: &DeviceCaps) -> Plan {
     let cost = Cost::of(&ops, caps.pinning);
+    Plan { ops, cost }
+}
+
+/// Builds a plan whose INVALIDATEs may cut or miss entries: `unpinned`
+/// gives the bytes each one really unpins.
+pub(crate) fn plan_with_unpins(
+    ops: Vec<Op>,
+    caps: &DeviceCaps,
+    unpinned: impl FnMut(&Op) -> u64,
+) -> Plan {
+    let cost = Cost::of_with(&ops, caps.pinning, unpinned);
     Plan { ops, cost }
 }
 

@@ -119,6 +119,11 @@ struct SvqState {
     /// rest of the range are full (their owner's failback then moves
     /// whatever was put there, while the device is stopped).
     spare: Option<IovaAllocator>,
+    /// Sizes the next allocations will ask for, to be placed together by an
+    /// exact search at the first of them (set when greedy placement failed).
+    pending: Option<Vec<u64>>,
+    /// Placements chosen by that search, handed out in order.
+    forced: std::collections::VecDeque<Span<Iova>>,
     /// IOVA of each queue's block.
     queues: Vec<u64>,
     /// Everything mapped in the window, by first IOVA.
@@ -151,6 +156,17 @@ impl SvqState {
     /// Allocates `size` bytes: best fit in the window, else best fit in the
     /// free holes of the rest of the device range.
     fn alloc(&mut self, size: u64, purpose: &'static str) -> Result<Span<Iova>, PlanError> {
+        if let Some(sizes) = self.pending.take() {
+            match pack(&self.merged_free(), &sizes) {
+                Some(spans) => self.forced = spans.into(),
+                None => return Err(self.out_of_iova(size, purpose)),
+            }
+        }
+        if let Some(sp) = self.forced.pop_front() {
+            debug_assert_eq!(sp.size(), size, "requests follow unit_requests");
+            self.carve(sp.first().raw(), sp.last().raw());
+            return Ok(sp);
+        }
         if let Some(s) = self.alloc.alloc(size) {
             return Ok(s);
         }
@@ -160,18 +176,46 @@ impl SvqState {
         if let Some(s) = self.spare.as_mut().and_then(|r| r.alloc(size)) {
             return Ok(s);
         }
-        let mut considered: Vec<(u64, u64)> = self.alloc.free_ranges().collect();
-        for r in [&self.rest, &self.spare].into_iter().flatten() {
-            considered.extend(r.free_ranges());
+        // Last: free ranges of different allocators may touch (a claim next
+        // to the window's free space): best fit over their union.
+        let merged = self.merged_free();
+        let best = merged
+            .iter()
+            .filter(|&&(f, l)| l - f >= size - 1)
+            .min_by_key(|&&(f, l)| (l - f, f));
+        if let Some(&(f, _)) = best {
+            self.carve(f, f + (size - 1));
+            return Ok(Span::trusted(f, size));
         }
-        considered.sort_unstable();
-        Err(PlanError::OutOfIova {
+        Err(self.out_of_iova(size, purpose))
+    }
+
+    /// Every free range of the window, the rest and the spare, adjacent
+    /// ones merged, by address.
+    fn merged_free(&self) -> Vec<(u64, u64)> {
+        let mut all: Vec<(u64, u64)> = self.alloc.free_ranges().collect();
+        for r in [&self.rest, &self.spare].into_iter().flatten() {
+            all.extend(r.free_ranges());
+        }
+        all.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(all.len());
+        for (f, l) in all {
+            match merged.last_mut() {
+                Some(m) if m.1.checked_add(1) == Some(f) => m.1 = l,
+                _ => merged.push((f, l)),
+            }
+        }
+        merged
+    }
+
+    fn out_of_iova(&self, size: u64, purpose: &'static str) -> PlanError {
+        PlanError::OutOfIova {
             needed: size,
             purpose,
             window: Some(self.alloc.window()),
             largest_free: self.alloc.largest_free(),
-            considered,
-        })
+            considered: self.merged_free(),
+        }
     }
 
     /// Gives `span` back to whichever allocator owns each of its bytes:
@@ -222,8 +266,8 @@ impl SvqState {
                 Some(r) => (r.window().0.min(w.0), w.1),
                 None => w,
             };
-            let mut sp = IovaAllocator::new(lo, hi, self.alloc.page())
-                .expect("the window holds a page");
+            let mut sp =
+                IovaAllocator::new(lo, hi, self.alloc.page()).expect("the window holds a page");
             sp.carve(lo, hi);
             sp
         });
@@ -635,6 +679,8 @@ impl Planner {
                 rest,
                 claims: BTreeMap::new(),
                 spare: None,
+                pending: None,
+                forced: Default::default(),
                 queues: Vec::new(),
                 entries: BTreeMap::new(),
             };
@@ -727,6 +773,139 @@ impl Planner {
         self.refresh_flat();
     }
 
+    /// The sizes `place_unit` asks the allocator for, in order.
+    fn unit_requests(
+        s: &SvqState,
+        mode: Mode,
+        inside: Option<Span<Gpa>>,
+        outs: &[Span<Gpa>],
+    ) -> Vec<u64> {
+        let mut v = Vec::new();
+        if let Some(i) = inside {
+            let (f, l) = i.bounds();
+            let hits = s.overlapping(f, l);
+            if hits.is_empty() || mode == Mode::Prepared {
+                let mut sizes: Vec<u64> = hits
+                    .iter()
+                    .map(|&(_, e)| match e {
+                        SvqEntry::Queue { .. } => s.layout.total(),
+                        SvqEntry::Displaced { piece, .. } => piece.gpa.size(),
+                    })
+                    .collect();
+                sizes.sort_by_key(|&n| core::cmp::Reverse(n));
+                v.extend(sizes);
+            } else {
+                v.push(i.size());
+            }
+        }
+        v.extend(outs.iter().map(|o| o.size()));
+        v
+    }
+
+    /// Maps one new unit in SVQ or prepared mode (see the module docs).
+    #[allow(clippy::too_many_arguments)]
+    fn place_unit(
+        &self,
+        s: &mut SvqState,
+        mode: Mode,
+        b: &mut PlanBuilder,
+        staged: &mut BTreeMap<u64, Region>,
+        r: &mut Region,
+        g: Span<Gpa>,
+        inside: Option<Span<Gpa>>,
+        outs: &[Span<Gpa>],
+    ) -> Result<(), PlanError> {
+        if let Some(i) = inside {
+            let (f, l) = i.bounds();
+            let hits = s.overlapping(f, l);
+            if hits.is_empty() || mode == Mode::Prepared {
+                // Prepared: the guest addresses memory by GPA, so
+                // whatever is in the way moves, not the memory.
+                // What moves gives its IOVAs back first, so that
+                // none of them is lost outside [f, l].
+                // Every unmap comes before any map: a moved
+                // entry may land where another one was.
+                for &(at, e) in &hits {
+                    let last = s.entry_last(at, &e);
+                    let freed = s.free(Span::trusted(at, last - at + 1));
+                    debug_assert!(freed, "svq entries were allocated");
+                    s.entries.remove(&at);
+                    match e {
+                        SvqEntry::Queue { .. } => s.unmap_queue(b, Phase::Prepare, at),
+                        SvqEntry::Displaced { piece, .. } => {
+                            b.invalidate(Phase::Prepare, ASID, piece.iova)
+                        }
+                    }
+                }
+                s.carve(f, l);
+                // Largest first: a small block placed first may
+                // take the only hole a large one fits.
+                let mut hits = hits;
+                hits.sort_by_key(|&(at, e)| core::cmp::Reverse(s.entry_last(at, &e) - at));
+                for (_, e) in hits {
+                    match e {
+                        SvqEntry::Queue { vq, .. } => {
+                            let nf = s.place_queue(vq, "moving a shadow vring")?;
+                            s.map_queue(b, Phase::Prepare, vq, nf);
+                        }
+                        SvqEntry::Displaced { region, piece } => {
+                            let iova = s.alloc(piece.gpa.size(), "moving displaced memory")?;
+                            let np = Piece {
+                                gpa: piece.gpa,
+                                iova,
+                            };
+                            let mut owner = match self.lookup_region(staged, region) {
+                                Some(o) => o.clone(),
+                                None => r.clone(),
+                            };
+                            for q in owner.pieces.iter_mut() {
+                                if *q == piece {
+                                    *q = np;
+                                }
+                            }
+                            s.entries.insert(
+                                iova.first().raw(),
+                                SvqEntry::Displaced { region, piece: np },
+                            );
+                            Self::map_piece(b, Phase::Prepare, &owner, &np);
+                            if region == r.gpa.first().raw() {
+                                *r = owner;
+                            } else {
+                                staged.insert(region, owner);
+                            }
+                        }
+                    }
+                }
+                let piece = Self::identity(i);
+                Self::map_piece(b, Phase::Prepare, &r, &piece);
+                r.pieces.push(piece);
+            } else {
+                // In SVQ mode: the memory moves. Its identity
+                // range stays its own, for a free failback.
+                s.claim(f, l, &hits);
+                s.displace(
+                    b,
+                    Phase::Prepare,
+                    g.first().raw(),
+                    r,
+                    i,
+                    "displaced hot-plugged memory",
+                )?;
+            }
+        }
+        for &o in outs {
+            s.displace(
+                b,
+                Phase::Prepare,
+                g.first().raw(),
+                r,
+                o,
+                "guest memory outside the device range",
+            )?;
+        }
+        Ok(())
+    }
+
     /// Maps new units (regions, or guest maps) at identity, displacing or
     /// moving what collides. Validated input only; commits on success.
     fn add_units(&mut self, units: Vec<(Span<Gpa>, Hva, Perm)>) -> Result<Plan, PlanError> {
@@ -750,92 +929,26 @@ impl Planner {
                     }
                 }
                 (Some(s), mode) => {
-                    if let Some(i) = inside {
-                        let (f, l) = i.bounds();
-                        let hits = s.overlapping(f, l);
-                        if hits.is_empty() || mode == Mode::Prepared {
-                            // Prepared: the guest addresses memory by GPA, so
-                            // whatever is in the way moves, not the memory.
-                            // What moves gives its IOVAs back first, so that
-                            // none of them is lost outside [f, l].
-                            // Every unmap comes before any map: a moved
-                            // entry may land where another one was.
-                            for &(at, e) in &hits {
-                                let last = s.entry_last(at, &e);
-                                let freed = s.free(Span::trusted(at, last - at + 1));
-                                debug_assert!(freed, "svq entries were allocated");
-                                s.entries.remove(&at);
-                                match e {
-                                    SvqEntry::Queue { .. } => {
-                                        s.unmap_queue(&mut b, Phase::Prepare, at)
-                                    }
-                                    SvqEntry::Displaced { piece, .. } => {
-                                        b.invalidate(Phase::Prepare, ASID, piece.iova)
-                                    }
-                                }
-                            }
-                            s.carve(f, l);
-                            for (_, e) in hits {
-                                match e {
-                                    SvqEntry::Queue { vq, .. } => {
-                                        let nf = s.place_queue(vq, "moving a shadow vring")?;
-                                        s.map_queue(&mut b, Phase::Prepare, vq, nf);
-                                    }
-                                    SvqEntry::Displaced { region, piece } => {
-                                        let iova =
-                                            s.alloc(piece.gpa.size(), "moving displaced memory")?;
-                                        let np = Piece {
-                                            gpa: piece.gpa,
-                                            iova,
-                                        };
-                                        let mut owner = match self.lookup_region(&staged, region) {
-                                            Some(o) => o.clone(),
-                                            None => r.clone(),
-                                        };
-                                        for q in owner.pieces.iter_mut() {
-                                            if *q == piece {
-                                                *q = np;
-                                            }
-                                        }
-                                        s.entries.insert(
-                                            iova.first().raw(),
-                                            SvqEntry::Displaced { region, piece: np },
-                                        );
-                                        Self::map_piece(&mut b, Phase::Prepare, &owner, &np);
-                                        if region == r.gpa.first().raw() {
-                                            r = owner;
-                                        } else {
-                                            staged.insert(region, owner);
-                                        }
-                                    }
-                                }
-                            }
-                            let piece = Self::identity(i);
-                            Self::map_piece(&mut b, Phase::Prepare, &r, &piece);
-                            r.pieces.push(piece);
-                        } else {
-                            // In SVQ mode: the memory moves. Its identity
-                            // range stays its own, for a free failback.
-                            s.claim(f, l, &hits);
-                            s.displace(
+                    // Greedy first (window, then holes, best fit); when that
+                    // runs out, an exact search over every free range.
+                    let saved = (s.clone(), b.clone(), staged.clone(), r.clone());
+                    match self.place_unit(s, mode, &mut b, &mut staged, &mut r, g, inside, &outs) {
+                        Err(PlanError::OutOfIova { .. }) => {
+                            (*s, b, staged, r) = saved;
+                            s.pending = Some(Self::unit_requests(s, mode, inside, &outs));
+                            self.place_unit(
+                                s,
+                                mode,
                                 &mut b,
-                                Phase::Prepare,
-                                g.first().raw(),
+                                &mut staged,
                                 &mut r,
-                                i,
-                                "displaced hot-plugged memory",
+                                g,
+                                inside,
+                                &outs,
                             )?;
+                            debug_assert!(s.forced.is_empty() && s.pending.is_none());
                         }
-                    }
-                    for o in outs {
-                        s.displace(
-                            &mut b,
-                            Phase::Prepare,
-                            g.first().raw(),
-                            &mut r,
-                            o,
-                            "guest memory outside the device range",
-                        )?;
+                        other => other?,
                     }
                 }
             }
@@ -1239,12 +1352,70 @@ impl Strategy for Planner {
     }
 }
 
+/// Places every size of `sizes` whole in one of the free ranges `free`
+/// (inclusive, disjoint), or `None` when no placement exists: an exhaustive
+/// search, largest piece first, that tries each distinct remaining hole
+/// size once per piece. Bounded to 100,000 steps (far beyond the few pieces
+/// one event moves); past that it answers `None`. Returns the spans in the
+/// order of `sizes`.
+fn pack(free: &[(u64, u64)], sizes: &[u64]) -> Option<Vec<Span<Iova>>> {
+    fn go(
+        order: &[usize],
+        sizes: &[u64],
+        room: &mut [u128],
+        pick: &mut [usize],
+        budget: &mut u32,
+    ) -> bool {
+        let Some((&i, rest)) = order.split_first() else {
+            return true;
+        };
+        let need = u128::from(sizes[i]);
+        let mut tried: SmallVec<[u128; 8]> = SmallVec::new();
+        for h in 0..room.len() {
+            let r = room[h];
+            if r < need || tried.contains(&r) {
+                continue;
+            }
+            if *budget == 0 {
+                return false;
+            }
+            *budget -= 1;
+            tried.push(r);
+            room[h] = r - need;
+            pick[i] = h;
+            let ok = go(rest, sizes, room, pick, budget);
+            room[h] = r;
+            if ok {
+                return true;
+            }
+        }
+        false
+    }
+    if sizes.contains(&0) {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|&i| core::cmp::Reverse(sizes[i]));
+    // Bytes left in each hole (a hole may span all 2^64 addresses).
+    let mut room: Vec<u128> = free.iter().map(|&(f, l)| u128::from(l - f) + 1).collect();
+    let mut pick = vec![0usize; sizes.len()];
+    let mut budget = 100_000u32;
+    if !go(&order, sizes, &mut room, &mut pick, &mut budget) {
+        return None;
+    }
+    // Lay the pieces of each hole out from its start, in search order.
+    let mut next: Vec<u64> = free.iter().map(|&(f, _)| f).collect();
+    let mut out = vec![Span::trusted(0, 1); sizes.len()];
+    for &i in &order {
+        let h = pick[i];
+        out[i] = Span::trusted(next[h], sizes[i]);
+        next[h] = next[h].wrapping_add(sizes[i]);
+    }
+    Some(out)
+}
+
 /// The claims (`first -> last`) overlapping `[f, l]`, by address.
-fn claims_in(
-    claims: &BTreeMap<u64, u64>,
-    f: u64,
-    l: u64,
-) -> impl Iterator<Item = (u64, u64)> + '_ {
+fn claims_in(claims: &BTreeMap<u64, u64>, f: u64, l: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
     let before = claims
         .range(..f)
         .next_back()

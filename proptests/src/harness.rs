@@ -90,7 +90,8 @@ impl Harness {
         match (self.planner.apply(ev), expect) {
             (Err(e), Expect::Refuse) => self.refused(ev, e, before, false),
             (Err(e @ PlanError::OutOfIova { .. }), Expect::AcceptUnlessOutOfIova) => {
-                self.refused(ev, e, before, true)
+                self.refused(ev, e, before, true);
+                self.assert_nothing_fits(ev);
             }
             (Err(e), _) => panic!("{ev:?} refused but the model accepts it: {e}"),
             (Ok(p), Expect::Refuse) => panic!("{ev:?} accepted but the model refuses it: {p:?}"),
@@ -124,6 +125,7 @@ impl Harness {
         if *ev == Event::Reset {
             self.kernel.reset_device();
         }
+        let mut unpinned = (0u64, 0u64);
         for (i, op) in plan.ops().iter().enumerate() {
             match self.kernel.apply(op) {
                 Ok(Applied::Unmapped(gone)) => {
@@ -131,13 +133,26 @@ impl Harness {
                         gone.len(),
                         1,
                         "{ev:?}: op {i} {op:?} must drop exactly one entry"
-                    )
+                    );
+                    if caps.pinning {
+                        let n = gone[0].iova.size();
+                        unpinned.0 += n;
+                        unpinned.1 += if op.phase == Phase::Critical { n } else { 0 };
+                    }
                 }
                 Ok(_) => {}
                 Err(v) => panic!("{ev:?}: op {i} {op:?} refused by the kernel model: {v}"),
             }
         }
         assert_eq!(self.kernel.open_batch(), None, "{ev:?} leaves a batch open");
+        assert_eq!(
+            unpinned,
+            (
+                plan.cost().unpinned_bytes,
+                plan.cost().critical_unpinned_bytes
+            ),
+            "{ev:?}: reported unpinned bytes differ from what the kernel model unpinned"
+        );
     }
 
     /// The device, page by page, equals the reference plus the vrings the
@@ -289,19 +304,175 @@ pub fn check_shape(plan: &Plan, caps: &DeviceCaps) {
                         "batch spans phases or asids: {ops:?}"
                     );
                 }
-                if caps.pinning {
+                if caps.pinning && matches!(op.kind, OpKind::Update { .. }) {
                     let n = iova.size();
-                    if matches!(op.kind, OpKind::Update { .. }) {
-                        c.pinned_bytes += n;
-                        c.critical_pinned_bytes += if crit { n } else { 0 };
-                    } else {
-                        c.unpinned_bytes += n;
-                        c.critical_unpinned_bytes += if crit { n } else { 0 };
-                    }
+                    c.pinned_bytes += n;
+                    c.critical_pinned_bytes += if crit { n } else { 0 };
                 }
             }
         }
     }
     assert!(open.is_none(), "unclosed batch");
+    // Unpinned bytes depend on what each INVALIDATE drops: `replay` checks
+    // them against the kernel model.
+    c.unpinned_bytes = plan.cost().unpinned_bytes;
+    c.critical_unpinned_bytes = plan.cost().critical_unpinned_bytes;
     assert_eq!(&c, plan.cost(), "reported cost differs from the ops");
+}
+
+/// Free ranges `[first, last]` of `[lo, hi]` once `taken` (any order,
+/// possibly overlapping) is removed.
+fn holes_of(lo: u64, hi: u64, taken: &mut [(u64, u64)]) -> Vec<(u64, u64)> {
+    taken.sort_unstable();
+    let mut out = Vec::new();
+    let mut cur = Some(lo);
+    for &(f, l) in taken.iter() {
+        let Some(c) = cur else { break };
+        if l < c {
+            continue;
+        }
+        if f > c {
+            out.push((c, (f - 1).min(hi)));
+        }
+        cur = l.checked_add(1);
+    }
+    if let Some(c) = cur.filter(|&c| c <= hi) {
+        out.push((c, hi));
+    }
+    out.retain(|&(f, l)| f <= l && f <= hi);
+    out
+}
+
+/// Whether `pieces` (sizes) can all be placed in `holes` (sizes), each
+/// piece whole in one hole: an exhaustive search.
+fn fits(pieces: &[u64], holes: &mut [u64]) -> bool {
+    let Some((&p, rest)) = pieces.split_first() else {
+        return true;
+    };
+    for i in 0..holes.len() {
+        if holes[i] >= p {
+            holes[i] -= p;
+            let ok = fits(rest, holes);
+            holes[i] += p;
+            if ok {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+impl Harness {
+    /// The planner said "out of IOVA" for `ev`: checks by exhaustive search
+    /// over the free holes of the device's table that no placement of what
+    /// the event needs exists. Events with one new unit are searched
+    /// exactly; an SVQ setup is checked against its sum fitting one hole.
+    pub fn assert_nothing_fits(&self, ev: &Event) {
+        let caps = *self.planner.caps();
+        let page = caps.page_size.get();
+        // Guest memory may be identity at IOVA 0; nothing is allocated there.
+        let ulo = caps.range.first().next_multiple_of(page);
+        let lo = ulo.max(page);
+        let hi = match caps.range.last().checked_add(1) {
+            Some(end) => end / page * page - 1,
+            None => u64::MAX,
+        };
+        if lo > hi {
+            return;
+        }
+        let shared = self.planner.vring_asid() == GUEST_ASID;
+        let table: Vec<(u64, u64)> = self
+            .kernel
+            .entries(GUEST_ASID)
+            .map(|e| (e.iova.first().0, e.iova.last().0))
+            .collect();
+        let split = |f: u64, size: u64| {
+            let l = f + (size - 1);
+            let mut outs = Vec::new();
+            if f < ulo {
+                outs.push(ulo.min(l + 1) - f);
+            }
+            if l > hi {
+                outs.push(if f > hi { l - f + 1 } else { l - hi });
+            }
+            let inside = (l >= ulo && f <= hi).then(|| (f.max(ulo), l.min(hi)));
+            (inside, outs)
+        };
+        let unit = match ev {
+            Event::Hotplug(r) => Some((r.gpa.0, r.size)),
+            Event::Boot(r) if r.len() == 1 => Some((r[0].gpa.0, r[0].size)),
+            Event::ViommuMap { giova, size, .. } => Some((giova.0, *size)),
+            _ => None,
+        };
+        if let Some((f, size)) = unit {
+            let (inside, mut pieces) = split(f, size);
+            // Blocks in the guest's address space that may move or be in the way.
+            let mut blocks: Vec<(u64, u64)> = Vec::new();
+            if shared {
+                let areas = self.planner.vring_areas();
+                for q in areas.chunks(3) {
+                    blocks.push((q[0].iova.first().0, q[2].iova.last().0));
+                }
+            }
+            blocks.extend(
+                self.planner
+                    .displaced()
+                    .iter()
+                    .map(|p| (p.iova.first().0, p.iova.last().0)),
+            );
+            let mut taken = table.clone();
+            if let Some((a, z)) = inside {
+                let hits: Vec<(u64, u64)> = blocks
+                    .iter()
+                    .copied()
+                    .filter(|&(bf, bl)| bf <= z && bl >= a)
+                    .collect();
+                match self.planner.mode() {
+                    Mode::Svq if !hits.is_empty() => pieces.push(z - a + 1),
+                    Mode::Prepared if !hits.is_empty() => {
+                        taken
+                            .retain(|&(tf, tl)| !hits.iter().any(|&(bf, bl)| bf <= tf && tl <= bl));
+                        taken.push((a, z));
+                        pieces.extend(hits.iter().map(|&(bf, bl)| bl - bf + 1));
+                    }
+                    _ => taken.push((a, z)),
+                }
+            }
+            let mut holes: Vec<u64> = holes_of(lo, hi, &mut taken)
+                .iter()
+                .map(|&(f, l)| l - f + 1)
+                .collect();
+            pieces.sort_unstable_by(|a, b| b.cmp(a));
+            if pieces.len() <= 4 && holes.len() <= 64 {
+                assert!(
+                    !fits(&pieces, &mut holes),
+                    "{ev:?}: out of IOVA, but pieces {pieces:#x?} fit the free holes {:#x?}",
+                    holes_of(lo, hi, &mut taken)
+                );
+            } else {
+                let total: u64 = pieces.iter().sum();
+                assert!(
+                    holes.iter().all(|&h| h < total),
+                    "{ev:?}: out of IOVA, but everything ({total:#x} bytes) fits one free hole"
+                );
+            }
+        }
+        if let (Event::SvqPrepare(c) | Event::SvqSwitch(Some(c)), true) = (ev, shared) {
+            let Ok(layout) = c.layout(caps.page_size) else {
+                return;
+            };
+            let mut total = u64::from(c.queues) * layout.total();
+            for p in self.planner.placements() {
+                let (_, outs) = split(p.gpa.first().0, p.gpa.size());
+                total += outs.iter().sum::<u64>();
+            }
+            let mut taken = table;
+            let holes = holes_of(lo, hi, &mut taken);
+            assert!(
+                holes.iter().all(|&(f, l)| l - f + 1 < total),
+                "{ev:?}: out of IOVA, but everything ({total:#x} bytes) fits the hole {:#x?}",
+                holes.iter().find(|&&(f, l)| l - f + 1 >= total)
+            );
+        }
+    }
 }
