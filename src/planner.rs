@@ -877,7 +877,7 @@ impl Planner {
                     }
                 }
                 let piece = Self::identity(i);
-                Self::map_piece(b, Phase::Prepare, &r, &piece);
+                Self::map_piece(b, Phase::Prepare, r, &piece);
                 r.pieces.push(piece);
             } else {
                 // In SVQ mode: the memory moves. Its identity
