@@ -26,6 +26,13 @@
 //!   it. Moving the vrings instead would need the device stopped again.
 //!   Memory whose identity range is free is mapped identity even inside the
 //!   window, which makes its failback free.
+//! * **Where displaced memory goes**: the window first; when it is full, the
+//!   free holes of the device range below it, best fit; then the free bytes
+//!   of other displaced memory's identity ranges (otherwise kept free so its
+//!   failback moves nothing); then best fit over the union of those free
+//!   ranges. When this greedy order cannot place every piece a new region
+//!   needs, an exhaustive search over all free ranges does:
+//!   [`PlanError::OutOfIova`] means no placement exists.
 //! * **Failback** moves displaced memory back to identity. Only what stands
 //!   in the way of an identity map (vrings, displaced entries) is unmapped
 //!   while the device is stopped; everything else is torn down after the

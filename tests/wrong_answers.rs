@@ -1,0 +1,174 @@
+//! Regressions for three kinds of wrong answer: unpinned bytes counted per
+//! message instead of per entry, INVALIDATEs the QEMU baseline sent for maps
+//! it never sent, and "out of IOVA" while the device range had room.
+
+mod common;
+
+use common::*;
+use vdpa_iova_planner::{
+    DeviceCaps, DeviceRange, Event, Gpa, Hva, Iova, KernelIotlb, Mode, OpKind, Perm, PlanError,
+    Planner, QemuPlanner,
+};
+
+fn range(last: u64) -> DeviceCaps {
+    DeviceCaps {
+        range: DeviceRange::new(0, last).unwrap(),
+        ..DeviceCaps::default()
+    }
+}
+
+/// The case and variants: RAM below and above a PCI hole, no
+/// `max_gpa`, so the window is what lies above RAM; during SVQ a DIMM lands
+/// on the vrings, bigger than what the window has left. The hole takes it.
+#[test]
+fn displaced_memory_goes_to_the_pci_hole_when_the_window_is_full() {
+    for (dev_last, low, high, dimm) in [
+        (10 * GIB - 1, 2 * GIB, (4 * GIB, 4 * GIB), 2 * GIB),
+        (16 * GIB - 1, 2 * GIB, (4 * GIB, 10 * GIB), 2 * GIB),
+        (6 * GIB - 1, 512 * MIB, (4 * GIB, GIB), 2 * GIB),
+    ] {
+        let mut id = identity(range(dev_last), None);
+        id.step(Event::Boot(vec![ram(0, low), ram(high.0, high.1)]));
+        id.step(Event::SvqPrepare(svq(8)));
+        id.step(Event::SvqSwitch(None));
+        let top = high.0 + high.1;
+        assert!(id.s.window().unwrap().0 >= top, "window above RAM");
+        let (hp, rep) = id.step(Event::Hotplug(ram(top, dimm)));
+        assert_eq!(rep.displaced_bytes, dimm);
+        // Past the device range's end too, when the DIMM reaches beyond it.
+        for d in id.s.displaced() {
+            let at = d.iova.first().0;
+            assert!(
+                at >= low && at + d.iova.size() <= high.0,
+                "{dimm:#x} displaced into the hole [{low:#x}, {:#x}), not at {at:#x}",
+                high.0
+            );
+        }
+        assert_eq!(hp.cost().critical_messages, 0);
+        // Failback brings it home; nothing else was in its way but vrings.
+        let (fb, _) = id.step(Event::Failback);
+        assert_eq!(
+            fb.cost().critical_pinned_bytes,
+            dimm.min(dev_last + 1 - top),
+            "what is inside the range comes home"
+        );
+        assert!(id.s.displaced().is_empty());
+        // QEMU's first fit completes the same scenario.
+        let mut q = qemu(range(dev_last));
+        q.step(Event::Boot(vec![ram(0, low), ram(high.0, high.1)]));
+        q.step(Event::SvqSwitch(Some(svq(8))));
+        q.step(Event::Hotplug(ram(top, dimm)));
+    }
+}
+
+/// Space left by unplugged memory is free again for displaced memory.
+#[test]
+fn unplugged_memory_leaves_room_for_displaced_memory() {
+    let mut id = identity(range(8 * GIB - 1), None);
+    id.step(Event::Boot(vec![ram(0, 2 * GIB), ram(2 * GIB, 4 * GIB)]));
+    id.step(Event::SvqPrepare(svq(4)));
+    id.step(Event::SvqSwitch(None));
+    // The window is [6, 8) GiB; empty 4 GiB below it once this goes.
+    id.step(Event::Unplug(Gpa(2 * GIB)));
+    let (_, rep) = id.step(Event::Hotplug(ram(6 * GIB, 2 * GIB)));
+    assert_eq!(rep.displaced_bytes, 2 * GIB);
+    let at = id.s.displaced()[0].iova.first().0;
+    assert!((2 * GIB..6 * GIB).contains(&at), "{at:#x}");
+    id.step(Event::Failback);
+}
+
+/// When nothing fits, the error says so and names the free ranges it
+/// considered; the planner is unchanged.
+#[test]
+fn out_of_iova_names_the_free_ranges_considered() {
+    let mut id = identity(range(4 * GIB - 1), None);
+    id.step(Event::Boot(vec![
+        ram(0, 2 * GIB),
+        ram(3 * GIB, GIB - 64 * MIB),
+    ]));
+    id.step(Event::SvqPrepare(svq(2)));
+    id.step(Event::SvqSwitch(None));
+    let window = id.s.window().unwrap();
+    let e = id.refuse(Event::Hotplug(ram(window.0, GIB + 64 * MIB)));
+    let PlanError::OutOfIova { considered, .. } = &e else {
+        panic!("{e}");
+    };
+    assert!(!considered.is_empty());
+    assert!(considered.iter().any(|&(f, _)| f == 2 * GIB), "{e}");
+    assert!(e.to_string().contains("free ranges considered"), "{e}");
+}
+
+/// A guest unmap of 2 MiB inside a 40 MiB map: QEMU sends one INVALIDATE
+/// of 2 MiB, the kernel drops (and unpins) the whole 40 MiB entry.
+#[test]
+fn qemu_partial_viommu_unmap_unpins_the_whole_entry() {
+    let caps = range((1 << 40) - 1);
+    let mut q = Rig::new(QemuPlanner::with_viommu(caps, (1 << 39) - 1).unwrap(), true);
+    q.k = KernelIotlb::permissive(&caps);
+    q.step(Event::Boot(vec![ram(0, GIB)]));
+    q.step(Event::ViommuMap {
+        giova: Iova(0x1000_0000),
+        size: 40 * MIB,
+        gpa: Gpa(0),
+        perm: Perm::Rw,
+    });
+    let (p, _) = q.step(Event::ViommuUnmap {
+        giova: Iova(0x1000_0000 + 8 * MIB),
+        size: 2 * MIB,
+    });
+    assert_eq!(p.ops().len(), 1);
+    assert_eq!(p.cost().unpinned_bytes, 40 * MIB);
+    // The rest of that map is lost to the device: a second unmap inside it
+    // unpins nothing (the kernel has no entry there any more).
+    let (p, _) = q.step(Event::ViommuUnmap {
+        giova: Iova(0x1000_0000),
+        size: 2 * MIB,
+    });
+    assert_eq!(p.cost().unpinned_bytes, 0);
+}
+
+/// A guest map and unmap beyond the device range, before anything else was
+/// mapped: QEMU skips both; no INVALIDATE reaches an address space that no
+/// UPDATE created (the kernel would answer EINVAL).
+#[test]
+fn qemu_skips_unmaps_past_the_device_range() {
+    let caps = range(4 * GIB - 1);
+    let mut q = Rig::new(QemuPlanner::with_viommu(caps, (1 << 39) - 1).unwrap(), true);
+    q.k = KernelIotlb::permissive(&caps);
+    q.step(Event::Boot(vec![ram(0, GIB)]));
+    let (m, _) = q.step(Event::ViommuMap {
+        giova: Iova(8 * GIB),
+        size: 4 * MIB,
+        gpa: Gpa(0),
+        perm: Perm::Rw,
+    });
+    assert!(m.is_empty());
+    let (u, _) = q.step(Event::ViommuUnmap {
+        giova: Iova(8 * GIB),
+        size: 4 * MIB,
+    });
+    assert!(u.is_empty(), "{:?}", u.ops());
+    assert_eq!(u.cost().unpinned_bytes, 0);
+    // In range, once the address space exists, an unmap that hits a lost
+    // map is still sent, and unpins nothing.
+    q.step(Event::ViommuMap {
+        giova: Iova(0x1000),
+        size: 4 * MIB,
+        gpa: Gpa(0),
+        perm: Perm::Rw,
+    });
+    q.step(Event::ViommuMap {
+        giova: Iova(4 * GIB - 2 * MIB),
+        size: 4 * MIB,
+        gpa: Gpa(4 * MIB),
+        perm: Perm::Rw,
+    });
+    let (u, _) = q.step(Event::ViommuUnmap {
+        giova: Iova(4 * GIB - 2 * MIB),
+        size: MIB,
+    });
+    assert_eq!(u.ops().len(), 1);
+    assert!(matches!(u.ops()[0].kind, OpKind::Invalidate { .. }));
+    assert_eq!(u.cost().unpinned_bytes, 0);
+    let _ = (Mode::Passthrough, Hva(0), Planner::builder(caps));
+}
