@@ -101,13 +101,12 @@ pub unsafe fn bench<D: MsgSink>(
         };
         for r in 0..cfg.repeats {
             let mut s: Box<dyn Strategy> = match kind {
-                StrategyKind::Qemu => Box::new(
-                    QemuPlanner::new(caps)
-                        .map_err(|e| AdapterError::device("bench", e.to_string()))?,
-                ),
+                StrategyKind::Qemu => {
+                    Box::new(QemuPlanner::new(caps).map_err(|e| refused(0, "setup", kind, e))?)
+                }
                 _ => Box::new(
                     Planner::new(caps, Some(cfg.guest_mem))
-                        .map_err(|e| AdapterError::device("bench", e.to_string()))?,
+                        .map_err(|e| refused(0, "setup", kind, e))?,
                 ),
             };
             let mut a = Applier::new(&mut *dev, caps, format);
@@ -125,9 +124,9 @@ pub unsafe fn bench<D: MsgSink>(
                     cfg.repeats,
                     ev.name()
                 ));
-                let plan = s
-                    .apply(ev)
-                    .map_err(|e| AdapterError::device("bench", e.to_string()))?;
+                // A planner refusal is about the inputs (guest size, queues,
+                // the device's range), not the environment.
+                let plan = s.apply(ev).map_err(|e| refused(i, ev.name(), kind, e))?;
                 // SAFETY: the caller guarantees every HVA used here (regions
                 // and vring buffer) stays mapped; the unplug steps unmap all.
                 let rep = unsafe { a.apply(&plan, &Limits::current(), maps) }.map_err(|e| {
@@ -155,4 +154,19 @@ pub unsafe fn bench<D: MsgSink>(
         rows.push(row);
     }
     Ok(rows)
+}
+
+fn refused(
+    step: usize,
+    event: &'static str,
+    kind: StrategyKind,
+    e: vdpa_iova_planner::PlanError,
+) -> AdapterError {
+    AdapterError::Refused {
+        file: "bench".into(),
+        step,
+        event,
+        strategy: format!("{kind:?}").to_lowercase(),
+        source: Box::new(e),
+    }
 }

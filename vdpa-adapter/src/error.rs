@@ -113,13 +113,15 @@ impl AdapterError {
         }
     }
 
-    /// Process exit code: 2 bad input, 3 refused by the device (or its
-    /// model), 4 environment (permissions, memlock, the entry limit,
+    /// Process exit code: 2 bad input (a scenario file that cannot be read
+    /// or parsed, a step the planner refuses), 3 refused by the device (or
+    /// its model), 4 environment (permissions, memlock, the entry limit,
     /// missing device).
     pub fn exit_code(&self) -> i32 {
         match self {
-            AdapterError::ReadScenario { .. } => 4,
-            AdapterError::Scenario { .. } | AdapterError::Refused { .. } => 2,
+            AdapterError::ReadScenario { .. }
+            | AdapterError::Scenario { .. }
+            | AdapterError::Refused { .. } => 2,
             AdapterError::KernelRule { .. } | AdapterError::Layout { .. } => 3,
             AdapterError::Apply { source, .. } => match **source {
                 crate::apply::ApplyError::Memlock { .. }

@@ -1,6 +1,8 @@
 //! `vdpa-adapter`: plan vhost-vdpa IOTLB operations for a scenario, and
 //! apply them to a real `/dev/vhost-vdpa-N`.
 
+use std::fmt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -15,10 +17,46 @@ use vdpa_adapter::session::{run_on_device, DeviceRun, HostMemory, StepOutcome};
 use vdpa_adapter::uapi::MsgFormat;
 use vdpa_adapter::{run, AdapterError, Scenario, StrategyKind, DEFAULT_SCENARIO};
 
+/// Writes to stdout; a reader that went away (`| head`) ends the process
+/// quietly with success, as the tools around it do, instead of a panic.
+fn emit(args: fmt::Arguments<'_>, newline: bool) {
+    let mut o = std::io::stdout().lock();
+    let r = o
+        .write_fmt(args)
+        .and_then(|()| if newline { o.write_all(b"\n") } else { Ok(()) })
+        .and_then(|()| o.flush());
+    if let Err(e) = r {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("vdpa-adapter: writing to stdout: {e}");
+        std::process::exit(4);
+    }
+}
+
+macro_rules! outln {
+    ($($t:tt)*) => { emit(format_args!($($t)*), true) };
+}
+
+macro_rules! out {
+    ($($t:tt)*) => { emit(format_args!($($t)*), false) };
+}
+
+const EXIT_CODES: &str = "Exit status:
+  0  success (also when the reader of stdout goes away, as with | head)
+  1  usage error (clap)
+  2  bad input: a scenario file that cannot be read or parsed, a step the
+     planner refuses
+  3  a plan the device or the kernel model refuses, or a layout check that
+     fails (a bug: please report it)
+  4  environment: no permission, device missing or busy, memlock or the
+     device's entry limit too low";
+
 #[derive(Parser)]
 #[command(
     version,
-    about = "Plans vhost-vdpa IOTLB operations for live migration with shadow virtqueues"
+    about = "Plans vhost-vdpa IOTLB operations for live migration with shadow virtqueues",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -224,7 +262,7 @@ fn probe_table(p: &Probe, caps: &vdpa_iova_planner::DeviceCaps) -> String {
 }
 
 fn print_step(i: usize, o: &StepOutcome) {
-    println!(
+    outln!(
         "{i:<4} {:<12} {:>8} msgs {:>15} pinned  critical {:>10.3} ms  total {:>10.3} ms",
         o.event,
         o.messages,
@@ -250,7 +288,7 @@ fn apply_cmd(
         };
         let mut a = Applier::new(ModelDevice::new(&caps, format), caps, format);
         let mut mem = HostMemory::new(None);
-        println!("dry run on the kernel model: {}", describe(&caps));
+        outln!("dry run on the kernel model: {}", describe(&caps));
         let run = DeviceRun {
             scn: &scn,
             file: &origin,
@@ -272,7 +310,7 @@ fn apply_cmd(
     let mut d = VhostVdpa::open(device)?;
     let p = d.probe()?;
     let caps = p.caps(pinning.unwrap_or_else(|| pins_memory(&p)))?;
-    println!("{}: {}", device.display(), describe(&caps));
+    outln!("{}: {}", device.display(), describe(&caps));
     let name = device.display().to_string();
     let mut mem = HostMemory::new(Some(backing));
     let mut a = Applier::new(&mut d, caps, p.format());
@@ -490,14 +528,21 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(out) => {
-            print!("{out}");
+            out!("{out}");
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("vdpa-adapter: {e}");
+            // Each cause once: messages that already include their source's
+            // text (most of ours do) do not repeat it.
+            let mut shown = e.to_string();
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
-                eprintln!("  caused by: {s}");
+                let text = s.to_string();
+                if !shown.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    shown.push_str(&text);
+                }
                 src = s.source();
             }
             ExitCode::from(e.exit_code() as u8)

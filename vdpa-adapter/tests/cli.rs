@@ -145,13 +145,59 @@ fn errors_name_file_event_and_field_and_set_exit_codes() {
         err.contains("step 1 (unplug)") && err.contains("no guest region starts at gpa 0x2000"),
         "{err}"
     );
+    // A missing file is bad input, and its cause is printed once.
     let out = bin()
         .arg("plan")
         .arg(dir.join("missing.toml"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the cause once: {err}"
+    );
+    assert!(!err.contains("caused by"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every exit code is documented in --help.
+#[test]
+fn help_documents_the_exit_codes() {
+    let out = bin().arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "Exit status:",
+        "  2  bad input",
+        "  3  a plan",
+        "  4  environment",
+    ] {
+        assert!(help.contains(line), "{line:?} missing from --help:\n{help}");
+    }
+}
+
+/// A reader that goes away (`| head`) ends the CLI quietly: no panic, no
+/// backtrace, success.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::process::Stdio;
+    for args in [&["plan"][..], &["plan", "--format", "json"][..]] {
+        let mut child = bin()
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the pipe before the CLI writes: its write then fails with
+        // EPIPE (SIGPIPE is ignored in Rust programs), however short the output.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
 }
 
 #[test]
