@@ -92,6 +92,17 @@ pub enum AdapterError {
         #[source]
         source: Box<crate::apply::ApplyError>,
     },
+    /// The host has less memory than a scenario needs: refused before
+    /// anything is allocated (the OOM killer would end the run otherwise).
+    #[error("the scenario needs {needed} of {what}, the host has {available} available")]
+    HostMemory {
+        /// What kind of memory ("memory", "free huge pages").
+        what: &'static str,
+        /// Bytes needed, formatted.
+        needed: String,
+        /// Bytes available, formatted.
+        available: String,
+    },
     /// Memory for a scenario that cannot be set up.
     #[error("{what}: {source}")]
     Memory {
@@ -130,7 +141,9 @@ impl AdapterError {
                 | crate::apply::ApplyError::Encode { .. } => 2,
                 _ => 3,
             },
-            AdapterError::Device { .. } | AdapterError::Memory { .. } => 4,
+            AdapterError::Device { .. }
+            | AdapterError::Memory { .. }
+            | AdapterError::HostMemory { .. } => 4,
         }
     }
 }

@@ -307,6 +307,9 @@ fn apply_cmd(
         return Ok(String::new());
     }
     let device = device.expect("clap requires --device without --dry-run");
+    // Before the device is opened or any page allocated and tagged: a
+    // 64 GiB scenario on a smaller host is refused here, not by the OOM killer.
+    HostMemory::new(Some(backing)).check_room(scn.steps())?;
     let mut d = VhostVdpa::open(device)?;
     let p = d.probe()?;
     let caps = p.caps(pinning.unwrap_or_else(|| pins_memory(&p)))?;

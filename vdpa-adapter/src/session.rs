@@ -73,6 +73,60 @@ impl HostMemory {
         Ok(real)
     }
 
+    /// Checks, before anything is allocated, that the host can give every
+    /// region and vring buffer of `events` real memory: `MemAvailable` for
+    /// memfd and anonymous memory, free huge pages for huge pages. Memory
+    /// shared by several events (one HVA) counts once, at its largest size.
+    ///
+    /// # Errors
+    /// [`AdapterError::HostMemory`] naming what is needed and what is there.
+    pub fn check_room(&self, events: impl IntoIterator<Item = Event>) -> Result<(), AdapterError> {
+        let Some(b) = self.backing else {
+            return Ok(());
+        };
+        let mut by_hva: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut need = |hva: u64, size: u64| {
+            let e = by_hva.entry(hva).or_insert(0);
+            *e = (*e).max(size);
+        };
+        for ev in events {
+            match ev {
+                Event::Boot(rs) => rs.iter().for_each(|r| need(r.hva.0, r.size)),
+                Event::Hotplug(r) => need(r.hva.0, r.size),
+                Event::SvqPrepare(c) | Event::SvqSwitch(Some(c)) => {
+                    if let Ok(l) = c.layout(vdpa_iova_planner::PageSize::SIZE_4K) {
+                        need(c.hva.0, u64::from(c.queues).saturating_mul(l.total()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let needed = by_hva.values().fold(0u64, |a, &n| a.saturating_add(n));
+        let (what, available) = match b {
+            Backing::Hugepages => {
+                let free = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                });
+                let size = crate::memory::huge_page_size();
+                ("free huge pages", free.map(|n| n.saturating_mul(size)))
+            }
+            Backing::Memfd | Backing::Anon => (
+                "memory",
+                crate::memory::proc_bytes("/proc/meminfo", "MemAvailable:"),
+            ),
+        };
+        match available {
+            Some(avail) if avail < needed => Err(AdapterError::HostMemory {
+                what,
+                needed: crate::report::bytes(needed),
+                available: crate::report::bytes(avail),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The event with real HVAs.
     ///
     /// # Errors

@@ -352,3 +352,49 @@ fn device_commands_name_the_device_and_exit_4_without_one() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }
+
+/// `apply` compares what a scenario needs with what the host has before it
+/// opens the device or allocates a page (64 GiB on a smaller host would
+/// otherwise end in the OOM killer).
+#[test]
+fn apply_refuses_a_scenario_larger_than_the_host() {
+    let avail = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024);
+    let Some(avail) = avail else {
+        eprintln!("SKIPPED: no MemAvailable in /proc/meminfo");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("vdpa-adapter-mem-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Twice what the host has, rounded to whole GiB.
+    let gib = (avail * 2).div_ceil(1 << 30);
+    let big = dir.join("big.toml");
+    std::fs::write(
+        &big,
+        format!("[[guest.regions]]\ngpa = 0\nsize = \"{gib}G\"\nhva = 0x7f0000000000\n"),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["apply", "--device", "/nonexistent/vhost-vdpa-9"])
+        .arg(&big)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains(&format!("the scenario needs {gib} GiB of memory"))
+            && err.contains("available"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("/nonexistent"),
+        "refused before opening the device: {err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
