@@ -5,14 +5,16 @@
 
 #![allow(missing_docs)]
 
-use vdpa_iova_planner::{DeviceCaps, Event, Gpa, Hva, Planner, RegionSpec, Strategy, SvqConfig};
+use vdpa_iova_planner::{
+    DeviceCaps, Event, Gpa, Hva, IdentityPlanner, RegionSpec, Strategy, SvqConfig,
+};
 
 // dhat's counting allocator: live-byte statistics without unsafe code here.
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
-fn planner(regions: u64, queues: u32) -> Planner {
-    let mut p = Planner::new(DeviceCaps::default(), Some(1 << 44)).unwrap();
+fn planner(regions: u64, queues: u32) -> IdentityPlanner {
+    let mut p = IdentityPlanner::new(DeviceCaps::default(), Some(1 << 44)).unwrap();
     let rs: Vec<RegionSpec> = (0..regions)
         .map(|i| RegionSpec {
             gpa: Gpa(i << 22),

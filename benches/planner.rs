@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use vdpa_iova_planner::{
-    DeviceCaps, Event, Gpa, Hva, IovaAllocator, PageSize, Planner, RegionSpec, Strategy, SvqConfig,
+    DeviceCaps, Event, Gpa, Hva, IdentityPlanner, IovaAllocator, PageSize, RegionSpec, Strategy,
+    SvqConfig,
 };
 
 const MIB: u64 = 1 << 20;
@@ -85,7 +86,7 @@ fn translate(c: &mut Criterion) {
     g.warm_up_time(Duration::from_millis(500));
     for n in [16u64, 256, 1024, 4096] {
         let rs = regions(n);
-        let mut p = Planner::new(DeviceCaps::default(), Some(1 << 40)).unwrap();
+        let mut p = IdentityPlanner::new(DeviceCaps::default(), Some(1 << 40)).unwrap();
         p.apply(&Event::Boot(rs.clone())).unwrap();
         p.apply(&Event::SvqPrepare(svq(3))).unwrap();
         p.apply(&Event::SvqSwitch(None)).unwrap();
@@ -262,7 +263,7 @@ fn plan(c: &mut Criterion) {
     g.warm_up_time(Duration::from_millis(300));
     g.sample_size(30);
     for (n, q) in [(16u64, 3u32), (256, 17), (1024, 65), (4096, 256)] {
-        let mut base = Planner::new(DeviceCaps::default(), Some(1 << 40)).unwrap();
+        let mut base = IdentityPlanner::new(DeviceCaps::default(), Some(1 << 40)).unwrap();
         base.apply(&Event::Boot(regions(n))).unwrap();
         base.apply(&Event::SvqPrepare(svq(q))).unwrap();
         let id = format!("{n}r/{q}q");

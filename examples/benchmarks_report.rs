@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 use vdpa_iova_planner::{
-    Cost, DeviceCaps, Event, Gpa, Hva, Planner, QemuPlanner, RegionSpec, Strategy, SvqConfig,
+    Cost, DeviceCaps, Event, Gpa, Hva, IdentityPlanner, QemuPlanner, RegionSpec, Strategy,
+    SvqConfig,
 };
 
 const GIB: u64 = 1 << 30;
@@ -129,9 +130,9 @@ fn quality(guest: u64, regions: u64) -> Quality {
     };
     let mut rows = Vec::new();
     let strategies: Vec<Box<dyn Strategy>> = vec![
-        Box::new(Planner::new(caps, Some(1 << 46)).unwrap()),
+        Box::new(IdentityPlanner::new(caps, Some(1 << 46)).unwrap()),
         Box::new(
-            Planner::builder(caps)
+            IdentityPlanner::builder(caps)
                 .max_gpa(1 << 46)
                 .separate_vring_asid(true)
                 .build()

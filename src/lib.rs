@@ -24,12 +24,12 @@
 //!
 //! ```
 //! use vdpa_iova_planner::{
-//!     DeviceCaps, Event, Gpa, GuestView, Hva, KernelIotlb, Phase, Planner, RegionSpec, Strategy,
+//!     DeviceCaps, Event, Gpa, GuestView, Hva, KernelIotlb, Phase, IdentityPlanner, RegionSpec, Strategy,
 //!     SvqConfig,
 //! };
 //!
 //! let caps = DeviceCaps::default(); // pinning, batching, IOVA range [0, 2^64-1]
-//! let mut planner = Planner::new(caps, Some(1 << 40))?; // memory never above 1 TiB
+//! let mut planner = IdentityPlanner::new(caps, Some(1 << 40))?; // memory never above 1 TiB
 //! let mut device = KernelIotlb::new(&caps);
 //!
 //! // Boot: 4 GiB of RAM, mapped identity.
@@ -84,7 +84,7 @@ pub use caps::{DeviceCaps, MapStyle};
 pub use error::PlanError;
 pub use kernel::{Entry, KernelIotlb, Violation};
 pub use plan::{Cost, Op, OpKind, Perm, Phase, Plan};
-pub use planner::{Planner, PlannerBuilder, GUEST_ASID, VRING_ASID};
+pub use planner::{IdentityPlanner, IdentityPlannerBuilder, GUEST_ASID, VRING_ASID};
 pub use qemu::QemuPlanner;
 pub use strategy::{
     Event, GuestUnit, GuestView, Mode, Piece, Placement, RegionSpec, Segment, Segments, Strategy,

@@ -373,7 +373,7 @@ impl SvqState {
             iova.first().raw(),
             SvqEntry::Displaced { region: key, piece },
         );
-        Planner::map_piece(b, phase, r, &piece);
+        IdentityPlanner::map_piece(b, phase, r, &piece);
         r.pieces.push(piece);
         Ok(())
     }
@@ -414,7 +414,7 @@ impl SvqState {
 
 /// The identity planner. See the [module documentation](self).
 #[derive(Clone, Debug)]
-pub struct Planner {
+pub struct IdentityPlanner {
     caps: DeviceCaps,
     /// The device range shrunk to whole pages.
     usable: (u64, u64),
@@ -433,16 +433,16 @@ pub struct Planner {
     svq: Option<SvqState>,
 }
 
-/// Builds a [`Planner`] for a device and a guest.
+/// Builds a [`IdentityPlanner`] for a device and a guest.
 #[derive(Clone, Copy, Debug)]
-pub struct PlannerBuilder {
+pub struct IdentityPlannerBuilder {
     caps: DeviceCaps,
     max_gpa: Option<u64>,
     viommu_last: Option<u64>,
     separate_vrings: bool,
 }
 
-impl PlannerBuilder {
+impl IdentityPlannerBuilder {
     /// The exclusive end of guest-physical memory: no region will ever
     /// reach it (QEMU: the end of the device-memory area sized by `maxmem`).
     /// Without it, the end of the highest region present when the window is
@@ -475,7 +475,7 @@ impl PlannerBuilder {
     /// Capabilities that fail [`DeviceCaps::validate`];
     /// [`PlanError::Unsupported`] for a separate vring address space on a
     /// device without `desc_asid` and two address spaces.
-    pub fn build(self) -> Result<Planner, PlanError> {
+    pub fn build(self) -> Result<IdentityPlanner, PlanError> {
         let caps = self.caps;
         caps.validate()?;
         if self.separate_vrings && !(caps.desc_asid && caps.address_spaces > VRING_ASID) {
@@ -494,7 +494,7 @@ impl PlannerBuilder {
             Some(end) => p.align_down(end) - 1,
             None => u64::MAX,
         };
-        Ok(Planner {
+        Ok(IdentityPlanner {
             caps,
             usable: (first, last),
             max_gpa: self.max_gpa,
@@ -513,15 +513,15 @@ impl PlannerBuilder {
     }
 }
 
-impl Planner {
+impl IdentityPlanner {
     /// A planner for a device with `caps`, with nothing mapped yet; see
-    /// [`PlannerBuilder::max_gpa`] for `max_gpa`. [`Planner::builder`] gives
+    /// [`IdentityPlannerBuilder::max_gpa`] for `max_gpa`. [`IdentityPlanner::builder`] gives
     /// the other options.
     ///
     /// # Errors
     /// Capabilities that fail [`DeviceCaps::validate`].
     pub fn new(caps: DeviceCaps, max_gpa: Option<u64>) -> Result<Self, PlanError> {
-        let b = Planner::builder(caps);
+        let b = IdentityPlanner::builder(caps);
         match max_gpa {
             Some(m) => b.max_gpa(m),
             None => b,
@@ -530,8 +530,8 @@ impl Planner {
     }
 
     /// A builder for a planner with a vIOMMU or separate vring address space.
-    pub fn builder(caps: DeviceCaps) -> PlannerBuilder {
-        PlannerBuilder {
+    pub fn builder(caps: DeviceCaps) -> IdentityPlannerBuilder {
+        IdentityPlannerBuilder {
             caps,
             max_gpa: None,
             viommu_last: None,
@@ -1026,7 +1026,7 @@ impl Planner {
     }
 }
 
-impl Strategy for Planner {
+impl Strategy for IdentityPlanner {
     fn name(&self) -> &'static str {
         if self.ring_asid == GUEST_ASID {
             "identity"

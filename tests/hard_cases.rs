@@ -7,8 +7,8 @@ mod common;
 use common::*;
 use vdpa_iova_planner::layout;
 use vdpa_iova_planner::{
-    DeviceCaps, DeviceRange, Event, Gpa, Hva, Iova, MapStyle, Mode, OpKind, Perm, Phase, PlanError,
-    Planner, QemuPlanner, RegionSpec, Strategy, GUEST_ASID, VRING_ASID,
+    DeviceCaps, DeviceRange, Event, Gpa, Hva, IdentityPlanner, Iova, MapStyle, Mode, OpKind, Perm,
+    Phase, PlanError, QemuPlanner, RegionSpec, Strategy, GUEST_ASID, VRING_ASID,
 };
 
 fn asid_caps() -> DeviceCaps {
@@ -19,9 +19,9 @@ fn asid_caps() -> DeviceCaps {
     }
 }
 
-fn separate(caps: DeviceCaps) -> Rig<Planner> {
+fn separate(caps: DeviceCaps) -> Rig<IdentityPlanner> {
     Rig::new(
-        Planner::builder(caps)
+        IdentityPlanner::builder(caps)
             .separate_vring_asid(true)
             .build()
             .unwrap(),
@@ -77,7 +77,7 @@ fn separate_asid_needs_the_device_to_allow_it() {
             ..DeviceCaps::default()
         },
     ] {
-        let e = Planner::builder(caps)
+        let e = IdentityPlanner::builder(caps)
             .separate_vring_asid(true)
             .build()
             .unwrap_err();
@@ -101,7 +101,7 @@ fn reset_restores_every_kind_of_device_in_every_mode() {
                             batching,
                             ..asid_caps()
                         };
-                        let s = Planner::builder(caps)
+                        let s = IdentityPlanner::builder(caps)
                             .separate_vring_asid(separate_asid)
                             .build()
                             .unwrap();
@@ -175,8 +175,11 @@ fn a_reset_without_its_plan_leaves_the_device_wrong() {
     assert!(e.to_string().contains("the device has nothing"), "{e}");
 }
 
-fn viommu(caps: DeviceCaps, last: u64) -> Rig<Planner> {
-    Rig::new(Planner::builder(caps).viommu(last).build().unwrap(), true)
+fn viommu(caps: DeviceCaps, last: u64) -> Rig<IdentityPlanner> {
+    Rig::new(
+        IdentityPlanner::builder(caps).viommu(last).build().unwrap(),
+        true,
+    )
 }
 
 fn gmap(giova: u64, size: u64, gpa: u64) -> Event {

@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use vdpa_iova_planner::{
-    DeviceCaps, DeviceRange, Event, Gpa, Hva, Iova, KernelIotlb, Mode, OpKind, Perm, PlanError,
-    Planner, QemuPlanner,
+    DeviceCaps, DeviceRange, Event, Gpa, Hva, IdentityPlanner, Iova, KernelIotlb, Mode, OpKind,
+    Perm, PlanError, QemuPlanner,
 };
 
 fn range(last: u64) -> DeviceCaps {
@@ -170,5 +170,5 @@ fn qemu_skips_unmaps_past_the_device_range() {
     assert_eq!(u.ops().len(), 1);
     assert!(matches!(u.ops()[0].kind, OpKind::Invalidate { .. }));
     assert_eq!(u.cost().unpinned_bytes, 0);
-    let _ = (Mode::Passthrough, Hva(0), Planner::builder(caps));
+    let _ = (Mode::Passthrough, Hva(0), IdentityPlanner::builder(caps));
 }

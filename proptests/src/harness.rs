@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use vdpa_iova_planner::kernel::Applied;
 use vdpa_iova_planner::{
-    Cost, DeviceCaps, Entry, Event, Gpa, KernelIotlb, Mode, OpKind, Perm, Phase, Placement, Plan,
-    PlanError, Planner, Strategy, VringArea, GUEST_ASID,
+    Cost, DeviceCaps, Entry, Event, Gpa, IdentityPlanner, KernelIotlb, Mode, OpKind, Perm, Phase,
+    Placement, Plan, PlanError, Strategy, VringArea, GUEST_ASID,
 };
 
 use crate::model::{Expect, ModelMode, PageModel, PAGE};
@@ -28,8 +28,8 @@ pub struct Setup {
 
 impl Setup {
     /// Builds the planner.
-    pub fn build(&self) -> Planner {
-        let mut b = Planner::builder(self.caps).separate_vring_asid(self.separate_asid);
+    pub fn build(&self) -> IdentityPlanner {
+        let mut b = IdentityPlanner::builder(self.caps).separate_vring_asid(self.separate_asid);
         if let Some(m) = self.max_gpa {
             b = b.max_gpa(m);
         }
@@ -44,7 +44,7 @@ impl Setup {
 #[derive(Clone, Debug)]
 pub struct Harness {
     /// The planner under test.
-    pub planner: Planner,
+    pub planner: IdentityPlanner,
     /// The kernel's IOTLB.
     pub kernel: KernelIotlb,
     /// The reference.

@@ -6,8 +6,8 @@
 use vdpa_iova_planner::kernel::Applied;
 use vdpa_iova_planner::layout::{self, LayoutReport};
 use vdpa_iova_planner::{
-    Cost, DeviceCaps, Entry, Event, Gpa, GuestView, Hva, KernelIotlb, OpKind, Phase, Plan,
-    PlanError, Planner, QemuPlanner, RegionSpec, Strategy, SvqConfig,
+    Cost, DeviceCaps, Entry, Event, Gpa, GuestView, Hva, IdentityPlanner, KernelIotlb, OpKind,
+    Phase, Plan, PlanError, QemuPlanner, RegionSpec, Strategy, SvqConfig,
 };
 
 pub const GIB: u64 = 1 << 30;
@@ -32,8 +32,8 @@ impl<S: Strategy> Rig<S> {
     }
 }
 
-pub fn identity(caps: DeviceCaps, max_gpa: Option<u64>) -> Rig<Planner> {
-    Rig::new(Planner::new(caps, max_gpa).unwrap(), false)
+pub fn identity(caps: DeviceCaps, max_gpa: Option<u64>) -> Rig<IdentityPlanner> {
+    Rig::new(IdentityPlanner::new(caps, max_gpa).unwrap(), false)
 }
 
 pub fn qemu(caps: DeviceCaps) -> Rig<QemuPlanner> {

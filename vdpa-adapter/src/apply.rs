@@ -598,7 +598,7 @@ impl MsgSink for FaultyDevice {
 mod tests {
     use super::*;
     use vdpa_iova_planner::{
-        DeviceRange, Event, Gpa, Hva, Planner, RegionSpec, Strategy, SvqConfig,
+        DeviceRange, Event, Gpa, Hva, IdentityPlanner, RegionSpec, Strategy, SvqConfig,
     };
 
     const GIB: u64 = 1 << 30;
@@ -665,7 +665,7 @@ mod tests {
         };
         let mut checked = 0;
         for (caps, separate) in [(small, false), (asid, true), (unbatched, false)] {
-            let mut p = Planner::builder(caps)
+            let mut p = IdentityPlanner::builder(caps)
                 .separate_vring_asid(separate)
                 .build()
                 .unwrap();
@@ -718,7 +718,7 @@ mod tests {
     #[test]
     fn prechecks_stop_a_plan_before_anything_is_sent() {
         let caps = DeviceCaps::default();
-        let mut p = Planner::new(caps, None).unwrap();
+        let mut p = IdentityPlanner::new(caps, None).unwrap();
         let mut a = applier(caps);
         let boot = p.apply(&Event::Boot(vec![ram(0, 2 * GIB)])).unwrap();
         // RLIMIT_MEMLOCK below what the plan pins.
@@ -754,7 +754,7 @@ mod tests {
     #[test]
     fn an_address_space_over_the_entry_limit_is_refused_up_front() {
         let caps = DeviceCaps::default();
-        let mut p = Planner::new(caps, None).unwrap();
+        let mut p = IdentityPlanner::new(caps, None).unwrap();
         let mut a = applier(caps);
         let boot = p
             .apply(&Event::Boot(vec![ram(0, GIB), ram(2 * GIB, GIB)]))
@@ -804,12 +804,12 @@ mod tests {
             pinning: false,
             ..DeviceCaps::default()
         };
-        let mut p = Planner::new(caps, None).unwrap();
+        let mut p = IdentityPlanner::new(caps, None).unwrap();
         let a = applier(caps);
         let ok = p.apply(&Event::Boot(vec![ram(0, 2 * GIB)])).unwrap();
         a.precheck(&ok, &NO_LIMIT, Some(&maps)).unwrap();
         // 4 GiB runs into private anonymous memory at 2 GiB.
-        let mut p = Planner::new(caps, None).unwrap();
+        let mut p = IdentityPlanner::new(caps, None).unwrap();
         let bad = p.apply(&Event::Boot(vec![ram(0, 4 * GIB)])).unwrap();
         let e = a.precheck(&bad, &NO_LIMIT, Some(&maps)).unwrap_err();
         assert!(
@@ -817,7 +817,7 @@ mod tests {
             "{e}"
         );
         // Beyond every mapping: not mapped.
-        let mut p = Planner::new(caps, None).unwrap();
+        let mut p = IdentityPlanner::new(caps, None).unwrap();
         let far = p.apply(&Event::Boot(vec![ram(8 << 40, GIB)])).unwrap();
         let e = a.precheck(&far, &NO_LIMIT, Some(&maps)).unwrap_err();
         assert!(e.to_string().contains("not mapped"), "{e}");
@@ -830,7 +830,7 @@ mod tests {
             desc_asid: true,
             ..DeviceCaps::default()
         };
-        let mut p = Planner::builder(caps)
+        let mut p = IdentityPlanner::builder(caps)
             .separate_vring_asid(true)
             .build()
             .unwrap();

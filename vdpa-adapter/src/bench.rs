@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use vdpa_iova_planner::{
-    DeviceCaps, Event, Gpa, Hva, Planner, QemuPlanner, RegionSpec, Strategy, SvqConfig,
+    DeviceCaps, Event, Gpa, Hva, IdentityPlanner, QemuPlanner, RegionSpec, Strategy, SvqConfig,
 };
 
 use crate::apply::{Applier, Limits, Mapping};
@@ -105,7 +105,7 @@ pub unsafe fn bench<D: MsgSink>(
                     Box::new(QemuPlanner::new(caps).map_err(|e| refused(0, "setup", kind, e))?)
                 }
                 _ => Box::new(
-                    Planner::new(caps, Some(cfg.guest_mem))
+                    IdentityPlanner::new(caps, Some(cfg.guest_mem))
                         .map_err(|e| refused(0, "setup", kind, e))?,
                 ),
             };

@@ -4,7 +4,7 @@
 use vdpa_iova_planner::kernel::{KernelIotlb, Violation};
 use vdpa_iova_planner::layout;
 use vdpa_iova_planner::{
-    Cost, Event, GuestView, Mode, Op, PlanError, Planner, QemuPlanner, Strategy, VringArea,
+    Cost, Event, GuestView, IdentityPlanner, Mode, Op, PlanError, QemuPlanner, Strategy, VringArea,
 };
 
 use crate::error::AdapterError;
@@ -41,7 +41,7 @@ impl StrategyKind {
     pub fn build(self, scn: &Scenario, file: &str) -> Result<Box<dyn Strategy>, AdapterError> {
         let r = match self {
             StrategyKind::Identity | StrategyKind::IdentityAsid => {
-                let mut b = Planner::builder(scn.caps)
+                let mut b = IdentityPlanner::builder(scn.caps)
                     .separate_vring_asid(self == StrategyKind::IdentityAsid);
                 if let Some(m) = scn.max_gpa {
                     b = b.max_gpa(m);

@@ -15,7 +15,7 @@ use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use vdpa_adapter::apply::{tables, Applier, ApplyError, Limits};
 use vdpa_adapter::device::VhostVdpa;
 use vdpa_adapter::memory::{Backing, Mem};
-use vdpa_iova_planner::{Event, Gpa, Hva, Planner, RegionSpec, Strategy};
+use vdpa_iova_planner::{Event, Gpa, Hva, IdentityPlanner, RegionSpec, Strategy};
 
 const MIB: u64 = 1 << 20;
 
@@ -47,7 +47,7 @@ fn run() -> Result<(), String> {
         hva: Hva(m.addr()),
         readonly: false,
     };
-    let mut s = Planner::new(caps, Some(1 << 40)).map_err(|e| e.to_string())?;
+    let mut s = IdentityPlanner::new(caps, Some(1 << 40)).map_err(|e| e.to_string())?;
     let mut a = Applier::new(&mut d, caps, p.format());
     let none = Limits {
         memlock: None,

@@ -27,7 +27,7 @@ use vdpa_adapter::apply::{Applier, Limits};
 use vdpa_adapter::device::VhostVdpa;
 use vdpa_adapter::memory::{Backing, Mem};
 use vdpa_adapter::uapi::backend;
-use vdpa_iova_planner::{Event, Gpa, Hva, MapStyle, Planner, RegionSpec, Strategy};
+use vdpa_iova_planner::{Event, Gpa, Hva, IdentityPlanner, MapStyle, RegionSpec, Strategy};
 
 const TRACING: &str = "/sys/kernel/tracing";
 const GROUP: &str = "rigreset";
@@ -135,7 +135,7 @@ fn run(dev: &str) -> Result<(), String> {
     }
     let mut m = Mem::new(8 << 20, Backing::Memfd, "sim-reset-probe").map_err(|e| e.to_string())?;
     m.tag_pages(0, 4096, 0x5249_4752_4553_4554);
-    let mut s = Planner::new(caps, None).map_err(|e| e.to_string())?;
+    let mut s = IdentityPlanner::new(caps, None).map_err(|e| e.to_string())?;
     let mut a = Applier::new(&mut d, caps, p.format());
     let boot = s
         .apply(&Event::Boot(vec![RegionSpec {

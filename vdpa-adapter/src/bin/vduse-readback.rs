@@ -443,7 +443,7 @@ fn reset_probe(dev_path: &str, vduse: &std::fs::File) -> Result<(), String> {
     let caps = p.caps(false).map_err(|e| e.to_string())?;
     let m = vdpa_adapter::memory::Mem::new(16 << 20, Backing::Memfd, "reset-probe")
         .map_err(|e| e.to_string())?;
-    let mut s = vdpa_iova_planner::Planner::new(caps, None).map_err(|e| e.to_string())?;
+    let mut s = vdpa_iova_planner::IdentityPlanner::new(caps, None).map_err(|e| e.to_string())?;
     let mut a = Applier::new(&mut d, caps, p.format());
     let boot = s
         .apply(&Event::Boot(vec![vdpa_iova_planner::RegionSpec {
