@@ -1,0 +1,1 @@
+//! C ABI of `vdpa-iova-planner` (work in progress).
