@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use crate::strategy::Mode;
+use crate::vocab::Mode;
 
 /// Why the planner refused an input.
 ///

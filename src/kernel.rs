@@ -75,7 +75,9 @@ use smallvec::SmallVec;
 
 use crate::addr::{DeviceRange, Hva, Iova, Span};
 use crate::caps::{DeviceCaps, MapStyle};
-use crate::plan::{Op, OpKind, Perm};
+use crate::entry::Entry;
+use crate::plan::{Op, OpKind};
+use crate::vocab::Perm;
 
 /// Message types of `struct vhost_iotlb_msg`'s `type` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -146,18 +148,6 @@ impl From<&Op> for RawMsg {
             perm,
         }
     }
-}
-
-/// One live IOTLB entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct Entry {
-    /// Device addresses.
-    pub iova: Span<Iova>,
-    /// Host address of the first byte.
-    pub hva: Hva,
-    /// Device access.
-    pub perm: Perm,
 }
 
 /// A rule a message broke.
@@ -374,6 +364,7 @@ pub struct KernelIotlb {
     strict: bool,
     quirks: Vec<Violation>,
     max_entries: Option<usize>,
+    pinning: bool,
 }
 
 impl KernelIotlb {
@@ -393,6 +384,7 @@ impl KernelIotlb {
             strict: true,
             quirks: Vec::new(),
             max_entries: None,
+            pinning: caps.pinning,
         }
     }
 
@@ -424,6 +416,11 @@ impl KernelIotlb {
     /// applied with the kernel's semantics, oldest first.
     pub fn quirks(&self) -> &[Violation] {
         &self.quirks
+    }
+
+    /// Whether the device pins what it maps (its caps' `pinning`).
+    pub fn pins(&self) -> bool {
+        self.pinning
     }
 
     /// The device range the model enforces.
@@ -483,7 +480,7 @@ impl KernelIotlb {
     }
 
     /// What the device translates with, every address space, indexed by asid
-    /// (the input of [`crate::layout::check`]).
+    /// (the input of [`crate::verify::layout::check`]).
     pub fn device_tables(&self) -> Vec<Vec<Entry>> {
         (0..self.spaces.len() as u32)
             .map(|a| self.device_entries(a).copied().collect())
@@ -718,7 +715,7 @@ impl KernelIotlb {
 mod tests {
     use super::*;
     use crate::addr::{DeviceRange, PageSize};
-    use crate::plan::Phase;
+    use crate::vocab::Phase;
 
     fn caps() -> DeviceCaps {
         DeviceCaps {

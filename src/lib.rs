@@ -66,27 +66,31 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+// Layers, each importing only from those above it in this list.
 pub mod addr;
 pub mod alloc;
 pub mod caps;
+pub mod entry;
 pub mod error;
+pub mod event;
 pub mod kernel;
-pub mod layout;
 pub mod plan;
-pub mod planner;
-pub mod qemu;
 pub mod strategy;
 pub mod svq;
+pub mod verify;
+pub mod vocab;
 
 pub use addr::{Address, DeviceRange, Gpa, Hva, Iova, PageSize, Span};
 pub use alloc::IovaAllocator;
 pub use caps::{DeviceCaps, MapStyle};
+pub use entry::Entry;
 pub use error::PlanError;
-pub use kernel::{Entry, KernelIotlb, Violation};
-pub use plan::{Cost, Op, OpKind, Perm, Phase, Plan};
-pub use planner::{IdentityPlanner, IdentityPlannerBuilder, GUEST_ASID, VRING_ASID};
-pub use qemu::QemuPlanner;
-pub use strategy::{
-    Event, GuestUnit, GuestView, Mode, Piece, Placement, RegionSpec, Segment, Segments, Strategy,
-};
+pub use event::{Event, RegionSpec};
+pub use kernel::{KernelIotlb, Violation};
+pub use plan::{Cost, Op, OpKind, Plan};
+pub use strategy::identity::{IdentityPlanner, IdentityPlannerBuilder};
+pub use strategy::qemu::QemuPlanner;
+pub use strategy::{Piece, Placement, Segment, Segments, Strategy};
 pub use svq::{AreaKind, SvqConfig, VringArea};
+pub use verify::{layout, GuestUnit, GuestView};
+pub use vocab::{Mode, Perm, Phase, GUEST_ASID, VRING_ASID};

@@ -2,7 +2,7 @@
 
 use crate::addr::{Address, Hva, Iova, PageSize, Span};
 use crate::error::PlanError;
-use crate::plan::Perm;
+use crate::vocab::Perm;
 
 /// The largest split virtqueue size virtio allows.
 pub const MAX_QUEUE_SIZE: u32 = 32768;

@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use vdpa_iova_planner::kernel::Applied;
+use vdpa_iova_planner::verify::replay::{self, StepError};
 use vdpa_iova_planner::{
-    Cost, DeviceCaps, Entry, Event, Gpa, IdentityPlanner, KernelIotlb, Mode, OpKind, Perm, Phase,
-    Placement, Plan, PlanError, Strategy, VringArea, GUEST_ASID,
+    Cost, DeviceCaps, Entry, Event, Gpa, GuestView, IdentityPlanner, KernelIotlb, Mode, OpKind,
+    Perm, Phase, Placement, Plan, PlanError, Strategy, VringArea, GUEST_ASID,
 };
 
 use crate::model::{Expect, ModelMode, PageModel, PAGE};
@@ -49,6 +49,8 @@ pub struct Harness {
     pub kernel: KernelIotlb,
     /// The reference.
     pub model: PageModel,
+    /// What the device must reach, for the layout check of the replay loop.
+    pub guest: GuestView,
     /// Events applied, refused, and refused for lack of IOVA space.
     pub stats: (u64, u64, u64),
 }
@@ -68,6 +70,7 @@ impl Harness {
             planner: setup.build(),
             kernel: KernelIotlb::new(&setup.caps),
             model: PageModel::new(setup.caps, setup.viommu_last),
+            guest: GuestView::new(setup.viommu_last.is_some()),
             stats: (0, 0, 0),
         }
     }
@@ -83,24 +86,44 @@ impl Harness {
         )
     }
 
-    /// Feeds one event and checks everything.
+    /// Feeds one event through the replay loop and checks everything.
     pub fn step(&mut self, ev: &Event) {
         let expect = self.model.expect(ev);
         let before = self.snapshot();
-        match (self.planner.apply(ev), expect) {
-            (Err(e), Expect::Refuse) => self.refused(ev, e, before, false),
-            (Err(e @ PlanError::OutOfIova { .. }), Expect::AcceptUnlessOutOfIova) => {
+        let prepared_switch =
+            matches!(ev, Event::SvqSwitch(_)) && self.model.mode == ModelMode::Prepared;
+        let step = replay::step(&mut self.planner, &mut self.kernel, &mut self.guest, ev);
+        match (step, expect) {
+            (Err(StepError::Plan(e)), Expect::Refuse) => self.refused(ev, e, before, false),
+            (
+                Err(StepError::Plan(e @ PlanError::OutOfIova { .. })),
+                Expect::AcceptUnlessOutOfIova,
+            ) => {
                 self.refused(ev, e, before, true);
                 self.assert_nothing_fits(ev);
             }
-            (Err(e), _) => panic!("{ev:?} refused but the model accepts it: {e}"),
-            (Ok(p), Expect::Refuse) => panic!("{ev:?} accepted but the model refuses it: {p:?}"),
-            (Ok(plan), _) => {
+            (Err(StepError::Plan(e)), _) => panic!("{ev:?} refused but the model accepts it: {e}"),
+            (Err(e), _) => panic!("{ev:?}: {e}"),
+            (Ok(s), Expect::Refuse) => {
+                panic!("{ev:?} accepted but the model refuses it: {:?}", s.plan)
+            }
+            (Ok(s), _) => {
                 self.stats.0 += 1;
-                let prepared_switch =
-                    matches!(ev, Event::SvqSwitch(_)) && self.model.mode == ModelMode::Prepared;
                 self.model.apply(ev);
-                self.replay(ev, &plan);
+                let plan = &s.plan;
+                check_shape(plan, self.planner.caps());
+                if let Some(i) = s.outcome.dropped.iter().position(|&n| n != 1) {
+                    panic!("{ev:?}: invalidate {i} must drop exactly one entry: {plan:?}");
+                }
+                assert_eq!(self.kernel.open_batch(), None, "{ev:?} leaves a batch open");
+                assert_eq!(
+                    (s.outcome.unpinned_bytes, s.outcome.critical_unpinned_bytes),
+                    (
+                        plan.cost().unpinned_bytes,
+                        plan.cost().critical_unpinned_bytes
+                    ),
+                    "{ev:?}: reported unpinned bytes differ from what the kernel model unpinned"
+                );
                 if prepared_switch {
                     assert!(plan.is_empty(), "a prepared switch must be free: {plan:?}");
                 }
@@ -116,42 +139,6 @@ impl Harness {
         assert!(
             before == self.snapshot(),
             "{ev:?} was refused ({e}) but changed the planner's state"
-        );
-    }
-
-    fn replay(&mut self, ev: &Event, plan: &Plan) {
-        let caps = *self.planner.caps();
-        check_shape(plan, &caps);
-        if *ev == Event::Reset {
-            self.kernel.reset_device();
-        }
-        let mut unpinned = (0u64, 0u64);
-        for (i, op) in plan.ops().iter().enumerate() {
-            match self.kernel.apply(op) {
-                Ok(Applied::Unmapped(gone)) => {
-                    assert_eq!(
-                        gone.len(),
-                        1,
-                        "{ev:?}: op {i} {op:?} must drop exactly one entry"
-                    );
-                    if caps.pinning {
-                        let n = gone[0].iova.size();
-                        unpinned.0 += n;
-                        unpinned.1 += if op.phase == Phase::Critical { n } else { 0 };
-                    }
-                }
-                Ok(_) => {}
-                Err(v) => panic!("{ev:?}: op {i} {op:?} refused by the kernel model: {v}"),
-            }
-        }
-        assert_eq!(self.kernel.open_batch(), None, "{ev:?} leaves a batch open");
-        assert_eq!(
-            unpinned,
-            (
-                plan.cost().unpinned_bytes,
-                plan.cost().critical_unpinned_bytes
-            ),
-            "{ev:?}: reported unpinned bytes differ from what the kernel model unpinned"
         );
     }
 

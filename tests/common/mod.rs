@@ -3,8 +3,8 @@
 
 #![allow(dead_code)]
 
-use vdpa_iova_planner::kernel::Applied;
 use vdpa_iova_planner::layout::{self, LayoutReport};
+use vdpa_iova_planner::verify::replay;
 use vdpa_iova_planner::{
     Cost, DeviceCaps, Entry, Event, Gpa, GuestView, Hva, IdentityPlanner, KernelIotlb, OpKind,
     Phase, Plan, PlanError, QemuPlanner, RegionSpec, Strategy, SvqConfig,
@@ -59,52 +59,31 @@ pub fn svq(queues: u32) -> SvqConfig {
 
 impl<S: Strategy> Rig<S> {
     pub fn step(&mut self, ev: Event) -> (Plan, LayoutReport) {
-        let plan = self
-            .s
-            .apply(&ev)
-            .unwrap_or_else(|e| panic!("{}: {ev:?} refused: {e}", self.s.name()));
+        let name = self.s.name();
+        let step = replay::step(&mut self.s, &mut self.k, &mut self.guest, &ev)
+            .unwrap_or_else(|e| panic!("{name}: {ev:?}: {e}"));
+        let plan = step.plan;
         check_plan_shape(&plan, self.s.caps());
-        if ev == Event::Reset {
-            self.k.reset_device();
-        }
-        // What the kernel really unpins: the whole entries each INVALIDATE drops.
-        let (mut unpinned, mut critical_unpinned) = (0u64, 0u64);
-        for (i, op) in plan.ops().iter().enumerate() {
-            match self.k.apply(op) {
-                Ok(Applied::Unmapped(v)) => {
-                    // QEMU sends guest unmaps whatever they hit.
-                    assert!(
-                        !v.is_empty() || self.s.name() == "qemu",
-                        "op {i} {op:?} invalidates nothing"
-                    );
-                    let n: u64 = v.iter().map(|e| e.iova.size()).sum();
-                    if self.s.caps().pinning {
-                        unpinned += n;
-                        if op.phase == Phase::Critical {
-                            critical_unpinned += n;
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(v) => panic!(
-                    "{}: {ev:?}: op {i} {op:?} refused by the kernel model: {v}",
-                    self.s.name()
-                ),
+        // QEMU sends guest unmaps whatever they hit; this crate never does.
+        if name != "qemu" {
+            if let Some(i) = step.outcome.dropped.iter().position(|&n| n == 0) {
+                panic!("{name}: {ev:?}: invalidate {i} drops nothing");
             }
         }
         assert_eq!(self.k.open_batch(), None, "plan leaves a batch open");
+        // What the kernel really unpins: the whole entries each INVALIDATE drops.
         assert_eq!(
-            (unpinned, critical_unpinned),
+            (
+                step.outcome.unpinned_bytes,
+                step.outcome.critical_unpinned_bytes
+            ),
             (
                 plan.cost().unpinned_bytes,
                 plan.cost().critical_unpinned_bytes
             ),
-            "{}: {ev:?}: unpinned bytes reported differ from what the kernel model unpinned",
-            self.s.name()
+            "{name}: {ev:?}: unpinned bytes reported differ from what the kernel model unpinned"
         );
-        self.guest.track(&ev);
-        let rep = layout::check(&self.k.device_tables(), &self.s, &self.guest)
-            .unwrap_or_else(|e| panic!("{}: after {ev:?}: {e}", self.s.name()));
+        let rep = step.layout;
         // What the strategy says it mapped is what the vhost table holds.
         let mut mapped: Vec<(u32, Entry)> = self.s.mapped();
         mapped.sort();

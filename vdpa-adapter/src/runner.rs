@@ -2,9 +2,9 @@
 //! every plan and the resulting layout after every step.
 
 use vdpa_iova_planner::kernel::{KernelIotlb, Violation};
-use vdpa_iova_planner::layout;
+use vdpa_iova_planner::verify::replay::{self, Refusal, StepError};
 use vdpa_iova_planner::{
-    Cost, Event, GuestView, IdentityPlanner, Mode, Op, PlanError, QemuPlanner, Strategy, VringArea,
+    Cost, GuestView, IdentityPlanner, Mode, Op, PlanError, QemuPlanner, Strategy, VringArea,
 };
 
 use crate::error::AdapterError;
@@ -148,11 +148,13 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
     let mut steps = Vec::new();
     let mut stopped = None;
     for (i, ev) in scn.steps().enumerate() {
-        let plan = match s.apply(&ev) {
-            Ok(p) => p,
+        let step = match replay::step(s.as_mut(), &mut k, &mut guest, &ev) {
+            Ok(step) => step,
             // What the strategy cannot do on this device ends its run; the
             // comparison shows where. Bad input is an error.
-            Err(e @ (PlanError::Unsupported { .. } | PlanError::OutOfIova { .. })) => {
+            Err(StepError::Plan(
+                e @ (PlanError::Unsupported { .. } | PlanError::OutOfIova { .. }),
+            )) => {
                 stopped = Some(Stop {
                     step: i,
                     event: ev.name(),
@@ -160,22 +162,13 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
                 });
                 break;
             }
-            Err(e) => return Err(step_error(file, i, &ev, s.name(), e)),
-        };
-        if ev == Event::Reset {
-            k.reset_device();
-        }
-        let quirks_before = k.quirks().len();
-        let mut peak_entries = 0;
-        let replay = plan.ops().iter().enumerate().try_for_each(|(i, op)| {
-            k.apply(op).map_err(|v| (i, v))?;
-            peak_entries = peak_entries.max(k.len(op.asid));
-            Ok(())
-        });
-        if let Err((op, violation)) = replay {
+            Err(StepError::Plan(e)) => return Err(step_error(file, i, &ev, s.name(), e)),
             // The device's entry limit is a limit of the device, like its
             // IOVA range: the run stops there, and the comparison shows where.
-            if let Violation::EntryLimit { asid, limit } = violation {
+            Err(StepError::Target(Refusal {
+                op,
+                violation: Violation::EntryLimit { asid, limit },
+            })) => {
                 stopped = Some(Stop {
                     step: i,
                     event: ev.name(),
@@ -185,18 +178,19 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
                 });
                 break;
             }
-            return Err(AdapterError::KernelRule {
-                file: file.to_string(),
-                step: i,
-                event: ev.name(),
-                strategy: s.name().to_string(),
-                op,
-                violation: Box::new(violation),
-            });
-        }
-        guest.track(&ev);
-        let rep = layout::check(&k.device_tables(), s.as_ref(), &guest)
-            .map_err(|e| layout_error(file, i, &ev, s.name(), e))?;
+            Err(StepError::Target(Refusal { op, violation })) => {
+                return Err(AdapterError::KernelRule {
+                    file: file.to_string(),
+                    step: i,
+                    event: ev.name(),
+                    strategy: s.name().to_string(),
+                    op,
+                    violation: Box::new(violation),
+                })
+            }
+            Err(StepError::Layout(e)) => return Err(layout_error(file, i, &ev, s.name(), e)),
+        };
+        let (plan, outcome, rep) = (step.plan, step.outcome, step.layout);
         let displaced = s
             .placements()
             .iter()
@@ -220,12 +214,9 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
             svq: s.vring_areas(),
             displaced,
             unreachable_bytes: rep.unreachable_bytes,
-            peak_entries,
+            peak_entries: outcome.peak_entries,
             mode: s.mode(),
-            quirks: k.quirks()[quirks_before..]
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
+            quirks: outcome.quirks.iter().map(ToString::to_string).collect(),
         });
     }
     Ok(RunReport {

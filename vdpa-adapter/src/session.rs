@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use vdpa_iova_planner::layout;
-use vdpa_iova_planner::{DeviceCaps, Event, GuestView, Hva, RegionSpec, SvqConfig};
+use vdpa_iova_planner::verify::replay::{self, StepError, Target};
+use vdpa_iova_planner::{DeviceCaps, Entry, Event, GuestView, Hva, Plan, RegionSpec, SvqConfig};
 
-use crate::apply::{parse_maps, Applier, Limits, Mapping};
+use crate::apply::{parse_maps, Applier, ApplyError, ApplyReport, Limits, Mapping};
 use crate::device::MsgSink;
 use crate::error::AdapterError;
 use crate::memory::{Backing, Mem};
@@ -170,6 +170,52 @@ impl HostMemory {
     }
 }
 
+/// A device behind an [`Applier`], as a target of the replay loop: plans go
+/// through the applier's pre-checks and rollback, and the tables checked are
+/// what it committed. Only `run_on_device` builds one, over events whose HVAs
+/// `memory` rewrote.
+struct DeviceTarget<'a, D: MsgSink> {
+    applier: &'a mut Applier<D>,
+    limits: Option<Limits>,
+    memory: &'a HostMemory,
+}
+
+/// Why a device step failed.
+#[derive(Debug)]
+enum DeviceStepError {
+    Reset(std::io::Error),
+    Apply(ApplyError),
+}
+
+impl<D: MsgSink> Target for DeviceTarget<'_, D> {
+    type Outcome = ApplyReport;
+    type Error = DeviceStepError;
+
+    fn reset(&mut self) -> Result<(), DeviceStepError> {
+        self.applier.device_reset().map_err(DeviceStepError::Reset)
+    }
+
+    fn apply_plan(&mut self, plan: &Plan) -> Result<ApplyReport, DeviceStepError> {
+        let maps = self.memory.mappings();
+        // SAFETY: every UPDATE maps memory `memory` owns: the scenario's
+        // HVAs were replaced by mappings that live until `memory` is dropped,
+        // after the caller has unmapped them from the device (or, for a dry
+        // run without memory, the model device never touches an HVA).
+        unsafe {
+            self.applier.apply(
+                plan,
+                &self.limits.unwrap_or_else(Limits::current),
+                maps.as_deref(),
+            )
+        }
+        .map_err(DeviceStepError::Apply)
+    }
+
+    fn tables(&self) -> Vec<Vec<Entry>> {
+        self.applier.committed().device_tables()
+    }
+}
+
 /// A scenario to run on a device.
 #[derive(Clone, Copy, Debug)]
 pub struct DeviceRun<'a> {
@@ -217,37 +263,32 @@ pub fn run_on_device<D: MsgSink>(
     let mut out = Vec::new();
     for (i, ev) in scn.steps().enumerate() {
         let ev = memory.rewrite(&ev, caps.page_size.get())?;
-        let plan = s
-            .apply(&ev)
-            .map_err(|e| step_error(file, i, &ev, s.name(), e))?;
-        if ev == Event::Reset {
-            applier.device_reset().map_err(|e| AdapterError::Device {
-                device: device.to_string(),
-                what: "reset (VHOST_VDPA_SET_STATUS 0)".into(),
-                source: Some(e),
-            })?;
-        }
-        let maps = memory.mappings();
-        // SAFETY: every UPDATE maps memory `memory` owns: the scenario's
-        // HVAs were replaced by mappings that live until `memory` is dropped,
-        // after the caller has unmapped them from the device (or, for a dry
-        // run without memory, the model device never touches an HVA).
-        let rep = unsafe {
-            applier.apply(
-                &plan,
-                &limits.unwrap_or_else(Limits::current),
-                maps.as_deref(),
-            )
-        }
-        .map_err(|e| AdapterError::Apply {
-            device: device.to_string(),
-            step: i,
-            event: ev.name(),
-            source: Box::new(e),
-        })?;
-        guest.track(&ev);
-        layout::check(&applier.committed().device_tables(), s.as_ref(), &guest)
-            .map_err(|e| layout_error(file, i, &ev, s.name(), e))?;
+        let mut target = DeviceTarget {
+            applier: &mut *applier,
+            limits,
+            memory,
+        };
+        let step = match replay::step(s.as_mut(), &mut target, &mut guest, &ev) {
+            Ok(step) => step,
+            Err(StepError::Plan(e)) => return Err(step_error(file, i, &ev, s.name(), e)),
+            Err(StepError::Target(DeviceStepError::Reset(e))) => {
+                return Err(AdapterError::Device {
+                    device: device.to_string(),
+                    what: "reset (VHOST_VDPA_SET_STATUS 0)".into(),
+                    source: Some(e),
+                })
+            }
+            Err(StepError::Target(DeviceStepError::Apply(e))) => {
+                return Err(AdapterError::Apply {
+                    device: device.to_string(),
+                    step: i,
+                    event: ev.name(),
+                    source: Box::new(e),
+                })
+            }
+            Err(StepError::Layout(e)) => return Err(layout_error(file, i, &ev, s.name(), e)),
+        };
+        let (plan, rep) = (step.plan, step.outcome);
         let o = StepOutcome {
             event: ev.name(),
             messages: rep.messages,

@@ -10,10 +10,10 @@ use core::fmt;
 use rangemap::RangeInclusiveMap;
 
 use crate::addr::{Address, Gpa};
-use crate::kernel::Entry;
-use crate::plan::Perm;
-use crate::planner::GUEST_ASID;
-use crate::strategy::{GuestView, Mode, Strategy};
+use crate::entry::Entry;
+use crate::strategy::Strategy;
+use crate::verify::guest::GuestView;
+use crate::vocab::{Mode, Perm, GUEST_ASID};
 
 /// How the device's view breaks the expected layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,9 +129,9 @@ fn put(v: &mut View, first: u64, last: u64, hva: u64, perm: Perm) -> Result<(), 
 ///
 /// # Errors
 /// The first [`LayoutError`] found.
-pub fn check(
+pub fn check<S: Strategy + ?Sized>(
     tables: &[Vec<Entry>],
-    strategy: &dyn Strategy,
+    strategy: &S,
     guest: &GuestView,
 ) -> Result<LayoutReport, LayoutError> {
     let mut rep = LayoutReport::default();
@@ -249,8 +249,8 @@ fn first_difference(a: &[(u64, u64, (u64, Perm))], b: &[(u64, u64, (u64, Perm))]
     }
 }
 
-fn check_translate(
-    s: &dyn Strategy,
+fn check_translate<S: Strategy + ?Sized>(
+    s: &S,
     gpa: Gpa,
     len: u64,
     iova: u64,

@@ -49,28 +49,24 @@
 use std::collections::BTreeMap;
 
 use rangemap::RangeInclusiveMap;
-use smallvec::{smallvec, SmallVec};
+use smallvec::SmallVec;
 
 use crate::addr::{Address, Gpa, Hva, Iova, Span};
 use crate::alloc::IovaAllocator;
 use crate::caps::DeviceCaps;
+use crate::entry::Entry;
 use crate::error::PlanError;
-use crate::kernel::Entry;
-use crate::plan::{reset_plan, Perm, Phase, Plan, PlanBuilder};
-use crate::strategy::{
-    overlapping_keys, validate_regions, GuestMemory, Mode, Piece, Placement, RegionSpec, Segment,
-    Segments, Strategy,
-};
+use crate::event::RegionSpec;
+use crate::plan::{Plan, PlanBuilder};
+use crate::strategy::shared::{overlapping_keys, reset_plan, validate_regions, GuestMemory};
+use crate::strategy::xlate::{translate_with, Flat, Xlate};
+use crate::strategy::{Piece, Placement, Segments, Strategy};
 use crate::svq::{areas, QueueLayout, SvqConfig, VringArea};
+use crate::vocab::{Mode, Perm, Phase, GUEST_ASID, VRING_ASID};
 
 /// The address space of guest memory (and of the vrings, unless they have
 /// their own).
 const ASID: u32 = GUEST_ASID;
-
-/// The address space guest memory is mapped in.
-pub const GUEST_ASID: u32 = 0;
-/// The address space the vrings go to when the device can put them apart.
-pub const VRING_ASID: u32 = 1;
 
 #[derive(Clone, Debug)]
 struct Region {
@@ -84,14 +80,6 @@ impl Region {
     fn hva_of(&self, gpa: u64) -> Hva {
         Hva(self.hva.raw() + (gpa - self.gpa.first().raw()))
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Xlate {
-    /// `iova - gpa`, wrapping: storing the offset rather than the IOVA keeps
-    /// the range map from merging neighbours that translate differently.
-    delta: u64,
-    perm: Perm,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1441,85 +1429,4 @@ fn clip_piece(p: &Piece, a: u64, z: u64) -> Option<Piece> {
         gpa: Span::trusted(x, y - x + 1),
         iova: Span::trusted(p.iova.first().raw() + (x - pf), y - x + 1),
     })
-}
-
-/// The translation table as sorted arrays: first addresses apart from the
-/// rest, so the binary search touches 8 bytes an entry (a 1,024-region
-/// table's keys fit in L1).
-#[derive(Clone, Debug, Default)]
-struct Flat {
-    firsts: Vec<u64>,
-    rest: Vec<(u64, Xlate)>,
-}
-
-impl Flat {
-    /// The entry holding `addr`: its last address and translation.
-    fn lookup(&self, addr: u64) -> Option<(u64, Xlate)> {
-        let i = self.firsts.partition_point(|&f| f <= addr).checked_sub(1)?;
-        let (end, x) = self.rest[i];
-        (end >= addr).then_some((end, x))
-    }
-}
-
-/// The translation walk shared by the strategies, over a `lookup` giving
-/// the entry that holds an address (its last address and translation).
-pub(crate) fn translate_with(
-    lookup: impl Fn(u64) -> Option<(u64, Xlate)>,
-    gpa: Gpa,
-    len: u64,
-    is_guest: impl Fn(u64) -> bool,
-) -> Result<Segments, PlanError> {
-    if len == 0 {
-        return Err(PlanError::ZeroSize {
-            kind: "gpa",
-            first: gpa.raw(),
-        });
-    }
-    let last = gpa.raw().checked_add(len - 1).ok_or(PlanError::Wraps {
-        kind: "gpa",
-        first: gpa.raw(),
-        size: len,
-    })?;
-    let mut out: Segments = smallvec![];
-    let mut cur = gpa.raw();
-    loop {
-        match lookup(cur) {
-            Some((end, x)) => {
-                let end = end.min(last);
-                out.push(Segment {
-                    iova: Iova(cur.wrapping_add(x.delta)),
-                    len: end - cur + 1,
-                    perm: x.perm,
-                });
-                if end == last {
-                    return Ok(out);
-                }
-                cur = end + 1;
-            }
-            None if is_guest(cur) => return Err(PlanError::Unreachable { gpa: cur }),
-            None => return Err(PlanError::NotGuestMemory { gpa: cur }),
-        }
-    }
-}
-
-/// [`translate_with`] over a range map (the baseline strategy's).
-pub(crate) fn translate_map(
-    xlate: &RangeInclusiveMap<u64, Xlate>,
-    gpa: Gpa,
-    len: u64,
-    is_guest: impl Fn(u64) -> bool,
-) -> Result<Segments, PlanError> {
-    translate_with(
-        |a| xlate.get_key_value(&a).map(|(r, x)| (*r.end(), *x)),
-        gpa,
-        len,
-        is_guest,
-    )
-}
-
-/// The GPA -> IOVA translation map, shared with the baseline strategy.
-pub(crate) type XlateMap = RangeInclusiveMap<u64, Xlate>;
-
-pub(crate) fn xlate_entry(delta: u64, perm: Perm) -> Xlate {
-    Xlate { delta, perm }
 }

@@ -34,15 +34,15 @@ use smallvec::smallvec;
 
 use crate::addr::{Address, Gpa, Hva, Iova, Span};
 use crate::caps::{DeviceCaps, MapStyle};
+use crate::entry::Entry;
 use crate::error::PlanError;
-use crate::kernel::Entry;
-use crate::plan::{plan_from_ops, plan_with_unpins, Op, OpKind, Perm, Phase, Plan};
-use crate::planner::{translate_map, xlate_entry, XlateMap};
-use crate::strategy::{
-    overlapping_keys, validate_regions, GuestMemory, Mode, Piece, Placement, RegionSpec, Segments,
-    Strategy,
-};
+use crate::event::RegionSpec;
+use crate::plan::{plan_from_ops, plan_with_unpins, Op, OpKind, Plan};
+use crate::strategy::shared::{overlapping_keys, validate_regions, GuestMemory};
+use crate::strategy::xlate::{translate_map, xlate_entry, XlateMap};
+use crate::strategy::{Piece, Placement, Segments, Strategy};
 use crate::svq::{areas, AreaKind, QueueLayout, SvqConfig, VringArea};
+use crate::vocab::{Mode, Perm, Phase};
 
 const ASID: u32 = 0;
 

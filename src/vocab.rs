@@ -1,0 +1,114 @@
+//! The words every layer uses: device access, the phase of an operation,
+//! the mode of a device, and the address spaces. Depends on nothing.
+
+use core::fmt;
+
+/// The address space guest memory is mapped in.
+pub const GUEST_ASID: u32 = 0;
+/// The address space the vrings go to when the device can put them apart.
+pub const VRING_ASID: u32 = 1;
+
+/// Access the device is given to a mapping (the kernel's `VHOST_ACCESS_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Perm {
+    /// The device may only read (`VHOST_ACCESS_RO` = 1).
+    Ro,
+    /// The device may only write (`VHOST_ACCESS_WO` = 2).
+    Wo,
+    /// The device may read and write (`VHOST_ACCESS_RW` = 3).
+    Rw,
+}
+
+impl Perm {
+    /// The value of the `perm` byte in `struct vhost_iotlb_msg`.
+    pub fn to_kernel(self) -> u8 {
+        match self {
+            Perm::Ro => 1,
+            Perm::Wo => 2,
+            Perm::Rw => 3,
+        }
+    }
+
+    /// Parses the `perm` byte; `None` for anything but 1, 2, 3.
+    pub fn from_kernel(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Perm::Ro),
+            2 => Some(Perm::Wo),
+            3 => Some(Perm::Rw),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name, as in the JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Perm::Ro => "ro",
+            Perm::Wo => "wo",
+            Perm::Rw => "rw",
+        }
+    }
+}
+
+/// When an operation runs relative to the device being stopped.
+///
+/// Ops of a plan are ordered by phase: every `Prepare` op, then every
+/// `Critical` op, then every `Background` op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum Phase {
+    /// While the device still runs, before the event takes effect (before a
+    /// switch stops the device; before hot-plugged memory is announced to
+    /// the guest; before unplugged memory is freed).
+    Prepare,
+    /// While the device is stopped: this is the downtime the guest sees.
+    Critical,
+    /// After the device runs again; may be deferred.
+    Background,
+}
+
+impl Phase {
+    /// Lower-case name, as in the JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Prepare => "prepare",
+            Phase::Critical => "critical",
+            Phase::Background => "background",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the device is in its migration life cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum Mode {
+    /// The device runs on the guest's own virtqueues, addresses are GPAs.
+    Passthrough,
+    /// Still passthrough, with the shadow vrings already mapped.
+    Prepared,
+    /// The device runs on the shadow virtqueues.
+    Svq,
+    /// Migration completed: this device is done and holds no mapping.
+    Completed,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Passthrough => "passthrough",
+            Mode::Prepared => "prepared",
+            Mode::Svq => "svq",
+            Mode::Completed => "completed",
+        })
+    }
+}
