@@ -98,3 +98,55 @@ pub(crate) type XlateMap = RangeInclusiveMap<u64, Xlate>;
 pub(crate) fn xlate_entry(delta: u64, perm: Perm) -> Xlate {
     Xlate { delta, perm }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flat(entries: &[(u64, u64, u64)]) -> Flat {
+        let mut f = Flat::default();
+        for &(first, last, delta) in entries {
+            f.firsts.push(first);
+            f.rest.push((
+                last,
+                Xlate {
+                    delta,
+                    perm: Perm::Rw,
+                },
+            ));
+        }
+        f
+    }
+
+    #[test]
+    fn lookup_finds_the_entry_holding_an_address() {
+        let f = flat(&[(0x1000, 0x1fff, 0), (0x3000, 0x5fff, 0x100)]);
+        assert_eq!(f.lookup(0x1800).map(|(l, _)| l), Some(0x1fff));
+        assert_eq!(f.lookup(0x3000).map(|(_, x)| x.delta), Some(0x100));
+        assert_eq!(f.lookup(0x5fff).map(|(l, _)| l), Some(0x5fff));
+        assert!(f.lookup(0x2000).is_none(), "between entries");
+        assert!(f.lookup(0x0).is_none(), "below the first");
+        assert!(f.lookup(0x6000).is_none(), "above the last");
+    }
+
+    #[test]
+    fn translate_walks_segments_and_names_the_first_gap() {
+        let f = flat(&[(0x1000, 0x1fff, 0), (0x2000, 0x2fff, 0x10000)]);
+        let segs = translate_with(|a| f.lookup(a), Gpa(0x1800), 0x1000, |_| true).unwrap();
+        assert_eq!(segs.len(), 2);
+        assert_eq!((segs[0].iova, segs[0].len), (Iova(0x1800), 0x800));
+        assert_eq!((segs[1].iova, segs[1].len), (Iova(0x12000), 0x800));
+        assert_eq!(
+            translate_with(|a| f.lookup(a), Gpa(0x2800), 0x1000, |_| false),
+            Err(PlanError::NotGuestMemory { gpa: 0x3000 })
+        );
+        assert_eq!(
+            translate_with(|a| f.lookup(a), Gpa(0x2800), 0x1000, |_| true),
+            Err(PlanError::Unreachable { gpa: 0x3000 })
+        );
+        assert!(matches!(
+            translate_with(|a| f.lookup(a), Gpa(u64::MAX), 2, |_| true),
+            Err(PlanError::Wraps { .. })
+        ));
+    }
+}

@@ -1,0 +1,80 @@
+//! Back to passthrough (failback), and the end of a migration (complete).
+
+use super::*;
+
+impl IdentityPlanner {
+    pub(super) fn plan_failback(&mut self) -> Result<Plan, PlanError> {
+        let s = match (&self.svq, self.mode) {
+            (Some(s), Mode::Svq | Mode::Prepared) => s,
+            _ => return Err(self.out_of_order("failback")),
+        };
+        let mut b = PlanBuilder::new();
+        let mut critical: BTreeMap<u64, ()> = BTreeMap::new();
+        let mut staged: BTreeMap<u64, Region> = BTreeMap::new();
+        // Identity maps to restore: displaced memory inside the device range.
+        let mut targets: SmallVec<[(u64, Piece); 4]> = SmallVec::new();
+        for e in s.entries.values() {
+            if let SvqEntry::Displaced { region, piece } = e {
+                let r = &self.regions[region];
+                staged.entry(*region).or_insert_with(|| {
+                    let mut nr = r.clone();
+                    nr.pieces.retain(|p| p.is_identity());
+                    nr
+                });
+                if self.split(piece.gpa).1.is_empty() {
+                    targets.push((*region, *piece));
+                }
+            }
+        }
+        for (_, p) in &targets {
+            let (f, l) = p.gpa.bounds();
+            for (at, e) in s.overlapping(f, l) {
+                if critical.insert(at, ()).is_none() {
+                    match e {
+                        SvqEntry::Queue { .. } => s.unmap_queue(&mut b, Phase::Critical, at),
+                        SvqEntry::Displaced { piece, .. } => {
+                            b.invalidate(Phase::Critical, ASID, piece.iova)
+                        }
+                    }
+                }
+            }
+        }
+        for (region, p) in &targets {
+            let nr = staged.get_mut(region).expect("staged above");
+            let id = Self::identity(p.gpa);
+            Self::map_piece(&mut b, Phase::Critical, nr, &id);
+            nr.pieces.push(id);
+            nr.pieces.sort();
+        }
+        // The device runs on the guest's rings again: the rest can wait.
+        Self::teardown_svq(s, &mut b, Phase::Background, &critical);
+        let plan = b.finish(&self.caps);
+        self.svq = None;
+        self.commit_regions(staged);
+        self.mode = Mode::Passthrough;
+        Ok(plan)
+    }
+
+    pub(super) fn plan_complete(&mut self) -> Result<Plan, PlanError> {
+        if self.mode != Mode::Svq {
+            return Err(self.out_of_order("complete"));
+        }
+        let s = self.svq.as_ref().expect("svq mode has svq state");
+        let mut b = PlanBuilder::new();
+        for r in self.regions.values() {
+            for p in r.pieces.iter().filter(|p| p.is_identity()) {
+                b.invalidate(Phase::Background, ASID, p.iova);
+            }
+        }
+        Self::teardown_svq(s, &mut b, Phase::Background, &BTreeMap::new());
+        let plan = b.finish(&self.caps);
+        self.svq = None;
+        for r in self.regions.values_mut() {
+            r.pieces.clear();
+        }
+        self.xlate = RangeInclusiveMap::new();
+        self.refresh_flat();
+        self.mode = Mode::Completed;
+        Ok(plan)
+    }
+}
