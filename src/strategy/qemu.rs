@@ -38,7 +38,9 @@ use crate::entry::Entry;
 use crate::error::PlanError;
 use crate::event::RegionSpec;
 use crate::plan::{plan_from_ops, plan_with_unpins, Op, OpKind, Plan};
-use crate::strategy::shared::{overlapping_keys, validate_regions, GuestMemory};
+use crate::strategy::shared::{
+    guest_map, guest_unmap, new_regions, removed_region, GuestMemory, UnitSpan,
+};
 use crate::strategy::xlate::{translate_map, xlate_entry, XlateMap};
 use crate::strategy::{Piece, Placement, Segments, Strategy};
 use crate::svq::{areas, AreaKind, QueueLayout, SvqConfig, VringArea};
@@ -52,6 +54,12 @@ struct QRegion {
     hva: Hva,
     perm: Perm,
     iova: Option<Span<Iova>>,
+}
+
+impl UnitSpan for QRegion {
+    fn span(&self) -> Span<Gpa> {
+        self.gpa
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -249,17 +257,16 @@ impl Strategy for QemuPlanner {
     }
 
     fn add_regions(&mut self, specs: &[RegionSpec]) -> Result<Plan, PlanError> {
-        if self.mode == Mode::Completed {
-            return Err(self.out_of_order("hotplug"));
-        }
-        if let Some(v) = &mut self.viommu {
-            v.add(&self.caps, specs)?;
+        let Some(specs) = new_regions(
+            &self.caps,
+            self.mode,
+            self.viommu.as_mut(),
+            &self.regions,
+            specs,
+        )?
+        else {
             return Ok(Plan::default());
-        }
-        let specs = validate_regions(&self.caps, specs, |f, l| {
-            let (_, r) = self.regions.range(..=l).next_back()?;
-            (r.gpa.last().raw() >= f).then(|| r.gpa.bounds())
-        })?;
+        };
         let mut tree = self.tree.clone();
         let mut body = Vec::new();
         let mut new = Vec::new();
@@ -298,16 +305,13 @@ impl Strategy for QemuPlanner {
     }
 
     fn remove_region(&mut self, gpa: Gpa) -> Result<Plan, PlanError> {
-        if self.mode == Mode::Completed {
-            return Err(self.out_of_order("unplug"));
-        }
-        if let Some(v) = &mut self.viommu {
-            v.remove(
-                gpa,
-                self.regions
-                    .values()
-                    .map(|u| (u.gpa.first().raw(), u.hva, u.gpa.size())),
-            )?;
+        if removed_region(
+            self.mode,
+            self.viommu.as_mut(),
+            &self.regions,
+            |u| u.hva,
+            gpa,
+        )? {
             return Ok(Plan::default());
         }
         let r = self
@@ -509,22 +513,17 @@ impl Strategy for QemuPlanner {
         gpa: Gpa,
         perm: Perm,
     ) -> Result<Plan, PlanError> {
-        let Some(v) = &self.viommu else {
-            return Err(PlanError::NoViommu {
-                event: "viommu_map",
-            });
-        };
-        if self.mode == Mode::Completed {
-            return Err(self.out_of_order("viommu_map"));
-        }
-        let (gi, hva) = v.resolve(&self.caps, giova, size, gpa, perm)?;
-        let (f, l) = gi.bounds();
-        if let Some(k) = overlapping_keys(&self.regions, |u| u.gpa.last().raw(), f, l).first() {
-            return Err(PlanError::GuestMapOverlap {
-                new: (f, l),
-                existing: self.regions[k].gpa.bounds(),
-            });
-        }
+        let (gi, hva) = guest_map(
+            &self.caps,
+            self.mode,
+            self.viommu.as_ref(),
+            &self.regions,
+            giova,
+            size,
+            gpa,
+            perm,
+        )?;
+        let (f, _) = gi.bounds();
         let r = QRegion {
             gpa: gi,
             hva,
@@ -546,20 +545,15 @@ impl Strategy for QemuPlanner {
     }
 
     fn viommu_unmap(&mut self, giova: Iova, size: u64) -> Result<Plan, PlanError> {
-        if self.viommu.is_none() {
-            return Err(PlanError::NoViommu {
-                event: "viommu_unmap",
-            });
-        }
-        if self.mode == Mode::Completed {
-            return Err(self.out_of_order("viommu_unmap"));
-        }
-        let span = Span::new(giova, size, self.caps.page_size)?;
+        let (span, hit) = guest_unmap(
+            &self.caps,
+            self.mode,
+            self.viommu.is_some(),
+            &self.regions,
+            giova,
+            size,
+        )?;
         let (f, l) = span.bounds();
-        let hit = overlapping_keys(&self.regions, |u| u.gpa.last().raw(), f, l);
-        if hit.is_empty() {
-            return Err(PlanError::NotMapped { first: f, last: l });
-        }
         // vhost_vdpa_iommu_map_notify: a range past the device range is
         // skipped, for unmaps as for maps. Otherwise one INVALIDATE of
         // exactly the guest's range, whatever it hits; the kernel drops the

@@ -11,7 +11,7 @@ use crate::entry::Entry;
 use crate::error::PlanError;
 use crate::event::RegionSpec;
 use crate::plan::{plan_from_ops, Op, OpKind, Plan, PlanBuilder};
-use crate::vocab::{Perm, Phase};
+use crate::vocab::{Mode, Perm, Phase};
 
 /// Keys of the entries of `map` (keyed by first address, `last` giving each
 /// one's last address) that overlap `[f, l]`, in order.
@@ -234,4 +234,126 @@ fn free_page(caps: &DeviceCaps, taken: &[Span<Iova>]) -> Option<Span<Iova>> {
     }
     let last = cand.checked_add(p.get() - 1)?;
     (last <= caps.range.last()).then(|| Span::trusted(cand, p.get()))
+}
+
+/// Guest units (regions, or guest maps) by first address: what the guards
+/// below look through. Both strategies keep one.
+pub(crate) trait UnitSpan {
+    /// The guest addresses the unit covers.
+    fn span(&self) -> Span<Gpa>;
+}
+
+/// `event` is refused after a completed migration.
+pub(crate) fn not_completed(mode: Mode, event: &'static str) -> Result<(), PlanError> {
+    match mode {
+        Mode::Completed => Err(PlanError::OutOfOrder { event, mode }),
+        _ => Ok(()),
+    }
+}
+
+/// Validated new regions, sorted by GPA.
+pub(crate) type ValidRegions = Vec<(Span<Gpa>, RegionSpec)>;
+
+/// The guard of `add_regions`: refused after completion; with a vIOMMU the
+/// regions are only declared (`Ok(None)`); otherwise validated against each
+/// other and the present units, sorted.
+pub(crate) fn new_regions<U: UnitSpan>(
+    caps: &DeviceCaps,
+    mode: Mode,
+    viommu: Option<&mut GuestMemory>,
+    units: &BTreeMap<u64, U>,
+    specs: &[RegionSpec],
+) -> Result<Option<ValidRegions>, PlanError> {
+    not_completed(mode, "hotplug")?;
+    if let Some(v) = viommu {
+        // Guest memory is only declared: the guest maps it through its vIOMMU.
+        v.add(caps, specs)?;
+        return Ok(None);
+    }
+    validate_regions(caps, specs, |f, l| {
+        let (_, u) = units.range(..=l).next_back()?;
+        let s = u.span();
+        (s.last().raw() >= f).then(|| s.bounds())
+    })
+    .map(Some)
+}
+
+/// The guard of `remove_region`: refused after completion; with a vIOMMU
+/// the region is removed from the declared memory unless a guest map still
+/// uses it (`true`: done, nothing to unmap).
+pub(crate) fn removed_region<U: UnitSpan>(
+    mode: Mode,
+    viommu: Option<&mut GuestMemory>,
+    units: &BTreeMap<u64, U>,
+    hva_of: impl Fn(&U) -> Hva,
+    gpa: Gpa,
+) -> Result<bool, PlanError> {
+    not_completed(mode, "unplug")?;
+    let Some(v) = viommu else {
+        return Ok(false);
+    };
+    v.remove(
+        gpa,
+        units
+            .values()
+            .map(|u| (u.span().first().raw(), hva_of(u), u.span().size())),
+    )?;
+    Ok(true)
+}
+
+/// The guard of `viommu_map`: a vIOMMU guest, not completed, a map of
+/// memory inside one region with an allowed perm, overlapping no live map.
+/// Gives the guest IOVA span and the host address of its first byte.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn guest_map<U: UnitSpan>(
+    caps: &DeviceCaps,
+    mode: Mode,
+    viommu: Option<&GuestMemory>,
+    units: &BTreeMap<u64, U>,
+    giova: Iova,
+    size: u64,
+    gpa: Gpa,
+    perm: Perm,
+) -> Result<(Span<Gpa>, Hva), PlanError> {
+    let Some(v) = viommu else {
+        return Err(PlanError::NoViommu {
+            event: "viommu_map",
+        });
+    };
+    not_completed(mode, "viommu_map")?;
+    let (gi, hva) = v.resolve(caps, giova, size, gpa, perm)?;
+    let (f, l) = gi.bounds();
+    if let Some(k) = overlapping_keys(units, |u| u.span().last().raw(), f, l).first() {
+        return Err(PlanError::GuestMapOverlap {
+            new: (f, l),
+            existing: units[k].span().bounds(),
+        });
+    }
+    Ok((gi, hva))
+}
+
+/// The guard of `viommu_unmap`: a vIOMMU guest, not completed, a valid
+/// range that hits at least one live map. Gives the range and the keys of
+/// the maps it hits.
+pub(crate) fn guest_unmap<U: UnitSpan>(
+    caps: &DeviceCaps,
+    mode: Mode,
+    viommu: bool,
+    units: &BTreeMap<u64, U>,
+    giova: Iova,
+    size: u64,
+) -> Result<(Span<Iova>, SmallVec<[u64; 2]>), PlanError> {
+    if !viommu {
+        return Err(PlanError::NoViommu {
+            event: "viommu_unmap",
+        });
+    }
+    not_completed(mode, "viommu_unmap")?;
+    let span = Span::new(giova, size, caps.page_size)?;
+    let (f, l) = span.bounds();
+    let hit = overlapping_keys(units, |u| u.span().last().raw(), f, l);
+    if hit.is_empty() {
+        return Err(PlanError::NotMapped { first: f, last: l });
+    }
+    Ok((span, hit))
 }

@@ -58,7 +58,9 @@ use crate::entry::Entry;
 use crate::error::PlanError;
 use crate::event::RegionSpec;
 use crate::plan::{Plan, PlanBuilder};
-use crate::strategy::shared::{overlapping_keys, reset_plan, validate_regions, GuestMemory};
+use crate::strategy::shared::{
+    guest_map, guest_unmap, new_regions, removed_region, reset_plan, GuestMemory, UnitSpan,
+};
 use crate::strategy::xlate::{translate_with, Flat, Xlate};
 use crate::strategy::{Piece, Placement, Segments, Strategy};
 use crate::svq::{areas, QueueLayout, SvqConfig, VringArea};
@@ -81,6 +83,12 @@ struct Region {
     hva: Hva,
     perm: Perm,
     pieces: SmallVec<[Piece; 2]>,
+}
+
+impl UnitSpan for Region {
+    fn span(&self) -> Span<Gpa> {
+        self.gpa
+    }
 }
 
 impl Region {
@@ -358,18 +366,16 @@ impl Strategy for IdentityPlanner {
     }
 
     fn add_regions(&mut self, specs: &[RegionSpec]) -> Result<Plan, PlanError> {
-        if self.mode == Mode::Completed {
-            return Err(self.out_of_order("hotplug"));
-        }
-        if let Some(v) = &mut self.viommu {
-            // Guest memory is only declared: the guest maps it through its vIOMMU.
-            v.add(&self.caps, specs)?;
+        let Some(specs) = new_regions(
+            &self.caps,
+            self.mode,
+            self.viommu.as_mut(),
+            &self.regions,
+            specs,
+        )?
+        else {
             return Ok(Plan::default());
-        }
-        let specs = validate_regions(&self.caps, specs, |f, l| {
-            let (_, r) = self.regions.range(..=l).next_back()?;
-            (r.gpa.last().raw() >= f).then(|| r.gpa.bounds())
-        })?;
+        };
         let units = specs
             .into_iter()
             .map(|(g, spec)| (g, spec.hva, spec.perm()))
@@ -378,16 +384,13 @@ impl Strategy for IdentityPlanner {
     }
 
     fn remove_region(&mut self, gpa: Gpa) -> Result<Plan, PlanError> {
-        if self.mode == Mode::Completed {
-            return Err(self.out_of_order("unplug"));
-        }
-        if let Some(v) = &mut self.viommu {
-            v.remove(
-                gpa,
-                self.regions
-                    .values()
-                    .map(|u| (u.gpa.first().raw(), u.hva, u.gpa.size())),
-            )?;
+        if removed_region(
+            self.mode,
+            self.viommu.as_mut(),
+            &self.regions,
+            |u| u.hva,
+            gpa,
+        )? {
             return Ok(Plan::default());
         }
         self.remove_unit(gpa)

@@ -11,39 +11,29 @@ impl IdentityPlanner {
         gpa: Gpa,
         perm: Perm,
     ) -> Result<Plan, PlanError> {
-        let Some(v) = &self.viommu else {
-            return Err(PlanError::NoViommu {
-                event: "viommu_map",
-            });
-        };
-        if self.mode == Mode::Completed {
-            return Err(self.out_of_order("viommu_map"));
-        }
-        let (gi, hva) = v.resolve(&self.caps, giova, size, gpa, perm)?;
-        let (f, l) = gi.bounds();
-        if let Some(k) = overlapping_keys(&self.regions, |u| u.gpa.last().raw(), f, l).first() {
-            return Err(PlanError::GuestMapOverlap {
-                new: (f, l),
-                existing: self.regions[k].gpa.bounds(),
-            });
-        }
+        let (gi, hva) = guest_map(
+            &self.caps,
+            self.mode,
+            self.viommu.as_ref(),
+            &self.regions,
+            giova,
+            size,
+            gpa,
+            perm,
+        )?;
         self.add_units(vec![(gi, hva, perm)])
     }
 
     pub(super) fn plan_viommu_unmap(&mut self, giova: Iova, size: u64) -> Result<Plan, PlanError> {
-        if self.viommu.is_none() {
-            return Err(PlanError::NoViommu {
-                event: "viommu_unmap",
-            });
-        }
-        if self.mode == Mode::Completed {
-            return Err(self.out_of_order("viommu_unmap"));
-        }
-        let (f, l) = Span::new(giova, size, self.caps.page_size)?.bounds();
-        let hit = overlapping_keys(&self.regions, |u| u.gpa.last().raw(), f, l);
-        if hit.is_empty() {
-            return Err(PlanError::NotMapped { first: f, last: l });
-        }
+        let (span, hit) = guest_unmap(
+            &self.caps,
+            self.mode,
+            self.viommu.is_some(),
+            &self.regions,
+            giova,
+            size,
+        )?;
+        let (f, l) = span.bounds();
         // The kernel drops whole entries: every entry of a cut map is
         // unmapped, and what stays mapped is mapped again at the same IOVAs
         // (pinned again: counted in the cost). On a set_map device the batch
