@@ -15,85 +15,14 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use vdpa_iova_planner::kernel::{Applied, KernelIotlb, MsgType, RawMsg, Violation};
-use vdpa_iova_planner::{DeviceCaps, Entry, Op, OpKind, Phase, Plan};
+use vdpa_iova_planner::{DeviceCaps, Op, OpKind, Phase, Plan};
 
-use crate::device::MsgSink;
+pub use crate::host::procfs::{first_unshared, parse_maps, Limits, Mapping};
+#[cfg(any(test, feature = "test-utils"))]
+pub use crate::sink::FaultyDevice;
+use crate::sink::MsgSink;
+pub use crate::sink::{tables, ModelDevice};
 use crate::uapi::{self, MsgFormat, MSG_LEN};
-
-/// Limits that decide whether a plan can pin what it needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// `RLIMIT_MEMLOCK` (soft), bytes; `None` when unlimited.
-    pub memlock: Option<u64>,
-    /// Bytes this process has pinned now (`VmPin` of `/proc/self/status`),
-    /// this device's maps included.
-    pub pinned_now: u64,
-    /// Entries vhost-vdpa allows per address space (its `max_iotlb_entries`
-    /// module parameter, see [`crate::physmem`]); `None` when unlimited.
-    pub max_entries: Option<u64>,
-}
-
-impl Limits {
-    /// This process's limits now.
-    pub fn current() -> Limits {
-        let l = rustix::process::getrlimit(rustix::process::Resource::Memlock);
-        Limits {
-            memlock: l.current,
-            pinned_now: crate::memory::proc_bytes("/proc/self/status", "VmPin:").unwrap_or(0),
-            max_entries: crate::physmem::max_entries(),
-        }
-    }
-}
-
-/// One line of `/proc/self/maps` that matters here.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    /// First address.
-    pub start: u64,
-    /// One past the last address.
-    pub end: u64,
-    /// `s` in the flags: shared.
-    pub shared: bool,
-    /// Backed by a file (inode not 0): memfd, hugetlbfs, shm, a regular file.
-    pub file_backed: bool,
-    /// The path column, for messages.
-    pub name: String,
-}
-
-/// Parses `/proc/self/maps` text.
-pub fn parse_maps(text: &str) -> Vec<Mapping> {
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (range, perms, _off, _dev, inode) =
-                (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
-            let name = f.collect::<Vec<_>>().join(" ");
-            let (a, b) = range.split_once('-')?;
-            Some(Mapping {
-                start: u64::from_str_radix(a, 16).ok()?,
-                end: u64::from_str_radix(b, 16).ok()?,
-                shared: perms.as_bytes().get(3) == Some(&b's'),
-                file_backed: inode != "0",
-                name,
-            })
-        })
-        .collect()
-}
-
-/// The first byte of `[hva, hva + size)` that is not in a shared,
-/// file-backed mapping, with what is there (`None`: nothing mapped).
-pub fn first_unshared(maps: &[Mapping], hva: u64, size: u64) -> Option<(u64, Option<Mapping>)> {
-    let end = hva.checked_add(size)?;
-    let mut cur = hva;
-    while cur < end {
-        match maps.iter().find(|m| m.start <= cur && cur < m.end) {
-            Some(m) if m.shared && m.file_backed => cur = m.end,
-            Some(m) => return Some((cur, Some(m.clone()))),
-            None => return Some((cur, None)),
-        }
-    }
-    None
-}
 
 /// Why a plan did not go through.
 #[derive(Debug, thiserror::Error)]
@@ -417,7 +346,7 @@ impl<D: MsgSink> Applier<D> {
                         fresh.pinned_now, m.size
                     ),
                     _ => match entry_count(work, m) {
-                        Some((have, new)) => match limits.max_entries.or_else(crate::physmem::max_entries) {
+                        Some((have, new)) => match limits.max_entries.or_else(crate::host::sysfs::max_entries) {
                             Some(max) if have + new > max => format!(
                                 "the entry limit: the address space holds {have} entries and this map's memory lies in {new} physically contiguous runs (one entry each), over the {max} vhost-vdpa allows (module parameter max_iotlb_entries; huge pages make fewer runs)"
                             ),
@@ -501,7 +430,11 @@ impl<D: MsgSink> Applier<D> {
 /// contiguous run of each mirrored entry's pinned pages) and the runs `m`'s
 /// own memory needs; `None` when page frames cannot be read.
 fn entry_count(work: &KernelIotlb, m: &RawMsg) -> Option<(u64, u64)> {
-    let runs = |hva: u64, size: u64| crate::physmem::contiguous_runs(hva, size).ok().flatten();
+    let runs = |hva: u64, size: u64| {
+        crate::host::physmem::contiguous_runs(hva, size)
+            .ok()
+            .flatten()
+    };
     let mut have = 0;
     for e in work.entries(m.asid) {
         have += runs(e.hva.0, e.iova.size())?;
@@ -513,92 +446,11 @@ fn marker(asid: u32, kind: MsgType) -> RawMsg {
     RawMsg::marker(asid, kind)
 }
 
-/// Every entry of every address space (at most 64 looked at).
-pub fn tables(k: &KernelIotlb, spaces: u32) -> Vec<(u32, Entry)> {
-    (0..spaces.min(64))
-        .flat_map(|a| k.entries(a).map(move |e| (a, *e)))
-        .collect()
-}
-
-/// The kernel model as a device: what `--dry-run` sends plans to. It decodes
-/// each message exactly as the kernel would read it and refuses, with
-/// EFAULT, what the kernel refuses.
-#[derive(Clone, Debug)]
-pub struct ModelDevice {
-    /// The kernel's IOTLB.
-    pub kernel: KernelIotlb,
-    format: MsgFormat,
-    /// Messages received.
-    pub received: usize,
-}
-
-impl ModelDevice {
-    /// An empty device.
-    pub fn new(caps: &DeviceCaps, format: MsgFormat) -> Self {
-        ModelDevice {
-            kernel: KernelIotlb::permissive(caps),
-            format,
-            received: 0,
-        }
-    }
-}
-
-impl MsgSink for ModelDevice {
-    fn send(&mut self, msg: &[u8; MSG_LEN]) -> io::Result<usize> {
-        self.received += 1;
-        let m = uapi::decode(msg, self.format).map_err(|_| efault())?;
-        self.kernel.apply_raw(&m).map_err(|_| efault())?;
-        Ok(MSG_LEN)
-    }
-
-    fn reset(&mut self) -> io::Result<()> {
-        self.kernel.reset_device();
-        Ok(())
-    }
-}
-
-fn efault() -> io::Error {
-    io::Error::from_raw_os_error(14)
-}
-
-/// A [`ModelDevice`] that fails on purpose: the message with index
-/// `fail_at` (counting every message received) is refused with EFAULT, or
-/// taken short when `short` is set. For rollback tests.
-#[cfg(any(test, feature = "test-utils"))]
-#[derive(Clone, Debug)]
-pub struct FaultyDevice {
-    /// The device behind.
-    pub inner: ModelDevice,
-    /// Index of the message to refuse.
-    pub fail_at: Option<usize>,
-    /// Take that message short (36 bytes) instead of refusing it.
-    pub short: bool,
-}
-
-#[cfg(any(test, feature = "test-utils"))]
-impl MsgSink for FaultyDevice {
-    fn send(&mut self, msg: &[u8; MSG_LEN]) -> io::Result<usize> {
-        if self.fail_at == Some(self.inner.received) {
-            self.inner.received += 1;
-            return if self.short {
-                Ok(MSG_LEN / 2)
-            } else {
-                Err(efault())
-            };
-        }
-        self.inner.send(msg)
-    }
-
-    fn reset(&mut self) -> io::Result<()> {
-        self.inner.reset()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use vdpa_iova_planner::{
-        DeviceRange, Event, Gpa, Hva, IdentityPlanner, RegionSpec, Strategy, SvqConfig,
+        DeviceRange, Entry, Event, Gpa, Hva, IdentityPlanner, RegionSpec, Strategy, SvqConfig,
     };
 
     const GIB: u64 = 1 << 30;

@@ -8,9 +8,9 @@ use vdpa_iova_planner::{
 };
 
 use crate::apply::{Applier, Limits, Mapping};
-use crate::device::MsgSink;
 use crate::error::AdapterError;
 use crate::runner::StrategyKind;
+use crate::sink::MsgSink;
 use crate::uapi::MsgFormat;
 
 /// What to measure.

@@ -12,25 +12,9 @@ use rustix::ioctl::{ioctl, Getter, NoArg, Setter, Updater};
 use vdpa_iova_planner::{DeviceCaps, DeviceRange, MapStyle, PageSize};
 
 use crate::error::AdapterError;
+use crate::host::sysfs;
+use crate::sink::MsgSink;
 use crate::uapi::{self, backend, ioctl as op, MsgFormat, MSG_LEN};
-
-/// Where a plan's messages go: a real device, or (for dry runs and tests)
-/// the kernel model behind [`crate::apply::ModelDevice`].
-pub trait MsgSink {
-    /// Writes one 72-byte message; returns the bytes the kernel took.
-    ///
-    /// # Errors
-    /// The kernel's refusal (EFAULT for every IOTLB rule).
-    fn send(&mut self, msg: &[u8; MSG_LEN]) -> io::Result<usize>;
-    /// Resets the device (status 0): a real device is reset, a model
-    /// forgets what a real device forgets.
-    ///
-    /// # Errors
-    /// The reset's error.
-    fn reset(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// What `probe` learned about a device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +48,11 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// Whether the device pins what it maps (see [`sysfs::pins_memory`]).
+    pub fn pins_memory(&self) -> bool {
+        sysfs::pins_memory(self.parent.as_deref())
+    }
+
     /// The message format the acked features select.
     pub fn format(&self) -> MsgFormat {
         MsgFormat::from_features(self.acked)
@@ -109,7 +98,7 @@ impl Probe {
 pub fn map_style_of(parent: &str) -> MapStyle {
     match parent {
         "ifcvf" | "octep_vdpa" | "pds_vdpa" | "vp_vdpa" | "alibaba_eni_vdpa" => MapStyle::Platform,
-        p if is_vdpa_sim(p) => {
+        p if sysfs::is_vdpa_sim(p) => {
             match std::fs::read_to_string("/sys/module/vdpa_sim/parameters/batch_mapping") {
                 Ok(v) if v.trim() == "0" => MapStyle::DmaMap,
                 _ => MapStyle::SetMap,
@@ -229,7 +218,7 @@ impl VhostVdpa {
                 Err(e) => return Err(dev_err(&self.path, "VHOST_VDPA_GET_VRING_GROUP", e.into())),
             }
         }
-        let parent = parent_driver(&self.path);
+        let parent = sysfs::parent_driver(&self.path);
         let map_style = parent.as_deref().map_or(MapStyle::SetMap, map_style_of);
         Ok(Probe {
             path: self.path.clone(),
@@ -242,7 +231,7 @@ impl VhostVdpa {
             groups,
             vq_groups,
             parent,
-            max_entries: crate::physmem::max_entries(),
+            max_entries: sysfs::max_entries(),
             map_style,
         })
     }
@@ -254,79 +243,7 @@ impl MsgSink for VhostVdpa {
     }
 
     fn reset(&mut self) -> io::Result<()> {
-        // SAFETY: `_IOW(VHOST_VIRTIO, 0x72, __u8)`: the kernel reads one byte.
-        unsafe { ioctl(self.fd.as_fd(), Setter::<{ op::SET_STATUS }, u8>::new(0)) }
-            .map_err(io::Error::from)
-    }
-}
-
-/// Whether the device behind `probe` pins memory: VDUSE never does,
-/// vdpa_sim does when loaded with `use_va=0` (read from sysfs), anything
-/// else is taken to be a NIC behind an IOMMU, which pins.
-pub fn pins_memory(probe: &Probe) -> bool {
-    match probe.parent.as_deref() {
-        Some("vduse") => false,
-        Some(p) if is_vdpa_sim(p) => {
-            std::fs::read_to_string("/sys/module/vdpa_sim/parameters/use_va")
-                .map(|v| !v.trim().starts_with('Y'))
-                .unwrap_or(true)
-        }
-        _ => true,
-    }
-}
-
-fn is_vdpa_sim(parent: &str) -> bool {
-    parent.starts_with("vdpasim") || parent.starts_with("vdpa_sim")
-}
-
-/// The vDPA parent driver behind `/dev/vhost-vdpa-N`, from sysfs. The
-/// vhost-vdpa character device has no class; it is a child of its vdpa
-/// device, so the vdpa device is the one of `/sys/bus/vdpa/devices` holding
-/// `vhost-vdpa-N`. Its parent is the management device: a hardware parent
-/// (mlx5, ifcvf, ...) has a `driver` link; the software ones are recognised
-/// by where they are (see [`software_parent`]).
-fn parent_driver(path: &Path) -> Option<String> {
-    let name = path.file_name()?;
-    std::fs::read_dir("/sys/bus/vdpa/devices")
-        .ok()?
-        .filter_map(|e| std::fs::canonicalize(e.ok()?.path()).ok())
-        .find(|dev| dev.join(name).exists())
-        .and_then(|dev| parent_of(&dev))
-}
-
-/// [`parent_driver`] for the canonical sysfs path of a vdpa device.
-fn parent_of(vdpa: &Path) -> Option<String> {
-    let parent = vdpa.parent()?;
-    if let Ok(drv) = std::fs::read_link(parent.join("driver")) {
-        return Some(drv.file_name()?.to_string_lossy().into_owned());
-    }
-    software_parent(parent)
-}
-
-/// The software management devices, recognised by the sysfs directory
-/// their vdpa devices sit in: VDUSE puts them under its own character
-/// device (`/sys/devices/virtual/vduse/NAME/DEV`), and vdpa_sim registers
-/// them without a parent, at the top (`/sys/devices/DEV`), as no other
-/// in-tree parent of Linux 6.12 does.
-fn software_parent(parent: &Path) -> Option<String> {
-    let names: Vec<&str> = parent
-        .components()
-        .filter_map(|c| c.as_os_str().to_str())
-        .collect();
-    match names.as_slice() {
-        [.., "vduse", _] => Some("vduse".into()),
-        ["/", "sys", "devices"] => Some("vdpa_sim".into()),
-        _ => None,
-    }
-}
-
-impl<T: MsgSink + ?Sized> MsgSink for &mut T {
-    fn send(&mut self, msg: &[u8; MSG_LEN]) -> io::Result<usize> {
-        (**self).send(msg)
-    }
-
-    fn reset(&mut self) -> io::Result<()> {
-        (**self).reset()
+        crate::sink::set_status(self.fd.as_fd(), 0)
     }
 }
 
@@ -335,20 +252,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn software_parents_are_named_by_their_management_device() {
-        assert_eq!(
-            software_parent(Path::new("/sys/devices")),
-            Some("vdpa_sim".into())
-        );
-        assert_eq!(
-            software_parent(Path::new("/sys/devices/virtual/vduse/vdpa-rig")),
-            Some("vduse".into())
-        );
-        assert_eq!(
-            software_parent(Path::new("/sys/devices/pci0000:00/0000:00:03.0")),
-            None
-        );
-        assert!(is_vdpa_sim("vdpa_sim"));
+    fn map_styles_follow_the_parent_driver() {
         assert_eq!(map_style_of("vp_vdpa"), MapStyle::Platform);
         assert_eq!(map_style_of("mlx5_vdpa"), MapStyle::SetMap);
     }

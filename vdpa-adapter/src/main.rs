@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vdpa_adapter::apply::{Applier, Limits, ModelDevice};
 use vdpa_adapter::bench::{bench, stats, BenchConfig};
-use vdpa_adapter::device::{pins_memory, Probe, VhostVdpa};
+use vdpa_adapter::device::{Probe, VhostVdpa};
 use vdpa_adapter::memory::{Backing, Mem};
 use vdpa_adapter::report::{bytes, comparison_table, describe, detail_table, json};
 use vdpa_adapter::scenario::parse_num;
@@ -180,7 +180,7 @@ fn read_scenario(p: &Path) -> Result<(Scenario, String), AdapterError> {
 fn probe_cmd(device: &Path, format: Format) -> Result<String, AdapterError> {
     let mut d = VhostVdpa::open(device)?;
     let p = d.probe()?;
-    let caps = p.caps(pins_memory(&p))?;
+    let caps = p.caps(p.pins_memory())?;
     Ok(match format {
         Format::Json => {
             let v = serde_json::json!({
@@ -312,7 +312,7 @@ fn apply_cmd(
     HostMemory::new(Some(backing)).check_room(scn.steps())?;
     let mut d = VhostVdpa::open(device)?;
     let p = d.probe()?;
-    let caps = p.caps(pinning.unwrap_or_else(|| pins_memory(&p)))?;
+    let caps = p.caps(pinning.unwrap_or_else(|| p.pins_memory()))?;
     outln!("{}: {}", device.display(), describe(&caps));
     let name = device.display().to_string();
     let mut mem = HostMemory::new(Some(backing));
@@ -338,7 +338,7 @@ fn bench_cmd(
 ) -> Result<String, AdapterError> {
     let mut d = VhostVdpa::open(device)?;
     let p = d.probe()?;
-    let caps = p.caps(pinning.unwrap_or_else(|| pins_memory(&p)))?;
+    let caps = p.caps(pinning.unwrap_or_else(|| p.pins_memory()))?;
     let memory = |what: &str, size: u64| {
         Mem::new(size, backing, what).map_err(|source| AdapterError::Memory {
             what: format!("{} of {what}", bytes(size)),
@@ -390,7 +390,7 @@ fn bench_cmd(
         match backing {
             Backing::Hugepages => format!(
                 "{} huge pages",
-                bytes(vdpa_adapter::memory::huge_page_size())
+                bytes(vdpa_adapter::host::procfs::huge_page_size())
             ),
             Backing::Memfd => "memfd 4 KiB pages".into(),
             Backing::Anon => "anonymous 4 KiB pages".into(),

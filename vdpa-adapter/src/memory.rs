@@ -12,7 +12,8 @@ use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
 use rustix::mm::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
 
 /// How guest memory is backed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Backing {
     /// memfd, mapped shared (what a use_va device needs).
     Memfd,
@@ -30,26 +31,6 @@ pub struct Mem {
     _fd: Option<OwnedFd>,
 }
 
-/// The default huge page size (`Hugepagesize` of `/proc/meminfo`), 2 MiB
-/// when it cannot be read.
-pub fn huge_page_size() -> u64 {
-    proc_bytes("/proc/meminfo", "Hugepagesize:").unwrap_or(2 << 20)
-}
-
-/// A `Key:   N kB` line of a `/proc` file (`/proc/meminfo`,
-/// `/proc/self/status`), in bytes.
-pub fn proc_bytes(file: &str, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let kb = text.lines().find_map(|l| l.strip_prefix(key))?;
-    let kb = kb
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    kb.checked_mul(1024)
-}
-
 impl Mem {
     /// Maps `len` bytes (a page multiple) of fresh memory.
     ///
@@ -59,7 +40,7 @@ impl Mem {
         // hugetlbfs takes only whole huge pages (ftruncate is EINVAL otherwise).
         let len = match backing {
             Backing::Hugepages => len
-                .checked_next_multiple_of(huge_page_size())
+                .checked_next_multiple_of(crate::host::procfs::huge_page_size())
                 .ok_or_else(|| io::Error::other("size beyond u64"))?,
             _ => len,
         };

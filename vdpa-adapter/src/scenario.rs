@@ -30,7 +30,7 @@ use crate::error::AdapterError;
 
 /// The built-in default scenario: a 64 GiB guest with a PCI hole, 8 queue
 /// pairs plus a control queue, a migration that fails back and one that completes.
-pub const DEFAULT_SCENARIO: &str = include_str!("../../scenarios/default.toml");
+pub const DEFAULT_SCENARIO: &str = include_str!("../scenarios/default.toml");
 
 /// A parsed, validated scenario.
 #[derive(Clone, Debug, PartialEq, Eq)]

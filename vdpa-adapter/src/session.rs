@@ -10,11 +10,12 @@ use vdpa_iova_planner::verify::replay::{self, StepError, Target};
 use vdpa_iova_planner::{DeviceCaps, Entry, Event, GuestView, Hva, Plan, RegionSpec, SvqConfig};
 
 use crate::apply::{parse_maps, Applier, ApplyError, ApplyReport, Limits, Mapping};
-use crate::device::MsgSink;
 use crate::error::AdapterError;
+use crate::host::procfs;
 use crate::memory::{Backing, Mem};
 use crate::runner::StrategyKind;
 use crate::scenario::{layout_error, step_error, Scenario};
+use crate::sink::MsgSink;
 
 /// What one step did on the device.
 #[derive(Clone, Debug)]
@@ -103,19 +104,8 @@ impl HostMemory {
         }
         let needed = by_hva.values().fold(0u64, |a, &n| a.saturating_add(n));
         let (what, available) = match b {
-            Backing::Hugepages => {
-                let free = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
-                    t.lines()
-                        .find_map(|l| l.strip_prefix("HugePages_Free:"))
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                });
-                let size = crate::memory::huge_page_size();
-                ("free huge pages", free.map(|n| n.saturating_mul(size)))
-            }
-            Backing::Memfd | Backing::Anon => (
-                "memory",
-                crate::memory::proc_bytes("/proc/meminfo", "MemAvailable:"),
-            ),
+            Backing::Hugepages => ("free huge pages", procfs::free_huge_pages()),
+            Backing::Memfd | Backing::Anon => ("memory", procfs::mem_available()),
         };
         match available {
             Some(avail) if avail < needed => Err(AdapterError::HostMemory {

@@ -204,9 +204,12 @@ fn a_closed_pipe_ends_quietly() {
 fn every_scenario_file_plans_cleanly_under_every_strategy() {
     let mut n = 0;
     // The rig's scenarios too: they run on real devices in `.ci/rig/run`.
+    // The built-in default lives in the package (`cargo package` takes only
+    // what is inside it).
     let files = std::fs::read_dir(repo().join("scenarios"))
         .unwrap()
-        .chain(std::fs::read_dir(repo().join(".ci/rig")).unwrap());
+        .chain(std::fs::read_dir(repo().join(".ci/rig")).unwrap())
+        .chain(std::fs::read_dir(repo().join("vdpa-adapter/scenarios")).unwrap());
     for e in files {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {

@@ -16,20 +16,6 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-/// `/sys/module/vhost_vdpa/parameters/max_iotlb_entries`.
-pub const MAX_ENTRIES_PARAM: &str = "/sys/module/vhost_vdpa/parameters/max_iotlb_entries";
-
-/// vhost-vdpa's limit on entries per address space, when this kernel has one
-/// (the module parameter exists and is positive).
-pub fn max_entries() -> Option<u64> {
-    parse_max_entries(&std::fs::read_to_string(MAX_ENTRIES_PARAM).ok()?)
-}
-
-/// Parses the parameter's text; `None` for anything but a positive number.
-pub fn parse_max_entries(text: &str) -> Option<u64> {
-    text.trim().parse::<u64>().ok().filter(|&n| n > 0)
-}
-
 const PAGE: u64 = 4096;
 const PFN_MASK: u64 = (1 << 55) - 1;
 const PRESENT: u64 = 1 << 63;
@@ -96,14 +82,6 @@ mod tests {
         }
         // [10..12], [40..41], [13], [13..14]: a repeated frame is a new run.
         assert_eq!(r.runs, 4);
-    }
-
-    #[test]
-    fn the_parameter_is_a_positive_number() {
-        assert_eq!(parse_max_entries("2048\n"), Some(2048));
-        assert_eq!(parse_max_entries("0\n"), None);
-        assert_eq!(parse_max_entries("-1\n"), None);
-        assert_eq!(parse_max_entries("lots"), None);
     }
 
     #[test]

@@ -317,11 +317,11 @@ fn run(scn: &Scenario, path: &str, dev_path: &str, vduse: &std::fs::File) -> Res
     let p = d.probe().map_err(|e| e.to_string())?;
     // What `apply` would find on its own: a VDUSE parent, which never pins,
     // so the shared-memory check applies.
-    if p.parent.as_deref() != Some("vduse") || vdpa_adapter::device::pins_memory(&p) {
+    if p.parent.as_deref() != Some("vduse") || p.pins_memory() {
         return Err(format!(
             "probe found parent {:?} (pins memory: {}), expected vduse (no pinning)",
             p.parent,
-            vdpa_adapter::device::pins_memory(&p)
+            p.pins_memory()
         ));
     }
     let caps = on_this_device(p.caps(false).map_err(|e| e.to_string())?, &scn.caps)?;
