@@ -49,8 +49,19 @@ pub enum Event {
     SvqSwitch(Option<SvqConfig>),
     /// Migration failed: back to passthrough.
     Failback,
-    /// Migration completed: unmap everything.
+    /// On the source: the migration completed. The guest was paused for
+    /// stop-and-copy and the destination runs it now; everything is
+    /// unmapped. What a strategy sends while the source is paused is
+    /// critical (downtime), the rest is background.
     Complete,
+    /// On a migration's destination, before anything else: the VMM was
+    /// created with these regions and waits for the migration stream. The
+    /// identity strategy maps them now, outside any downtime.
+    Incoming(Vec<RegionSpec>),
+    /// On a migration's destination: the stream has ended and the guest
+    /// starts (the device gets DRIVER_OK). What a strategy sends here is
+    /// inside the downtime.
+    Start,
     /// The device was reset (status 0): restore what it forgot.
     Reset,
     /// The guest's vIOMMU mapped `size` bytes of guest memory at `gpa` to
@@ -86,6 +97,8 @@ impl Event {
             Event::SvqSwitch(_) => "svq_switch",
             Event::Failback => "failback",
             Event::Complete => "complete",
+            Event::Incoming(_) => "incoming",
+            Event::Start => "start",
             Event::Reset => "reset",
             Event::ViommuMap { .. } => "viommu_map",
             Event::ViommuUnmap { .. } => "viommu_unmap",

@@ -100,6 +100,10 @@ pub enum Mode {
     Svq,
     /// Migration completed: this device is done and holds no mapping.
     Completed,
+    /// A migration's destination waiting for the stream: guest memory is
+    /// known (and, for the identity strategy, mapped), the guest is not
+    /// running yet; [`crate::Event::Start`] ends it at switchover.
+    Incoming,
 }
 
 impl fmt::Display for Mode {
@@ -109,6 +113,7 @@ impl fmt::Display for Mode {
             Mode::Prepared => "prepared",
             Mode::Svq => "svq",
             Mode::Completed => "completed",
+            Mode::Incoming => "incoming",
         })
     }
 }

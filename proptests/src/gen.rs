@@ -128,8 +128,19 @@ pub fn event(s: &Setup, m: &PageModel, r: &RawEvent) -> Event {
         hva: Hva(0x7e00_0000_0000 + u64::from(r.b.0) * PAGE),
     };
     let perm = [Perm::Rw, Perm::Ro, Perm::Wo][usize::from(r.flags >> 1) % 3];
-    match r.kind % 16 {
+    let two = vec![
+        region,
+        RegionSpec {
+            gpa: Gpa(b),
+            ..region
+        },
+    ];
+    match r.kind % 18 {
         0 | 1 => Event::Hotplug(region),
+        // A destination, half the time the first event allows it.
+        2 if r.flags & 0x8 != 0 && m.regions.is_empty() => Event::Incoming(two),
+        16 => Event::Incoming(two),
+        17 => Event::Start,
         2 => Event::Boot(vec![
             region,
             RegionSpec {

@@ -21,6 +21,8 @@ pub enum ModelMode {
     Svq,
     /// Migration done.
     Completed,
+    /// A destination waiting for the stream.
+    Incoming,
 }
 
 /// What the planner must answer to an event.
@@ -125,6 +127,23 @@ impl PageModel {
                     Accept
                 } else {
                     map_may_fail
+                }
+            }
+            Event::Incoming(r) => {
+                let fresh = self.mode == ModelMode::Passthrough
+                    && self.regions.is_empty()
+                    && self.pages.is_empty();
+                if fresh && self.regions_ok(r) {
+                    Accept
+                } else {
+                    Refuse
+                }
+            }
+            Event::Start => {
+                if self.mode == ModelMode::Incoming {
+                    Accept
+                } else {
+                    Refuse
                 }
             }
             Event::Hotplug(r) => self.expect(&Event::Boot(vec![*r])),
@@ -243,6 +262,11 @@ impl PageModel {
                 }
             }
             Event::Hotplug(r) => self.apply(&Event::Boot(vec![*r])),
+            Event::Incoming(rs) => {
+                self.apply(&Event::Boot(rs.clone()));
+                self.mode = ModelMode::Incoming;
+            }
+            Event::Start => self.mode = ModelMode::Passthrough,
             Event::Unplug(g) => {
                 let i = self
                     .regions

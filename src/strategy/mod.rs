@@ -134,6 +134,20 @@ pub trait Strategy {
     /// # Errors
     /// An event out of order.
     fn complete(&mut self) -> Result<Plan, PlanError>;
+    /// On a migration's destination, first: the guest's regions are known
+    /// and the VMM waits for the stream. Leaves the strategy in
+    /// [`Mode::Incoming`].
+    ///
+    /// # Errors
+    /// Bad or overlapping regions; an event out of order (anything was
+    /// mapped or declared before).
+    fn incoming(&mut self, regions: &[RegionSpec]) -> Result<Plan, PlanError>;
+    /// On a migration's destination: the guest starts at switchover. Leaves
+    /// the strategy in [`Mode::Passthrough`].
+    ///
+    /// # Errors
+    /// An event out of order (not [`Mode::Incoming`]).
+    fn start(&mut self) -> Result<Plan, PlanError>;
     /// Where each region is mapped now, by GPA.
     fn placements(&self) -> Vec<Placement>;
     /// The vring areas mapped now.
@@ -184,6 +198,8 @@ pub trait Strategy {
             Event::SvqSwitch(c) => self.svq_switch(*c),
             Event::Failback => self.failback(),
             Event::Complete => self.complete(),
+            Event::Incoming(r) => self.incoming(r),
+            Event::Start => self.start(),
             Event::Reset => self.reset(),
             Event::ViommuMap {
                 giova,

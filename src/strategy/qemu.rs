@@ -33,13 +33,14 @@ use std::collections::BTreeMap;
 use smallvec::smallvec;
 
 use crate::addr::{Address, Gpa, Hva, Iova, Span};
-use crate::caps::{DeviceCaps, MapStyle};
+use crate::caps::DeviceCaps;
 use crate::entry::Entry;
 use crate::error::PlanError;
 use crate::event::RegionSpec;
 use crate::plan::{plan_from_ops, plan_with_unpins, Op, OpKind, Plan};
 use crate::strategy::shared::{
-    guest_map, guest_unmap, new_regions, removed_region, GuestMemory, UnitSpan,
+    fresh, guest_map, guest_unmap, new_regions, removed_region, reset_phase, validate_regions,
+    GuestMemory, UnitSpan,
 };
 use crate::strategy::xlate::{translate_map, xlate_entry, XlateMap};
 use crate::strategy::{Piece, Placement, Segments, Strategy};
@@ -119,10 +120,13 @@ impl QemuPlanner {
         Ok(q)
     }
 
+    /// `vhost_vdpa_dev_start`: with a vIOMMU and shadow virtqueues it fails
+    /// at device start (no migration blocker stops the migration before).
     fn no_svq_with_viommu(&self) -> Result<(), PlanError> {
         match self.viommu {
             Some(_) => Err(PlanError::Unsupported {
-                what: "QEMU does not shadow the virtqueues of a guest with a vIOMMU",
+                what: "QEMU's vhost_vdpa_dev_start fails at device start with a vIOMMU \
+                       (\"SVQ can not work while IOMMU enable\"): the device stays down",
             }),
             None => Ok(()),
         }
@@ -143,8 +147,14 @@ impl QemuPlanner {
         }
     }
 
+    /// `vhost_vdpa_listener_skipped_section`: a RAM section is mapped only
+    /// when it starts at or above the range's first address and its
+    /// exclusive end does not pass the range's last address. So a section
+    /// whose last byte *is* the range's last byte is skipped ("RAM section
+    /// out of device range") although the kernel would take it: QEMU's
+    /// off-by-one, reproduced.
     fn in_range(&self, g: &Span<Gpa>) -> bool {
-        self.caps.range.contains_span(g)
+        g.first().raw() >= self.caps.range.first() && g.last().raw() < self.caps.range.last()
     }
 
     /// First fit over the gaps of `tree`, as `iova_tree_alloc_map` does.
@@ -340,7 +350,6 @@ impl Strategy for QemuPlanner {
         if self.mode != Mode::Passthrough {
             return Err(self.out_of_order("svq_prepare"));
         }
-        self.no_svq_with_viommu()?;
         cfg.layout(self.caps.page_size)?;
         self.prepared = Some(cfg);
         self.mode = Mode::Prepared;
@@ -462,7 +471,11 @@ impl Strategy for QemuPlanner {
         if self.mode != Mode::Svq {
             return Err(self.out_of_order("complete"));
         }
-        let phase = Phase::Background;
+        // vm_stop -> vhost_net_stop: the rings, then (vhost_vdpa_reset_device
+        // unregistering the listener) all guest memory in one batch, while
+        // the source is paused for stop-and-copy, before its device state is
+        // saved: inside the downtime.
+        let phase = Phase::Critical;
         let mut ops = Vec::new();
         self.ring_unmaps(&mut ops, phase);
         self.batch(&mut ops, phase, self.unmap_guest());
@@ -477,10 +490,10 @@ impl Strategy for QemuPlanner {
     }
 
     fn reset(&mut self) -> Result<Plan, PlanError> {
-        if self.caps.persist || self.caps.map_style == MapStyle::Platform {
-            return Ok(Plan::default());
-        }
-        let phase = Phase::Critical;
+        // QEMU never acks IOTLB_PERSIST and unregisters the listener at every
+        // device stop or reset, whatever the device is: every map is
+        // invalidated (one batch) and mapped again at the next start.
+        let phase = reset_phase(self.mode);
         let mapped = self.mapped();
         let mut ops = Vec::new();
         self.batch(
@@ -503,6 +516,103 @@ impl Strategy for QemuPlanner {
                 })
                 .collect(),
         );
+        Ok(self.finish(ops))
+    }
+
+    fn incoming(&mut self, regions: &[RegionSpec]) -> Result<Plan, PlanError> {
+        fresh(self.mode, self.viommu.as_ref(), &self.regions)?;
+        if let Some(v) = &mut self.viommu {
+            v.add(&self.caps, regions)?;
+            self.mode = Mode::Incoming;
+            return Ok(Plan::default());
+        }
+        let specs = validate_regions(&self.caps, regions, |_, _| None)?;
+        // vhost_vdpa_set_owner registers the listener when the netdev is
+        // created: every section mapped at identity, one batch. The machine
+        // reset at creation (qemu_machine_creation_done -> virtio_reset ->
+        // vhost_vdpa_reset_device) unregisters it again: one batch of
+        // INVALIDATEs. Nothing stays mapped until vhost_vdpa_dev_start at
+        // switchover.
+        let sections: Vec<Span<Gpa>> = specs
+            .iter()
+            .map(|(g, _)| *g)
+            .filter(|g| self.in_range(g))
+            .collect();
+        let mut ops = Vec::new();
+        self.batch(
+            &mut ops,
+            Phase::Prepare,
+            specs
+                .iter()
+                .filter(|(g, _)| self.in_range(g))
+                .map(|(g, spec)| OpKind::Update {
+                    iova: Span::trusted(g.first().raw(), g.size()),
+                    hva: spec.hva,
+                    perm: spec.perm(),
+                })
+                .collect(),
+        );
+        self.batch(
+            &mut ops,
+            Phase::Prepare,
+            sections
+                .iter()
+                .map(|g| OpKind::Invalidate {
+                    iova: Span::trusted(g.first().raw(), g.size()),
+                })
+                .collect(),
+        );
+        for (g, spec) in specs {
+            let r = QRegion {
+                gpa: g,
+                hva: spec.hva,
+                perm: spec.perm(),
+                iova: None,
+            };
+            self.set_xlate(&r);
+            self.regions.insert(g.first().raw(), r);
+        }
+        self.mode = Mode::Incoming;
+        Ok(self.finish(ops))
+    }
+
+    fn start(&mut self) -> Result<Plan, PlanError> {
+        if self.mode != Mode::Incoming {
+            return Err(self.out_of_order("start"));
+        }
+        // vhost_vdpa_dev_start on the last device registers the listener
+        // again, after the stream has ended: every section mapped (pinned)
+        // inside the downtime.
+        let maps: Vec<(u64, Span<Iova>, OpKind)> = self
+            .regions
+            .values()
+            .filter(|r| self.viommu.is_none() && self.in_range(&r.gpa))
+            .map(|r| {
+                let iova = Span::trusted(r.gpa.first().raw(), r.gpa.size());
+                (
+                    r.gpa.first().raw(),
+                    iova,
+                    OpKind::Update {
+                        iova,
+                        hva: r.hva,
+                        perm: r.perm,
+                    },
+                )
+            })
+            .collect();
+        let mut ops = Vec::new();
+        self.batch(
+            &mut ops,
+            Phase::Critical,
+            maps.iter().map(|(_, _, k)| *k).collect(),
+        );
+        for (k, iova, _) in maps {
+            let r = self.regions.get_mut(&k).expect("present");
+            r.iova = Some(iova);
+            let r = r.clone();
+            self.set_xlate(&r);
+        }
+        self.mode = Mode::Passthrough;
         Ok(self.finish(ops))
     }
 
@@ -529,7 +639,12 @@ impl Strategy for QemuPlanner {
             hva,
             perm,
             // Outside the device range the kernel refuses it: lost.
-            iova: self.in_range(&gi).then(|| Span::trusted(f, size)),
+            // vhost_vdpa_iommu_map_notify checks the inclusive end: no off-by-one.
+            iova: self
+                .caps
+                .range
+                .contains_span(&gi)
+                .then(|| Span::trusted(f, size)),
         };
         let mut ops = Vec::new();
         if let Some(iova) = r.iova {

@@ -48,6 +48,11 @@ impl GuestMemory {
         }
     }
 
+    /// Whether no region was declared.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     /// Validates and adds regions (all or nothing).
     pub(crate) fn add(&mut self, caps: &DeviceCaps, specs: &[RegionSpec]) -> Result<(), PlanError> {
         let specs = validate_regions(caps, specs, |f, l| {
@@ -158,13 +163,14 @@ pub(crate) fn validate_regions(
 /// memory already mapped at a free IOVA and its unmap (each unbatched
 /// message pushes the whole table; only when no page is free, the smallest
 /// entry unmapped and mapped again); on a
-/// `dma_map` device every entry unmapped and mapped again.
-pub(crate) fn reset_plan(caps: &DeviceCaps, mapped: &[(u32, Entry)]) -> Plan {
+/// `dma_map` device every entry unmapped and mapped again. The ops run in
+/// `phase`: critical for a running device, prepare on a destination waiting
+/// for the stream (no guest runs, no downtime has begun).
+pub(crate) fn reset_plan(caps: &DeviceCaps, mapped: &[(u32, Entry)], phase: Phase) -> Plan {
     if caps.persist || caps.map_style == MapStyle::Platform {
         return Plan::default();
     }
     let mut b = PlanBuilder::new();
-    let phase = Phase::Critical;
     match caps.map_style {
         MapStyle::SetMap => {
             let mut smallest: std::collections::BTreeMap<u32, Entry> = Default::default();
@@ -241,6 +247,30 @@ fn free_page(caps: &DeviceCaps, taken: &[Span<Iova>]) -> Option<Span<Iova>> {
 pub(crate) trait UnitSpan {
     /// The guest addresses the unit covers.
     fn span(&self) -> Span<Gpa>;
+}
+
+/// The guard of `incoming`: nothing declared or mapped before.
+pub(crate) fn fresh<U>(
+    mode: Mode,
+    viommu: Option<&GuestMemory>,
+    units: &BTreeMap<u64, U>,
+) -> Result<(), PlanError> {
+    if mode != Mode::Passthrough || !units.is_empty() || viommu.is_some_and(|v| !v.is_empty()) {
+        return Err(PlanError::OutOfOrder {
+            event: "incoming",
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// The phase of what a reset's plan sends: prepare on a destination still
+/// waiting for the stream, critical everywhere else.
+pub(crate) fn reset_phase(mode: Mode) -> Phase {
+    match mode {
+        Mode::Incoming => Phase::Prepare,
+        _ => Phase::Critical,
+    }
 }
 
 /// `event` is refused after a completed migration.

@@ -50,7 +50,7 @@ impl GuestView {
     /// Updates the view for an event the strategy **accepted**.
     pub fn track(&mut self, ev: &Event) {
         match ev {
-            Event::Boot(r) => self.memory.extend(r),
+            Event::Boot(r) | Event::Incoming(r) => self.memory.extend(r),
             Event::Hotplug(r) => self.memory.push(*r),
             Event::Unplug(g) => self.memory.retain(|r| r.gpa != *g),
             Event::ViommuMap {

@@ -159,7 +159,10 @@ pub fn check<S: Strategy + ?Sized>(
         });
     }
     let range = strategy.caps().range;
-    let passthrough = matches!(strategy.mode(), Mode::Passthrough | Mode::Prepared);
+    let passthrough = matches!(
+        strategy.mode(),
+        Mode::Passthrough | Mode::Prepared | Mode::Incoming
+    );
     let g = view(&mut expected, GUEST_ASID);
     for pl in &placements {
         for piece in &pl.pieces {

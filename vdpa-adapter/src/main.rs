@@ -12,7 +12,7 @@ use vdpa_adapter::bench::{bench, stats, BenchConfig};
 use vdpa_adapter::device::{Probe, VhostVdpa};
 use vdpa_adapter::memory::{Backing, Mem};
 use vdpa_adapter::report::{bytes, comparison_table, describe, detail_table, json};
-use vdpa_adapter::scenario::parse_num;
+use vdpa_adapter::scenario::{parse_num, Host};
 use vdpa_adapter::session::{run_on_device, DeviceRun, HostMemory, StepOutcome};
 use vdpa_adapter::uapi::MsgFormat;
 use vdpa_adapter::{run, AdapterError, Scenario, StrategyKind, DEFAULT_SCENARIO};
@@ -108,6 +108,9 @@ enum Cmd {
         /// Whether the device pins memory (default: from its driver).
         #[arg(long)]
         pinning: Option<bool>,
+        /// Which host of the scenario's migration this device plays.
+        #[arg(long, value_enum, default_value_t = HostArg::Source)]
+        host: HostArg,
     },
     /// Time the SVQ switch and the failback on a device, identity against
     /// QEMU's strategy, in the same run.
@@ -136,6 +139,24 @@ enum Cmd {
         #[arg(long)]
         no_progress: bool,
     },
+}
+
+/// `--host`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum HostArg {
+    /// The VM's host before the migration.
+    Source,
+    /// The host it migrates to (the scenario's `incoming` and after).
+    Destination,
+}
+
+impl From<HostArg> for Host {
+    fn from(h: HostArg) -> Host {
+        match h {
+            HostArg::Source => Host::Source,
+            HostArg::Destination => Host::Destination,
+        }
+    }
 }
 
 #[derive(Args, Clone, Copy)]
@@ -279,6 +300,7 @@ fn apply_cmd(
     backing: Backing,
     strategy: StrategyKind,
     pinning: Option<bool>,
+    host: Host,
 ) -> Result<String, AdapterError> {
     let (scn, origin) = read_scenario(scenario)?;
     if dry_run {
@@ -302,6 +324,7 @@ fn apply_cmd(
                 pinned_now: 0,
                 max_entries: scn.max_entries,
             }),
+            host,
         };
         run_on_device(run, &mut a, &mut mem, print_step)?;
         return Ok(String::new());
@@ -309,7 +332,7 @@ fn apply_cmd(
     let device = device.expect("clap requires --device without --dry-run");
     // Before the device is opened or any page allocated and tagged: a
     // 64 GiB scenario on a smaller host is refused here, not by the OOM killer.
-    HostMemory::new(Some(backing)).check_room(scn.steps())?;
+    HostMemory::new(Some(backing)).check_room(scn.steps_on(host))?;
     let mut d = VhostVdpa::open(device)?;
     let p = d.probe()?;
     let caps = p.caps(pinning.unwrap_or_else(|| p.pins_memory()))?;
@@ -324,6 +347,7 @@ fn apply_cmd(
         caps,
         kind: strategy,
         limits: None,
+        host,
     };
     run_on_device(run, &mut a, &mut mem, print_step)?;
     Ok(String::new())
@@ -499,6 +523,7 @@ fn main() -> ExitCode {
             backing,
             strategy,
             pinning,
+            host,
         } => apply_cmd(
             &scenario,
             device.as_deref(),
@@ -506,6 +531,7 @@ fn main() -> ExitCode {
             backing.get(),
             strategy,
             pinning,
+            host.into(),
         ),
         Cmd::Bench {
             device,

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use vdpa_iova_planner::{DeviceCaps, MapStyle, OpKind};
 
 use crate::runner::RunReport;
+use crate::scenario::Host;
 
 /// `4096` -> `"4 KiB"`, `64 GiB + 204 KiB` -> `"64 GiB+204 KiB"`: exact
 /// whole units, with the remainder in the next unit that fits, so a plan
@@ -81,7 +82,7 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
     let _ = writeln!(out, "device:   {}", describe(caps));
     let _ = writeln!(out, "critical phase (device stopped), per step:");
     let _ = writeln!(out);
-    let mut head = format!("{:<4} {:<12}", "step", "event");
+    let mut head = format!("{:<4} {:<4} {:<12}", "step", "host", "event");
     for r in runs {
         let _ = write!(
             head,
@@ -101,7 +102,11 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
         .max_by_key(|r| r.steps.len())
         .expect("at least one run");
     for (i, step) in longest.steps.iter().enumerate() {
-        let mut line = format!("{:<4} {:<12}", i, step.event);
+        let host = match step.host {
+            Host::Source => "src",
+            Host::Destination => "dst",
+        };
+        let mut line = format!("{:<4} {:<4} {:<12}", i, host, step.event);
         for r in runs {
             match r.steps.get(i) {
                 Some(s) => {
@@ -128,7 +133,7 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
         let _ = writeln!(out, "{line}");
     }
     let _ = writeln!(out, "{}", "-".repeat(head.len()));
-    let mut tot = format!("{:<17}", "total");
+    let mut tot = format!("{:<22}", "total");
     let sum = |r: &RunReport| {
         r.steps
             .iter()
@@ -161,12 +166,20 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
         last.strategy, first.strategy, first.strategy
     );
     let _ = writeln!(out);
+    out += &downtime_table(runs);
     for r in runs {
         let c = sum(r);
         let lost = r
             .steps
             .iter()
-            .filter(|s| s.mode != vdpa_iova_planner::Mode::Completed)
+            // Nothing must be reachable once a migration completed, nor on
+            // a destination before its guest starts.
+            .filter(|s| {
+                !matches!(
+                    s.mode,
+                    vdpa_iova_planner::Mode::Completed | vdpa_iova_planner::Mode::Incoming
+                )
+            })
             .map(|s| s.unreachable_bytes)
             .max()
             .unwrap_or(0);
@@ -199,6 +212,88 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
     out
 }
 
+/// The migration's downtime windows, where the guest is paused: the
+/// source's stop-and-copy (its `complete` step) and the destination's start.
+/// Per window and strategy, what is sent while the guest waits; empty when
+/// the scenario has neither.
+fn downtime_table(runs: &[RunReport]) -> String {
+    let windows: [(&str, Host, &str); 2] = [
+        ("source stop-and-copy", Host::Source, "complete"),
+        ("destination start", Host::Destination, "start"),
+    ];
+    let cost = |r: &RunReport, host: Host, event: &str| -> Option<vdpa_iova_planner::Cost> {
+        let mut hit = r
+            .steps
+            .iter()
+            .filter(|s| s.host == host && s.event == event)
+            .peekable();
+        hit.peek()?;
+        Some(
+            hit.fold(Default::default(), |a: vdpa_iova_planner::Cost, s| {
+                a.add(&s.cost)
+            }),
+        )
+    };
+    let any = windows
+        .iter()
+        .any(|(_, h, e)| runs.iter().any(|r| cost(r, *h, e).is_some()));
+    if !any {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "migration downtime (guest paused), what each window sends while the guest waits:"
+    );
+    let mut head = format!("{:<22}", "window");
+    for r in runs {
+        let _ = write!(
+            head,
+            " | {:>9} {:>15} {:>15}",
+            format!("{} ops", r.strategy),
+            "pinned",
+            "unpinned"
+        );
+    }
+    let _ = writeln!(out, "{head}");
+    let _ = writeln!(out, "{}", "-".repeat(head.len()));
+    let mut totals = vec![vdpa_iova_planner::Cost::default(); runs.len()];
+    for (label, host, event) in windows {
+        let mut line = format!("{label:<22}");
+        for (r, t) in runs.iter().zip(totals.iter_mut()) {
+            match cost(r, host, event) {
+                Some(c) => {
+                    *t = t.add(&c);
+                    let _ = write!(
+                        line,
+                        " | {:>9} {:>15} {:>15}",
+                        c.critical_messages,
+                        bytes(c.critical_pinned_bytes),
+                        bytes(c.critical_unpinned_bytes)
+                    );
+                }
+                None => {
+                    let _ = write!(line, " | {:>41}", "-");
+                }
+            }
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    let mut line = format!("{:<22}", "total");
+    for c in &totals {
+        let _ = write!(
+            line,
+            " | {:>9} {:>15} {:>15}",
+            c.critical_messages,
+            bytes(c.critical_pinned_bytes),
+            bytes(c.critical_unpinned_bytes)
+        );
+    }
+    let _ = writeln!(out, "{line}");
+    let _ = writeln!(out);
+    out
+}
+
 /// Every operation of every step of one run.
 pub fn detail_table(caps: &DeviceCaps, run: &RunReport) -> String {
     let mut out = String::new();
@@ -208,7 +303,12 @@ pub fn detail_table(caps: &DeviceCaps, run: &RunReport) -> String {
         let c = &s.cost;
         let _ = writeln!(
             out,
-            "\nstep {i}: {} -> {} | {} messages ({} critical), pinned {} ({} critical)",
+            "\nstep {i}: {}{} -> {} | {} messages ({} critical), pinned {} ({} critical)",
+            if s.host == Host::Destination {
+                "destination "
+            } else {
+                ""
+            },
             s.event,
             s.mode,
             c.messages,
@@ -291,6 +391,7 @@ pub fn json(run: &RunReport) -> Value {
                 .collect();
             let c = &s.cost;
             json!({
+                "host": s.host.as_str(),
                 "event": s.event,
                 "mode": s.mode.to_string(),
                 "ops": ops,

@@ -8,7 +8,7 @@ use vdpa_iova_planner::{
 };
 
 use crate::error::AdapterError;
-use crate::scenario::{layout_error, step_error, Scenario};
+use crate::scenario::{layout_error, step_error, Host, Scenario};
 
 /// Which strategy plans.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -78,6 +78,8 @@ pub struct Displaced {
 /// What one step did.
 #[derive(Clone, Debug)]
 pub struct StepReport {
+    /// The host it happened on.
+    pub host: Host,
     /// The event.
     pub event: &'static str,
     /// The plan's operations.
@@ -133,22 +135,22 @@ pub struct RunReport {
 /// The first step the planner refuses, or (a planner bug) a plan the kernel
 /// model refuses or a layout that does not match.
 pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, AdapterError> {
-    let mut s = kind.build(scn, file)?;
-    // Our plans must pass the strict model; QEMU's are replayed as the kernel
-    // takes them, so what they lose shows.
-    let limit = scn
-        .max_entries
-        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-    let mut k = match kind {
-        StrategyKind::Qemu => KernelIotlb::permissive(&scn.caps),
-        _ => KernelIotlb::new(&scn.caps),
-    }
-    .with_entry_limit(limit);
-    let mut guest = GuestView::new(scn.viommu_last.is_some());
+    let mut source = Side::new(scn, file, kind)?;
+    // Created at `incoming`: a strategy of the same kind on its own device.
+    let mut destination: Option<Side> = None;
+    let name = source.s.name();
     let mut steps = Vec::new();
     let mut stopped = None;
-    for (i, ev) in scn.steps().enumerate() {
-        let step = match replay::step(s.as_mut(), &mut k, &mut guest, &ev) {
+    for (i, (host, ev)) in scn.host_steps().enumerate() {
+        let side = match host {
+            Host::Source => &mut source,
+            Host::Destination => match &mut destination {
+                Some(d) => d,
+                None => destination.insert(Side::new(scn, file, kind)?),
+            },
+        };
+        let Side { s, k, guest } = side;
+        let step = match replay::step(s.as_mut(), k, guest, &ev) {
             Ok(step) => step,
             // What the strategy cannot do on this device ends its run; the
             // comparison shows where. Bad input is an error.
@@ -208,6 +210,7 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
             })
             .collect();
         steps.push(StepReport {
+            host,
             event: ev.name(),
             cost: *plan.cost(),
             ops: plan.into_ops(),
@@ -221,8 +224,35 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
     }
     Ok(RunReport {
         name: scn.name.clone(),
-        strategy: s.name(),
+        strategy: name,
         steps,
         stopped,
     })
+}
+
+/// One host's strategy, the kernel model of its device, and its guest.
+struct Side {
+    s: Box<dyn Strategy>,
+    k: KernelIotlb,
+    guest: GuestView,
+}
+
+impl Side {
+    fn new(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<Side, AdapterError> {
+        // Our plans must pass the strict model; QEMU's are replayed as the
+        // kernel takes them, so what they lose shows.
+        let limit = scn
+            .max_entries
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let k = match kind {
+            StrategyKind::Qemu => KernelIotlb::permissive(&scn.caps),
+            _ => KernelIotlb::new(&scn.caps),
+        }
+        .with_entry_limit(limit);
+        Ok(Side {
+            s: kind.build(scn, file)?,
+            k,
+            guest: GuestView::new(scn.viommu_last.is_some()),
+        })
+    }
 }

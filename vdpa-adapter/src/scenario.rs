@@ -14,7 +14,9 @@ use vdpa_iova_planner::{
 };
 
 /// The event kinds of the format.
-pub const KINDS: [&str; 9] = [
+pub const KINDS: [&str; 11] = [
+    "incoming",
+    "start",
     "svq_prepare",
     "svq_switch",
     "hotplug",
@@ -50,6 +52,27 @@ pub struct Scenario {
     pub boot: Vec<RegionSpec>,
     /// Events after boot, in order.
     pub events: Vec<Event>,
+    /// The host of each event of `events` (same length).
+    pub hosts: Vec<Host>,
+}
+
+/// Which host of a migration an event happens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// The VM's host before the migration (and after a failed one).
+    Source,
+    /// The host the VM migrates to: from `incoming` on.
+    Destination,
+}
+
+impl Host {
+    /// Name in the scenario format and the reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Host::Source => "source",
+            Host::Destination => "destination",
+        }
+    }
 }
 
 /// A `u64` written as a TOML integer or as a string (hex, decimal, size suffix).
@@ -162,6 +185,7 @@ struct EventEntry {
     readonly: Option<bool>,
     giova: Option<Num>,
     perm: Option<String>,
+    host: Option<String>,
 }
 
 impl Scenario {
@@ -217,7 +241,7 @@ impl Scenario {
             }
             n => n.map(|n| n.0),
         };
-        let boot = f
+        let boot: Vec<RegionSpec> = f
             .guest
             .regions
             .iter()
@@ -229,6 +253,11 @@ impl Scenario {
             })
             .collect();
         let mut events = Vec::with_capacity(f.events.len());
+        let mut hosts = Vec::with_capacity(f.events.len());
+        // The source's memory as the events change it: what a destination
+        // created at `incoming` is given.
+        let mut memory: Vec<RegionSpec> = boot.clone();
+        let mut incoming = false;
         for (i, e) in f.events.iter().enumerate() {
             let at = |field: &str, what: &str| {
                 err(format!(
@@ -306,6 +335,8 @@ impl Scenario {
                     giova: Iova(need(e.giova, "giova")?),
                     size: need(e.size, "size")?,
                 },
+                "incoming" => Event::Incoming(memory.clone()),
+                "start" => Event::Start,
                 other => {
                     return Err(err(format!(
                         "event {}: unknown kind {other:?} (expected {})",
@@ -318,7 +349,34 @@ impl Scenario {
             if viommu_event && !f.guest.viommu {
                 return Err(at("kind", "needs `[guest] viommu = true`"));
             }
+            let dest_only = matches!(ev, Event::Incoming(_) | Event::Start);
+            let host = match (e.host.as_deref(), dest_only) {
+                (None, true) | (Some("destination"), _) => Host::Destination,
+                (None, false) | (Some("source"), false) => Host::Source,
+                (Some("source"), true) => {
+                    return Err(at("host", "this event happens on the destination"))
+                }
+                (Some(_), _) => return Err(at("host", "expected source or destination")),
+            };
+            match (&ev, host) {
+                (Event::Incoming(_), _) if incoming => {
+                    return Err(at("kind", "a scenario has one destination"))
+                }
+                (Event::Incoming(_), _) => incoming = true,
+                (_, Host::Destination) if !incoming => {
+                    return Err(at("host", "no destination yet: `incoming` comes first"))
+                }
+                _ => {}
+            }
+            if host == Host::Source {
+                match &ev {
+                    Event::Hotplug(r) => memory.push(*r),
+                    Event::Unplug(g) => memory.retain(|r| r.gpa != *g),
+                    _ => {}
+                }
+            }
             events.push(ev);
+            hosts.push(host);
         }
         let viommu_last = match (f.guest.viommu, f.guest.viommu_last) {
             (true, Some(n)) => Some(n.0),
@@ -336,12 +394,26 @@ impl Scenario {
             viommu_last,
             boot,
             events,
+            hosts,
         })
     }
 
     /// Every step: boot first, then the events.
     pub fn steps(&self) -> impl Iterator<Item = Event> + '_ {
         std::iter::once(Event::Boot(self.boot.clone())).chain(self.events.iter().cloned())
+    }
+
+    /// Every step with its host: boot (on the source) first, then the events.
+    pub fn host_steps(&self) -> impl Iterator<Item = (Host, Event)> + '_ {
+        std::iter::once((Host::Source, Event::Boot(self.boot.clone())))
+            .chain(self.hosts.iter().copied().zip(self.events.iter().cloned()))
+    }
+
+    /// The events of one host, boot included for the source.
+    pub fn steps_on(&self, host: Host) -> impl Iterator<Item = Event> + '_ {
+        self.host_steps()
+            .filter(move |(h, _)| *h == host)
+            .map(|(_, e)| e)
     }
 }
 

@@ -14,7 +14,7 @@ use crate::error::AdapterError;
 use crate::host::procfs;
 use crate::memory::{Backing, Mem};
 use crate::runner::StrategyKind;
-use crate::scenario::{layout_error, step_error, Scenario};
+use crate::scenario::{layout_error, step_error, Host, Scenario};
 use crate::sink::MsgSink;
 
 /// What one step did on the device.
@@ -222,6 +222,8 @@ pub struct DeviceRun<'a> {
     /// Fixed limits (a dry run has none), or `None` to read this process's
     /// before every step.
     pub limits: Option<Limits>,
+    /// Which host's steps to run (a device plays one host of a migration).
+    pub host: Host,
 }
 
 /// Runs every step of the scenario on `applier`; a reset event resets the
@@ -243,6 +245,7 @@ pub fn run_on_device<D: MsgSink>(
         caps,
         kind,
         limits,
+        host,
     } = run;
     let on_device = Scenario {
         caps,
@@ -251,7 +254,7 @@ pub fn run_on_device<D: MsgSink>(
     let mut s = kind.build(&on_device, file)?;
     let mut guest = GuestView::new(scn.viommu_last.is_some());
     let mut out = Vec::new();
-    for (i, ev) in scn.steps().enumerate() {
+    for (i, ev) in scn.steps_on(host).enumerate() {
         let ev = memory.rewrite(&ev, caps.page_size.get())?;
         let mut target = DeviceTarget {
             applier: &mut *applier,

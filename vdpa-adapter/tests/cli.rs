@@ -93,7 +93,18 @@ fn json_follows_the_documented_format() {
     assert_eq!(v["strategy"], "qemu");
     let steps = v["steps"].as_array().unwrap();
     assert_eq!(steps[0]["event"], "boot");
-    assert_eq!(steps.len(), 7);
+    assert_eq!(steps.len(), 10);
+    // Both hosts of the completed migration, each step naming its host.
+    let hosts: Vec<&str> = steps.iter().map(|s| s["host"].as_str().unwrap()).collect();
+    assert_eq!(hosts[0], "source");
+    assert_eq!(steps[9]["event"], "start");
+    assert_eq!(hosts[9], "destination");
+    // QEMU maps all guest memory again at the destination's start: inside
+    // the downtime.
+    assert_eq!(
+        steps[9]["cost"]["critical_pinned_bytes"].as_u64().unwrap(),
+        64 << 30
+    );
     let switch = &steps[2];
     assert_eq!(switch["event"], "svq_switch");
     let ops = switch["ops"].as_array().unwrap();

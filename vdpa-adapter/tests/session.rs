@@ -5,6 +5,7 @@
 
 use vdpa_adapter::apply::{Applier, Limits, ModelDevice};
 use vdpa_adapter::memory::Backing;
+use vdpa_adapter::scenario::Host;
 use vdpa_adapter::session::{run_on_device, DeviceRun, HostMemory};
 use vdpa_adapter::uapi::MsgFormat;
 use vdpa_adapter::{AdapterError, Scenario, StrategyKind};
@@ -45,6 +46,7 @@ fn run(backing: Backing) -> (Result<usize, AdapterError>, usize) {
             device: "model",
             caps: scn.caps,
             kind: StrategyKind::Identity,
+            host: Host::Source,
             limits: Some(Limits {
                 memlock: None,
                 pinned_now: 0,

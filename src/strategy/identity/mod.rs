@@ -59,7 +59,8 @@ use crate::error::PlanError;
 use crate::event::RegionSpec;
 use crate::plan::{Plan, PlanBuilder};
 use crate::strategy::shared::{
-    guest_map, guest_unmap, new_regions, removed_region, reset_plan, GuestMemory, UnitSpan,
+    fresh, guest_map, guest_unmap, new_regions, removed_region, reset_phase, reset_plan,
+    GuestMemory, UnitSpan,
 };
 use crate::strategy::xlate::{translate_with, Flat, Xlate};
 use crate::strategy::{Piece, Placement, Segments, Strategy};
@@ -435,8 +436,32 @@ impl Strategy for IdentityPlanner {
 
     fn reset(&mut self) -> Result<Plan, PlanError> {
         // Nothing changes on the planner's side: the plan makes the device
-        // hold again what the planner has mapped.
-        Ok(reset_plan(&self.caps, &self.mapped()))
+        // hold again what the planner has mapped (while a destination waits
+        // for the stream, before any downtime).
+        Ok(reset_plan(
+            &self.caps,
+            &self.mapped(),
+            reset_phase(self.mode),
+        ))
+    }
+
+    fn incoming(&mut self, regions: &[RegionSpec]) -> Result<Plan, PlanError> {
+        fresh(self.mode, self.viommu.as_ref(), &self.regions)?;
+        // Guest memory is mapped now, while the VMM waits for the stream:
+        // nothing is left for the downtime.
+        let plan = self.add_regions(regions)?;
+        self.mode = Mode::Incoming;
+        Ok(plan)
+    }
+
+    fn start(&mut self) -> Result<Plan, PlanError> {
+        if self.mode != Mode::Incoming {
+            return Err(self.out_of_order("start"));
+        }
+        // Everything the device needs is mapped (and restored after any
+        // reset): the switchover sends nothing.
+        self.mode = Mode::Passthrough;
+        Ok(Plan::default())
     }
 
     fn viommu_map(

@@ -21,6 +21,7 @@ use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 use vdpa_adapter::apply::{Applier, Limits};
 use vdpa_adapter::device::VhostVdpa;
 use vdpa_adapter::memory::Backing;
+use vdpa_adapter::scenario::Host;
 use vdpa_adapter::session::HostMemory;
 use vdpa_adapter::{Scenario, StrategyKind};
 use vdpa_iova_planner::{DeviceCaps, Entry, Event, Perm, Strategy};
@@ -336,7 +337,7 @@ fn run(scn: &Scenario, path: &str, dev_path: &str, vduse: &std::fs::File) -> Res
     let mut a = Applier::new(&mut d, caps, p.format());
     let mut steps = 0;
     let mut guest = vdpa_iova_planner::GuestView::new(scn.viommu_last.is_some());
-    for (i, ev) in scn.steps().enumerate() {
+    for (i, ev) in scn.steps_on(Host::Source).enumerate() {
         let ev = mem.rewrite(&ev, PAGE).map_err(|e| e.to_string())?;
         let plan = s.apply(&ev).map_err(|e| format!("step {i}: {e}"))?;
         if ev == Event::Reset {
@@ -413,7 +414,7 @@ fn run(scn: &Scenario, path: &str, dev_path: &str, vduse: &std::fs::File) -> Res
     drop(a);
     let mut anon = HostMemory::new(Some(Backing::Anon));
     let mut fresh = Applier::new(&mut d, caps, p.format());
-    for ev in scn.steps() {
+    for ev in scn.steps_on(Host::Source) {
         let ev = anon.rewrite(&ev, PAGE).map_err(|e| e.to_string())?;
         let plan = s.apply(&ev).map_err(|e| e.to_string())?;
         let maps_memory = plan
