@@ -1,32 +1,52 @@
-//! The baseline: what QEMU's vhost-vdpa backend does today
-//! (`hw/virtio/vhost-vdpa.c`, QEMU 8.x/9.x), reproduced message for message so
-//! every comparison runs against the real thing.
+//! The baseline: what QEMU master's vhost-vdpa backend does today
+//! (`hw/virtio/vhost-vdpa.c`, `net/vhost-vdpa.c`; checked against commit
+//! ece408818d27, 10.2.50), reproduced message for message so every
+//! comparison runs against the real thing.
 //!
 //! * Passthrough: each RAM section is mapped at IOVA == GPA, inside one
-//!   memory-listener transaction (a batch, when the device batches). A section
-//!   whose GPA range is not wholly inside the device's IOVA range is skipped
-//!   ("RAM section out of device range"), in every mode.
-//! * Switch to SVQ (the device is stopped and started again): the listener
-//!   unregisters (every guest map invalidated, one batch), then the shadow
-//!   vrings are mapped one message each (driver area read-only, device area
-//!   read-write), then the listener registers again and re-maps every section
-//!   at an IOVA from QEMU's IOVA tree: first fit, from `max(first, page size)`.
-//!   Every guest page is unpinned and pinned again while the device is stopped.
+//!   memory-listener transaction (a batch, when the device batches). A
+//!   section is skipped ("RAM section out of device range",
+//!   `vhost_vdpa_listener_skipped_section`) unless it starts at or above the
+//!   range's first IOVA and its *exclusive* end does not pass the range's
+//!   last: a section whose last byte is the last IOVA is skipped too.
+//! * Switch to SVQ (`vhost_vdpa_net_log_global_enable`: the device is stopped
+//!   and started again): the listener unregisters (every guest map
+//!   invalidated, one batch), then the shadow vrings are mapped one message
+//!   each (driver area read-only, device area read-write:
+//!   `vhost_vdpa_svq_map_rings`), then the listener registers again and
+//!   re-maps every section at an IOVA from QEMU's IOVA tree: first fit, from
+//!   `max(first, page size)`. Every guest page is unpinned and pinned again
+//!   while the device is stopped.
 //! * Failback: ring unmaps, every guest map invalidated, every section mapped
 //!   at identity again: all pinned again, device stopped.
+//! * Completion (`migration_stop_vm` -> `vm_stop` -> `vhost_net_stop`): ring
+//!   unmaps and all guest memory (one batch) while the source is paused for
+//!   stop-and-copy: critical.
+//! * Destination: the listener is registered when the netdev is created
+//!   (`vhost_vdpa_set_owner`: every section mapped), the machine-creation
+//!   reset unregisters it (`vhost_vdpa_reset_device`: every section
+//!   invalidated), and `vhost_vdpa_dev_start` maps everything again when the
+//!   guest starts after the stream: inside the downtime.
 //! * Hotplug and unplug: one listener transaction each.
 //! * QEMU has no prepare step: `svq_prepare` only records the parameters.
-//! * Device reset without `IOTLB_PERSIST`: the listener is unregistered when
-//!   the device stops and registered again when it starts: every map is
-//!   invalidated and mapped again while the device is stopped.
+//! * Device reset: QEMU never acks `IOTLB_PERSIST` (`vhost_vdpa_set_backend_cap`)
+//!   and unregisters the listener at every stop or reset, whatever the
+//!   device: every map is invalidated and mapped again while it is stopped.
 //! * A guest vIOMMU: each guest map is one UPDATE at the guest IOVA, each
-//!   guest unmap one INVALIDATE of exactly the guest's range. The kernel drops
-//!   every entry that range touches **whole**, so when the guest unmaps part
-//!   of a map, the rest of it is lost to the device while QEMU believes it
-//!   mapped (replay such plans on [`KernelIotlb::permissive`](crate::KernelIotlb::permissive)).
-//!   A guest map outside the device range is refused by the kernel and
-//!   lost. QEMU does not shadow the virtqueues of a guest with a vIOMMU: the
-//!   SVQ events are refused with [`PlanError::Unsupported`].
+//!   guest unmap one INVALIDATE of exactly the guest's range
+//!   (`vhost_vdpa_iommu_map_notify`; ranges past the device range are
+//!   skipped, for maps and unmaps). The kernel drops every entry that range
+//!   touches **whole**, so when the guest unmaps part of a map, the rest of
+//!   it is lost to the device while QEMU believes it mapped (replay such
+//!   plans on [`KernelIotlb::permissive`](crate::KernelIotlb::permissive)).
+//!   There is no migration blocker: the shadow start fails at the switch
+//!   (`vhost_vdpa_dev_start`: "SVQ can not work while IOMMU enable") with
+//!   [`PlanError::Unsupported`], and the device stays down.
+//!
+//! Not modelled: the control virtqueue's two host buffers (one page each,
+//! mapped at each shadow start and unmapped at each stop by
+//! `vhost_vdpa_net_cvq_start`/`_stop`), and the shadowing of an isolated
+//! CVQ alone in address space 1 even in passthrough.
 
 use std::collections::BTreeMap;
 
