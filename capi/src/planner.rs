@@ -778,3 +778,52 @@ pub unsafe extern "C" fn vdpa_iova_plan_free(plan: *mut vdpa_iova_plan) {
 pub extern "C" fn vdpa_iova_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_event_poisons_the_planner() {
+        let mut caps = vdpa_iova_caps::default();
+        let mut p = ptr::null_mut();
+        let mut out = ptr::null_mut();
+        let mut n = 0;
+        // SAFETY: valid pointers throughout; the planner is freed once.
+        unsafe {
+            assert_eq!(vdpa_iova_caps_default(&mut caps), 0);
+            assert_eq!(vdpa_iova_planner_new(&caps, ptr::null(), &mut p), 0);
+            assert_eq!(vdpa_iova_mode(p), VDPA_IOVA_MODE_PASSTHROUGH as c_int);
+            let rc = event("vdpa_iova_test", p, &mut out, |_| {
+                panic!("half-way through")
+            });
+            assert_eq!(rc, -libc::EIO);
+            assert!(out.is_null());
+            assert!((*p).poisoned);
+            // Every later call refuses the planner instead of trusting it.
+            assert_eq!(vdpa_iova_mode(p), -libc::EIO);
+            assert_eq!(vdpa_iova_failback(p, &mut out), -libc::EIO);
+            let rc = vdpa_iova_translate(p, 0, 64, ptr::null_mut(), 0, &mut n);
+            assert_eq!((rc, n), (-libc::EIO, 0));
+            assert_eq!(vdpa_iova_mapped(p, ptr::null_mut(), 0, &mut n), -libc::EIO);
+            vdpa_iova_planner_free(p);
+        }
+    }
+
+    #[test]
+    fn a_refused_event_does_not_poison() {
+        let mut caps = vdpa_iova_caps::default();
+        let mut p = ptr::null_mut();
+        let mut out = ptr::null_mut();
+        // SAFETY: valid pointers throughout; the planner is freed once.
+        unsafe {
+            assert_eq!(vdpa_iova_caps_default(&mut caps), 0);
+            assert_eq!(vdpa_iova_planner_new(&caps, ptr::null(), &mut p), 0);
+            assert_eq!(vdpa_iova_failback(p, &mut out), -libc::EPROTO);
+            assert!(!(*p).poisoned);
+            assert_eq!(vdpa_iova_reset(p, &mut out), 0);
+            vdpa_iova_plan_free(out);
+            vdpa_iova_planner_free(p);
+        }
+    }
+}
