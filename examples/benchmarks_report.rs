@@ -180,9 +180,15 @@ struct RigRow {
 }
 
 /// Parses `vdpa-adapter bench` output: a `guest ...` header line, then one
-/// line per strategy, `name | med [min, max] | med [min, max] pinned ...`.
-fn rig_rows(text: &str) -> Vec<RigRow> {
+/// line per strategy, `name | med [min, max] | med [min, max] pinned ...`;
+/// with `--migration`, a `migration downtime` line, then one line per
+/// strategy for the stop-and-copy and the start (second list; `switch`
+/// holds the stop-and-copy, `failback` the start, `pinned` what the
+/// downtime sends).
+fn rig_rows(text: &str) -> (Vec<RigRow>, Vec<RigRow>) {
     let mut out = Vec::new();
+    let mut downtime = Vec::new();
+    let mut in_downtime = false;
     let mut guest: Option<(String, f64, u32)> = None;
     let cell = |c: &str| -> Option<[f64; 3]> {
         let n: Vec<f64> = c
@@ -192,7 +198,12 @@ fn rig_rows(text: &str) -> Vec<RigRow> {
         (n.len() >= 3).then(|| [n[0], n[1], n[2]])
     };
     for l in text.lines() {
+        if l.starts_with("migration downtime") {
+            in_downtime = true;
+            continue;
+        }
         if let Some(rest) = l.strip_prefix("guest ") {
+            in_downtime = false;
             let w: Vec<&str> = rest.split_whitespace().collect();
             let n = w.first().and_then(|n| n.parse::<f64>().ok());
             let gib = match (n, w.get(1).copied()) {
@@ -225,12 +236,18 @@ fn rig_rows(text: &str) -> Vec<RigRow> {
             ) else {
                 continue;
             };
+            let tag = if in_downtime {
+                "in the downtime:"
+            } else {
+                "pinned while stopped:"
+            };
             let pinned = cols[1]
-                .split_once("pinned while stopped:")
+                .split_once(tag)
                 .map_or("", |p| p.1)
                 .trim()
                 .to_string();
-            out.push(RigRow {
+            let list = if in_downtime { &mut downtime } else { &mut out };
+            list.push(RigRow {
                 guest: label.clone(),
                 gib: *gib,
                 repeats: *repeats,
@@ -241,7 +258,27 @@ fn rig_rows(text: &str) -> Vec<RigRow> {
             });
         }
     }
-    out
+    (out, downtime)
+}
+
+/// The rig's downtime rows as a Markdown table.
+fn downtime_table(rows: &[RigRow]) -> String {
+    let mut t = String::from(
+        "| guest | strategy | source stop-and-copy, ms: median [min, max] | destination start, ms: median [min, max] | sent inside the downtime (stop-and-copy / start) |\n|---|---|---|---|---|\n",
+    );
+    let ms = |c: &[f64; 3]| format!("{:.1} [{:.1}, {:.1}]", c[0], c[1], c[2]);
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} |",
+            r.guest,
+            r.strategy,
+            ms(&r.switch),
+            ms(&r.failback),
+            r.pinned
+        );
+    }
+    t
 }
 
 /// Measured qemu medians from the rig: (guest GiB, switch + failback seconds).
@@ -452,7 +489,7 @@ fn main() {
             );
         }
     }
-    let rig =
+    let (rig, rig_downtime) =
         rig_rows(&std::fs::read_to_string(repo.join("target/rig-bench.txt")).unwrap_or_default());
     chart(&repo.join("benchmarks.svg"), &qs, &rig_points(&rig));
     let _ = writeln!(md, "\n![critical-phase pinned bytes and estimated downtime against guest size](benchmarks.svg)\n");
@@ -487,6 +524,13 @@ fn main() {
             )),
             rig_table(&rig)
         );
+        if !rig_downtime.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n### A completed migration's downtime, on the device\n\nThe same runs with `--migration`: the source's stop-and-copy (`complete`: QEMU unmaps the rings and all guest memory while the guest is paused) and the destination's start after a reset while it waited for the stream (QEMU maps all guest memory again after the stream has ended). Critical-phase wall time, median [min, max].\n\n{}",
+                downtime_table(&rig_downtime)
+            );
+        }
     }
     std::fs::write(repo.join("BENCHMARKS.md"), md).unwrap();
     println!(

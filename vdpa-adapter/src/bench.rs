@@ -1,5 +1,8 @@
 //! `bench`: the SVQ switch and the failback on a device, identity against
-//! QEMU's strategy in the same run, several repeats, median and spread.
+//! QEMU's strategy in the same run, several repeats, median and spread; with
+//! `migration`, also the two windows of a completed migration's downtime:
+//! the source's stop-and-copy and the destination's start (after a reset
+//! while it waited for the stream, as QEMU's machine creation does).
 
 use std::time::Duration;
 
@@ -24,6 +27,8 @@ pub struct BenchConfig {
     pub regions: u32,
     /// Repeats per strategy.
     pub repeats: u32,
+    /// Also measure a completed migration's downtime windows.
+    pub migration: bool,
 }
 
 impl BenchConfig {
@@ -49,6 +54,13 @@ pub struct BenchRow {
     pub failback: Vec<Duration>,
     /// Bytes pinned while stopped, switch then failback (from the plans).
     pub critical_pinned: (u64, u64),
+    /// Critical phase of each source stop-and-copy (`complete`).
+    pub stop_and_copy: Vec<Duration>,
+    /// Critical phase of each destination start.
+    pub start: Vec<Duration>,
+    /// Messages and bytes pinned and unpinned inside the downtime: the
+    /// stop-and-copy's, then the start's (from the plans).
+    pub downtime: [(u64, u64, u64); 2],
 }
 
 /// Median, min and max.
@@ -98,62 +110,129 @@ pub unsafe fn bench<D: MsgSink>(
             switch: Vec::new(),
             failback: Vec::new(),
             critical_pinned: (0, 0),
+            stop_and_copy: Vec::new(),
+            start: Vec::new(),
+            downtime: [(0, 0, 0); 2],
         };
         for r in 0..cfg.repeats {
-            let mut s: Box<dyn Strategy> = match kind {
-                StrategyKind::Qemu => {
-                    Box::new(QemuPlanner::new(caps).map_err(|e| refused(0, "setup", kind, e))?)
-                }
-                _ => Box::new(
-                    IdentityPlanner::new(caps, Some(cfg.guest_mem))
-                        .map_err(|e| refused(0, "setup", kind, e))?,
-                ),
-            };
-            let mut a = Applier::new(&mut *dev, caps, format);
-            let mut events = vec![
+            let mut sequences = vec![vec![
                 Event::Boot(regions.clone()),
                 Event::SvqPrepare(svq),
                 Event::SvqSwitch(None),
                 Event::Failback,
-            ];
-            events.extend(regions.iter().map(|r| Event::Unplug(r.gpa)));
-            for (i, ev) in events.iter().enumerate() {
-                progress(&format!(
-                    "{kind:?} run {}/{}: {}",
-                    r + 1,
-                    cfg.repeats,
-                    ev.name()
-                ));
-                // A planner refusal is about the inputs (guest size, queues,
-                // the device's range), not the environment.
-                let plan = s.apply(ev).map_err(|e| refused(i, ev.name(), kind, e))?;
-                // SAFETY: the caller guarantees every HVA used here (regions
-                // and vring buffer) stays mapped; the unplug steps unmap all.
-                let rep = unsafe { a.apply(&plan, &Limits::current(), maps) }.map_err(|e| {
-                    AdapterError::Apply {
-                        device: "bench".into(),
-                        step: i,
-                        event: ev.name(),
-                        source: Box::new(e),
-                    }
-                })?;
-                match ev {
-                    Event::SvqSwitch(_) => {
-                        row.switch.push(rep.critical);
-                        row.critical_pinned.0 = plan.cost().critical_pinned_bytes;
-                    }
-                    Event::Failback => {
-                        row.failback.push(rep.critical);
-                        row.critical_pinned.1 = plan.cost().critical_pinned_bytes;
-                    }
-                    _ => {}
-                }
+            ]];
+            if cfg.migration {
+                // The source of a completed migration; then a destination
+                // on the same device (one host at a time).
+                sequences.push(vec![
+                    Event::Boot(regions.clone()),
+                    Event::SvqPrepare(svq),
+                    Event::SvqSwitch(None),
+                    Event::Complete,
+                ]);
+                sequences.push(vec![
+                    Event::Incoming(regions.clone()),
+                    Event::Reset,
+                    Event::Start,
+                ]);
             }
-            debug_assert!(a.committed().is_empty());
+            for events in sequences {
+                let mut s = new_strategy(kind, caps, cfg)?;
+                let mut a = Applier::new(&mut *dev, caps, format);
+                let mut events = events;
+                if !matches!(events.last(), Some(Event::Complete)) {
+                    events.extend(regions.iter().map(|r| Event::Unplug(r.gpa)));
+                }
+                run_sequence(&mut *s, &mut a, kind, &events, maps, &mut row, |ev| {
+                    progress(&format!("{kind:?} run {}/{}: {ev}", r + 1, cfg.repeats))
+                })?;
+                debug_assert!(a.committed().is_empty());
+            }
         }
         rows.push(row);
     }
     Ok(rows)
+}
+
+fn new_strategy(
+    kind: StrategyKind,
+    caps: DeviceCaps,
+    cfg: &BenchConfig,
+) -> Result<Box<dyn Strategy>, AdapterError> {
+    Ok(match kind {
+        StrategyKind::Qemu => {
+            Box::new(QemuPlanner::new(caps).map_err(|e| refused(0, "setup", kind, e))?)
+        }
+        _ => Box::new(
+            IdentityPlanner::new(caps, Some(cfg.guest_mem))
+                .map_err(|e| refused(0, "setup", kind, e))?,
+        ),
+    })
+}
+
+/// Plans and applies `events` in order, recording the critical phase of
+/// the measured ones in `row`.
+///
+/// # Safety
+/// As [`bench`]: every HVA the events name stays mapped.
+fn run_sequence<D: MsgSink>(
+    s: &mut dyn Strategy,
+    a: &mut Applier<D>,
+    kind: StrategyKind,
+    events: &[Event],
+    maps: Option<&[Mapping]>,
+    row: &mut BenchRow,
+    mut progress: impl FnMut(&str),
+) -> Result<(), AdapterError> {
+    for (i, ev) in events.iter().enumerate() {
+        progress(ev.name());
+        // A planner refusal is about the inputs (guest size, queues,
+        // the device's range), not the environment.
+        let plan = s.apply(ev).map_err(|e| refused(i, ev.name(), kind, e))?;
+        if *ev == Event::Reset {
+            a.device_reset().map_err(|e| AdapterError::Device {
+                device: "bench".into(),
+                what: "reset (VHOST_VDPA_SET_STATUS 0)".into(),
+                source: Some(e),
+            })?;
+        }
+        // SAFETY: the caller guarantees every HVA used here (regions
+        // and vring buffer) stays mapped; the unplug steps unmap all.
+        let rep = unsafe { a.apply(&plan, &Limits::current(), maps) }.map_err(|e| {
+            AdapterError::Apply {
+                device: "bench".into(),
+                step: i,
+                event: ev.name(),
+                source: Box::new(e),
+            }
+        })?;
+        match ev {
+            Event::SvqSwitch(_) => {
+                row.switch.push(rep.critical);
+                row.critical_pinned.0 = plan.cost().critical_pinned_bytes;
+            }
+            Event::Failback => {
+                row.failback.push(rep.critical);
+                row.critical_pinned.1 = plan.cost().critical_pinned_bytes;
+            }
+            Event::Complete | Event::Start => {
+                let c = plan.cost();
+                let w = usize::from(*ev == Event::Start);
+                row.downtime[w] = (
+                    c.critical_messages,
+                    c.critical_pinned_bytes,
+                    c.critical_unpinned_bytes,
+                );
+                if w == 0 {
+                    row.stop_and_copy.push(rep.critical);
+                } else {
+                    row.start.push(rep.critical);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn refused(

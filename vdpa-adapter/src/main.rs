@@ -138,6 +138,10 @@ enum Cmd {
         /// No progress spinner (logs, serial consoles).
         #[arg(long)]
         no_progress: bool,
+        /// Also time a completed migration's downtime windows: the source's
+        /// stop-and-copy and the destination's start after a reset.
+        #[arg(long)]
+        migration: bool,
     },
 }
 
@@ -284,10 +288,12 @@ fn probe_table(p: &Probe, caps: &vdpa_iova_planner::DeviceCaps) -> String {
 
 fn print_step(i: usize, o: &StepOutcome) {
     outln!(
-        "{i:<4} {:<12} {:>8} msgs {:>15} pinned  critical {:>10.3} ms  total {:>10.3} ms",
+        "{i:<4} {:<12} {:>8} msgs {:>15} pinned  critical: {:>4} msgs {:>15} pinned {:>10.3} ms  total {:>10.3} ms",
         o.event,
         o.messages,
         bytes(o.pinned),
+        o.critical_messages,
+        bytes(o.critical_pinned),
         o.critical.as_secs_f64() * 1e3,
         o.total.as_secs_f64() * 1e3
     );
@@ -457,6 +463,33 @@ fn bench_cmd(
         ratio(med[1].0, med[0].0),
         ratio(med[1].1, med[0].1)
     );
+    if cfg.migration {
+        // A second table: its header line starts with "migration downtime"
+        // so that readers of the first one stop there.
+        out += &format!(
+            "\nmigration downtime (guest paused), median [min, max]\n{:<10} | {:>32} | {:>32}\n",
+            "strategy", "source stop-and-copy", "destination start"
+        );
+        for r in &rows {
+            let (sm, s0, s1) = stats(&r.stop_and_copy);
+            let (dm, d0, d1) = stats(&r.start);
+            let [(cm, cp, cu), (dmsg, dp, du)] = r.downtime;
+            out += &format!(
+                "{:<10} | {:>9.3} ms [{:>8.3}, {:>8.3}] | {:>9.3} ms [{:>8.3}, {:>8.3}]   in the downtime: {cm} msgs, {} pinned, {} unpinned / {dmsg} msgs, {} pinned, {} unpinned\n",
+                format!("{:?}", r.strategy).to_lowercase(),
+                ms(sm),
+                ms(s0),
+                ms(s1),
+                ms(dm),
+                ms(d0),
+                ms(d1),
+                bytes(cp),
+                bytes(cu),
+                bytes(dp),
+                bytes(du)
+            );
+        }
+    }
     drop(svq);
     drop(guest);
     Ok(out)
@@ -542,6 +575,7 @@ fn main() -> ExitCode {
             backing,
             pinning,
             no_progress,
+            migration,
         } => bench_cmd(
             &device,
             BenchConfig {
@@ -549,6 +583,7 @@ fn main() -> ExitCode {
                 queues,
                 regions,
                 repeats,
+                migration,
             },
             backing.get(),
             pinning,

@@ -24,8 +24,12 @@ pub struct StepOutcome {
     pub event: &'static str,
     /// Messages written.
     pub messages: usize,
+    /// Of those, messages written while the device was stopped.
+    pub critical_messages: u64,
     /// Bytes the plan pinned (0 on devices that do not pin).
     pub pinned: u64,
+    /// Of those, bytes pinned while the device was stopped.
+    pub critical_pinned: u64,
     /// Wall time of the critical phase.
     pub critical: Duration,
     /// Wall time of the whole plan.
@@ -285,7 +289,9 @@ pub fn run_on_device<D: MsgSink>(
         let o = StepOutcome {
             event: ev.name(),
             messages: rep.messages,
+            critical_messages: plan.cost().critical_messages,
             pinned: plan.cost().pinned_bytes,
+            critical_pinned: plan.cost().critical_pinned_bytes,
             critical: rep.critical,
             total: rep.total,
         };

@@ -267,9 +267,18 @@ fn main() -> ExitCode {
         return fail("no vhost-vdpa device for the VDUSE device".into());
     };
     let dev_path = format!("/dev/{node}");
-    let r = run(&scn, &path, &dev_path, &vduse).and_then(|n| {
+    // The source's steps, then (on a fresh open of the device, which starts
+    // empty) the destination's, when the scenario migrates.
+    let r = run(&scn, &path, &dev_path, &vduse, Host::Source).and_then(|n| {
+        let d = if scn.hosts.contains(&Host::Destination) {
+            let d = run(&scn, &path, &dev_path, &vduse, Host::Destination)?;
+            println!("READBACK destination: {d} steps, every guest page reached at identity");
+            d
+        } else {
+            0
+        };
         reset_probe(&dev_path, &vduse)?;
-        Ok(n)
+        Ok(n + d)
     });
     destroy_device();
     match r {
@@ -313,7 +322,13 @@ fn on_this_device(dev: DeviceCaps, scn: &DeviceCaps) -> Result<DeviceCaps, Strin
     })
 }
 
-fn run(scn: &Scenario, path: &str, dev_path: &str, vduse: &std::fs::File) -> Result<usize, String> {
+fn run(
+    scn: &Scenario,
+    path: &str,
+    dev_path: &str,
+    vduse: &std::fs::File,
+    host: Host,
+) -> Result<usize, String> {
     let mut d = VhostVdpa::open(std::path::Path::new(dev_path)).map_err(|e| e.to_string())?;
     let p = d.probe().map_err(|e| e.to_string())?;
     // What `apply` would find on its own: a VDUSE parent, which never pins,
@@ -337,7 +352,7 @@ fn run(scn: &Scenario, path: &str, dev_path: &str, vduse: &std::fs::File) -> Res
     let mut a = Applier::new(&mut d, caps, p.format());
     let mut steps = 0;
     let mut guest = vdpa_iova_planner::GuestView::new(scn.viommu_last.is_some());
-    for (i, ev) in scn.steps_on(Host::Source).enumerate() {
+    for (i, ev) in scn.steps_on(host).enumerate() {
         let ev = mem.rewrite(&ev, PAGE).map_err(|e| e.to_string())?;
         let plan = s.apply(&ev).map_err(|e| format!("step {i}: {e}"))?;
         if ev == Event::Reset {
@@ -404,6 +419,9 @@ fn run(scn: &Scenario, path: &str, dev_path: &str, vduse: &std::fs::File) -> Res
             have.len()
         );
         steps += 1;
+    }
+    if host == Host::Destination {
+        return Ok(steps);
     }
     // Tear everything down, then show that private anonymous memory, which
     // the kernel would silently skip on this use_va device, is refused
