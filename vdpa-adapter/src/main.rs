@@ -11,11 +11,14 @@ use vdpa_adapter::apply::{Applier, Limits, ModelDevice};
 use vdpa_adapter::bench::{bench, stats, BenchConfig};
 use vdpa_adapter::device::{Probe, VhostVdpa};
 use vdpa_adapter::memory::{Backing, Mem};
-use vdpa_adapter::report::{bytes, comparison_table, describe, detail_table, json};
+use vdpa_adapter::report::{
+    bytes, comparison_table, dec, describe, detail_table, hex, json, SCHEMA_VERSION,
+};
 use vdpa_adapter::scenario::{parse_num, Host};
 use vdpa_adapter::session::{run_on_device, DeviceRun, HostMemory, StepOutcome};
 use vdpa_adapter::uapi::MsgFormat;
 use vdpa_adapter::{run, AdapterError, Scenario, StrategyKind, DEFAULT_SCENARIO};
+use vdpa_iova_planner::DeviceCaps;
 
 /// Writes to stdout; a reader that went away (`| head`) ends the process
 /// quietly with success, as the tools around it do, instead of a panic.
@@ -111,6 +114,9 @@ enum Cmd {
         /// Which host of the scenario's migration this device plays.
         #[arg(long, value_enum, default_value_t = HostArg::Source)]
         host: HostArg,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Time the SVQ switch and the failback on a device, identity against
     /// QEMU's strategy, in the same run.
@@ -142,6 +148,9 @@ enum Cmd {
         /// stop-and-copy and the destination's start after a reset.
         #[arg(long)]
         migration: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
 }
 
@@ -209,13 +218,14 @@ fn probe_cmd(device: &Path, format: Format) -> Result<String, AdapterError> {
     Ok(match format {
         Format::Json => {
             let v = serde_json::json!({
+                "schema_version": SCHEMA_VERSION,
                 "device": p.path.display().to_string(),
                 "device_id": p.device_id,
                 "parent": p.parent,
-                "backend_features_offered": p.offered,
-                "backend_features_acked": p.acked,
-                "iova_first": p.range.0,
-                "iova_last": p.range.1,
+                "backend_features_offered": hex(p.offered),
+                "backend_features_acked": hex(p.acked),
+                "iova_first": hex(p.range.0),
+                "iova_last": hex(p.range.1),
                 "address_spaces": p.address_spaces,
                 "vqs": p.vqs,
                 "groups": p.groups,
@@ -299,6 +309,37 @@ fn print_step(i: usize, o: &StepOutcome) {
     );
 }
 
+/// The JSON document of `apply`: the device, then per step what was sent
+/// and how long the critical phase took.
+fn apply_json(
+    device: &str,
+    caps: &DeviceCaps,
+    kind: StrategyKind,
+    host: Host,
+    steps: &[StepOutcome],
+) -> String {
+    let v = serde_json::json!({
+        "schema_version": SCHEMA_VERSION,
+        "device": device,
+        "device_view": describe(caps),
+        "strategy": format!("{kind:?}").to_lowercase(),
+        "host": host.as_str(),
+        "steps": steps.iter().map(|o| serde_json::json!({
+            "event": o.event,
+            "messages": o.messages,
+            "critical_messages": o.critical_messages,
+            "pinned_bytes": dec(o.pinned),
+            "critical_pinned_bytes": dec(o.critical_pinned),
+            "critical_ms": o.critical.as_secs_f64() * 1e3,
+            "total_ms": o.total.as_secs_f64() * 1e3,
+        })).collect::<Vec<_>>(),
+    });
+    let mut out = serde_json::to_string_pretty(&v).expect("a JSON value always serializes");
+    out.push('\n');
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
 fn apply_cmd(
     scenario: &Path,
     device: Option<&Path>,
@@ -307,8 +348,15 @@ fn apply_cmd(
     strategy: StrategyKind,
     pinning: Option<bool>,
     host: Host,
+    format: Format,
 ) -> Result<String, AdapterError> {
     let (scn, origin) = read_scenario(scenario)?;
+    let table = format == Format::Table;
+    let on_step = |i: usize, o: &StepOutcome| {
+        if table {
+            print_step(i, o);
+        }
+    };
     if dry_run {
         let caps = scn.caps;
         let format = MsgFormat::V2 {
@@ -316,7 +364,9 @@ fn apply_cmd(
         };
         let mut a = Applier::new(ModelDevice::new(&caps, format), caps, format);
         let mut mem = HostMemory::new(None);
-        outln!("dry run on the kernel model: {}", describe(&caps));
+        if table {
+            outln!("dry run on the kernel model: {}", describe(&caps));
+        }
         let run = DeviceRun {
             scn: &scn,
             file: &origin,
@@ -332,8 +382,12 @@ fn apply_cmd(
             }),
             host,
         };
-        run_on_device(run, &mut a, &mut mem, print_step)?;
-        return Ok(String::new());
+        let steps = run_on_device(run, &mut a, &mut mem, on_step)?;
+        return Ok(if table {
+            String::new()
+        } else {
+            apply_json("kernel model", &caps, strategy, host, &steps)
+        });
     }
     let device = device.expect("clap requires --device without --dry-run");
     // Before the device is opened or any page allocated and tagged: a
@@ -342,7 +396,9 @@ fn apply_cmd(
     let mut d = VhostVdpa::open(device)?;
     let p = d.probe()?;
     let caps = p.caps(pinning.unwrap_or_else(|| p.pins_memory()))?;
-    outln!("{}: {}", device.display(), describe(&caps));
+    if table {
+        outln!("{}: {}", device.display(), describe(&caps));
+    }
     let name = device.display().to_string();
     let mut mem = HostMemory::new(Some(backing));
     let mut a = Applier::new(&mut d, caps, p.format());
@@ -355,8 +411,76 @@ fn apply_cmd(
         limits: None,
         host,
     };
-    run_on_device(run, &mut a, &mut mem, print_step)?;
-    Ok(String::new())
+    let steps = run_on_device(run, &mut a, &mut mem, on_step)?;
+    Ok(if table {
+        String::new()
+    } else {
+        apply_json(&name, &caps, strategy, host, &steps)
+    })
+}
+
+/// The JSON document of `bench`: per strategy, each measured window's
+/// critical phase (median, min, max in ms) and what it sent.
+fn bench_json(
+    device: &Path,
+    caps: &DeviceCaps,
+    cfg: &BenchConfig,
+    backing: Backing,
+    rows: &[vdpa_adapter::bench::BenchRow],
+) -> String {
+    let window = |v: &[std::time::Duration]| {
+        let (m, lo, hi) = stats(v);
+        serde_json::json!({
+            "median_ms": m.as_secs_f64() * 1e3,
+            "min_ms": lo.as_secs_f64() * 1e3,
+            "max_ms": hi.as_secs_f64() * 1e3,
+            "runs": v.len(),
+        })
+    };
+    let strategies: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::json!({
+                "strategy": format!("{:?}", r.strategy).to_lowercase(),
+                "svq_switch": window(&r.switch),
+                "failback": window(&r.failback),
+                "critical_pinned_bytes": {
+                    "svq_switch": dec(r.critical_pinned.0),
+                    "failback": dec(r.critical_pinned.1),
+                },
+            });
+            if cfg.migration {
+                let sent = |(m, p, u): (u64, u64, u64)| {
+                    serde_json::json!({"messages": m, "pinned_bytes": dec(p), "unpinned_bytes": dec(u)})
+                };
+                v["source_stop_and_copy"] = window(&r.stop_and_copy);
+                v["destination_start"] = window(&r.start);
+                v["sent_in_downtime"] = serde_json::json!({
+                    "source_stop_and_copy": sent(r.downtime[0]),
+                    "destination_start": sent(r.downtime[1]),
+                });
+            }
+            v
+        })
+        .collect();
+    let v = serde_json::json!({
+        "schema_version": SCHEMA_VERSION,
+        "device": device.display().to_string(),
+        "device_view": describe(caps),
+        "guest_bytes": dec(cfg.guest_mem),
+        "regions": cfg.regions,
+        "queues": cfg.queues,
+        "repeats": cfg.repeats,
+        "backing": match backing {
+            Backing::Hugepages => "hugepages",
+            Backing::Memfd => "memfd",
+            Backing::Anon => "anon",
+        },
+        "strategies": strategies,
+    });
+    let mut out = serde_json::to_string_pretty(&v).expect("a JSON value always serializes");
+    out.push('\n');
+    out
 }
 
 fn bench_cmd(
@@ -365,6 +489,7 @@ fn bench_cmd(
     backing: Backing,
     pinning: Option<bool>,
     progress: bool,
+    format: Format,
 ) -> Result<String, AdapterError> {
     let mut d = VhostVdpa::open(device)?;
     let p = d.probe()?;
@@ -411,6 +536,9 @@ fn bench_cmd(
         )
     }?;
     bar.finish_and_clear();
+    if format == Format::Json {
+        return Ok(bench_json(device, &caps, &cfg, backing, &rows));
+    }
     let mut out = format!(
         "{}: {}\nguest {} in {} region(s) of {}, {} queues, {} repeats; critical phase (device stopped), median [min, max]\n\n",
         device.display(),
@@ -495,9 +623,13 @@ fn bench_cmd(
     Ok(out)
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+/// `--format`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
+    /// Text for people.
     Table,
+    /// One JSON document (`schema_version` 2: addresses, sizes and byte
+    /// counts are strings, so 64-bit values survive JavaScript and `jq`).
     Json,
 }
 
@@ -557,6 +689,7 @@ fn main() -> ExitCode {
             strategy,
             pinning,
             host,
+            format,
         } => apply_cmd(
             &scenario,
             device.as_deref(),
@@ -565,6 +698,7 @@ fn main() -> ExitCode {
             strategy,
             pinning,
             host.into(),
+            format,
         ),
         Cmd::Bench {
             device,
@@ -576,6 +710,7 @@ fn main() -> ExitCode {
             pinning,
             no_progress,
             migration,
+            format,
         } => bench_cmd(
             &device,
             BenchConfig {
@@ -588,6 +723,7 @@ fn main() -> ExitCode {
             backing.get(),
             pinning,
             !no_progress,
+            format,
         ),
     };
     match result {

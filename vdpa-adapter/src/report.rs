@@ -362,6 +362,22 @@ pub fn detail_table(caps: &DeviceCaps, run: &RunReport) -> String {
     out
 }
 
+/// Version of every JSON document the CLI prints (`"schema_version"`).
+/// Version 2: 64-bit quantities are strings (see [`hex`] and [`dec`]).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// An address or size as a JSON string, `"0x7f0000000000"`: 64-bit values
+/// above 2^53 do not survive JavaScript's numbers (nor `jq`'s), so every
+/// address and size is a hex string.
+pub fn hex(n: u64) -> Value {
+    Value::String(format!("{n:#x}"))
+}
+
+/// A byte count as a JSON string of decimal digits, for the same reason.
+pub fn dec(n: u64) -> Value {
+    Value::String(n.to_string())
+}
+
 /// The JSON document of one run (the format the README documents).
 pub fn json(run: &RunReport) -> Value {
     let steps: Vec<Value> = run
@@ -375,14 +391,14 @@ pub fn json(run: &RunReport) -> Value {
                     let mut o = json!({"kind": op.kind.as_str(), "phase": op.phase.as_str(), "asid": op.asid});
                     match op.kind {
                         OpKind::Update { iova, hva, perm } => {
-                            o["iova"] = json!(iova.first().0);
-                            o["size"] = json!(iova.size());
-                            o["hva"] = json!(hva.0);
+                            o["iova"] = hex(iova.first().0);
+                            o["size"] = hex(iova.size());
+                            o["hva"] = hex(hva.0);
                             o["perm"] = json!(perm.as_str());
                         }
                         OpKind::Invalidate { iova } => {
-                            o["iova"] = json!(iova.first().0);
-                            o["size"] = json!(iova.size());
+                            o["iova"] = hex(iova.first().0);
+                            o["size"] = hex(iova.size());
                         }
                         _ => {}
                     }
@@ -396,19 +412,19 @@ pub fn json(run: &RunReport) -> Value {
                 "mode": s.mode.to_string(),
                 "ops": ops,
                 "cost": {
-                    "pinned_bytes": c.pinned_bytes,
-                    "critical_pinned_bytes": c.critical_pinned_bytes,
-                    "unpinned_bytes": c.unpinned_bytes,
-                    "critical_unpinned_bytes": c.critical_unpinned_bytes,
+                    "pinned_bytes": dec(c.pinned_bytes),
+                    "critical_pinned_bytes": dec(c.critical_pinned_bytes),
+                    "unpinned_bytes": dec(c.unpinned_bytes),
+                    "critical_unpinned_bytes": dec(c.critical_unpinned_bytes),
                     "messages": c.messages,
                     "critical_messages": c.critical_messages,
                     "critical_batch_ends": c.critical_batch_ends,
                 },
                 "svq": s.svq.iter().map(|a| json!({
-                    "asid": a.asid, "vq": a.vq, "area": a.area.as_str(), "iova": a.iova.first().0, "size": a.iova.size(), "hva": a.hva.0,
+                    "asid": a.asid, "vq": a.vq, "area": a.area.as_str(), "iova": hex(a.iova.first().0), "size": hex(a.iova.size()), "hva": hex(a.hva.0),
                 })).collect::<Vec<_>>(),
-                "displaced": s.displaced.iter().map(|d| json!({"gpa": d.gpa, "iova": d.iova, "size": d.size})).collect::<Vec<_>>(),
-                "unreachable_bytes": s.unreachable_bytes,
+                "displaced": s.displaced.iter().map(|d| json!({"gpa": hex(d.gpa), "iova": hex(d.iova), "size": hex(d.size)})).collect::<Vec<_>>(),
+                "unreachable_bytes": dec(s.unreachable_bytes),
                 "peak_entries": s.peak_entries,
                 "kernel_quirks": s.quirks,
             })
@@ -418,7 +434,7 @@ pub fn json(run: &RunReport) -> Value {
         .stopped
         .as_ref()
         .map(|st| json!({"step": st.step, "event": st.event, "reason": st.reason}));
-    json!({"name": run.name, "strategy": run.strategy, "steps": steps, "stopped": stopped})
+    json!({"schema_version": SCHEMA_VERSION, "name": run.name, "strategy": run.strategy, "steps": steps, "stopped": stopped})
 }
 
 #[cfg(test)]

@@ -90,6 +90,7 @@ fn json_follows_the_documented_format() {
         .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["schema_version"], 2);
     assert_eq!(v["strategy"], "qemu");
     let steps = v["steps"].as_array().unwrap();
     assert_eq!(steps[0]["event"], "boot");
@@ -100,10 +101,10 @@ fn json_follows_the_documented_format() {
     assert_eq!(steps[9]["event"], "start");
     assert_eq!(hosts[9], "destination");
     // QEMU maps all guest memory again at the destination's start: inside
-    // the downtime.
+    // the downtime. Byte counts are decimal strings.
     assert_eq!(
-        steps[9]["cost"]["critical_pinned_bytes"].as_u64().unwrap(),
-        64 << 30
+        steps[9]["cost"]["critical_pinned_bytes"],
+        (64u64 << 30).to_string()
     );
     let switch = &steps[2];
     assert_eq!(switch["event"], "svq_switch");
@@ -112,6 +113,10 @@ fn json_follows_the_documented_format() {
         switch["cost"]["messages"].as_u64().unwrap(),
         ops.len() as u64
     );
+    // Addresses and sizes are hex strings: 64-bit values survive JavaScript.
+    let hex = |v: &serde_json::Value| {
+        u64::from_str_radix(v.as_str().unwrap().strip_prefix("0x").unwrap(), 16).unwrap()
+    };
     let upd = ops.iter().find(|o| o["kind"] == "update").unwrap();
     for k in ["phase", "asid", "iova", "size", "hva", "perm"] {
         assert!(!upd[k].is_null(), "update op lacks {k}");
@@ -122,12 +127,9 @@ fn json_follows_the_documented_format() {
     let pinned: u64 = ops
         .iter()
         .filter(|o| o["kind"] == "update" && o["phase"] == "critical")
-        .map(|o| o["size"].as_u64().unwrap())
+        .map(|o| hex(&o["size"]))
         .sum();
-    assert_eq!(
-        switch["cost"]["critical_pinned_bytes"].as_u64().unwrap(),
-        pinned
-    );
+    assert_eq!(switch["cost"]["critical_pinned_bytes"], pinned.to_string());
 }
 
 #[test]
@@ -410,5 +412,62 @@ fn apply_refuses_a_scenario_larger_than_the_host() {
         !err.contains("/nonexistent"),
         "refused before opening the device: {err}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Addresses above 2^53 (a device range ending at 2^64 - 1, a window above
+/// it) come out exact in JSON, and `apply --format json` documents the run.
+#[test]
+fn json_keeps_64_bit_addresses_exact() {
+    let out = bin().args(["plan", "--format", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let svq = v["steps"][1]["svq"].as_array().unwrap();
+    assert!(svq
+        .iter()
+        .all(|a| a["hva"].as_str().unwrap().starts_with("0x")));
+    let dir = std::env::temp_dir().join(format!("vdpa-adapter-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("top.toml");
+    std::fs::write(
+        &f,
+        "[[guest.regions]]\ngpa = \"0xffff_ffff_fff0_0000\"\nsize = \"1MiB\"\nhva = 0x7f0000000000\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["plan", "--format", "json"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ops = v["steps"][0]["ops"].as_array().unwrap();
+    assert_eq!(ops[0]["iova"], "0xfffffffffff00000");
+    let out = bin()
+        .args([
+            "apply",
+            "--dry-run",
+            "--format",
+            "json",
+            "--host",
+            "destination",
+        ])
+        .arg(repo().join(".ci/rig/rig-migration.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["schema_version"], 2);
+    assert_eq!(v["host"], "destination");
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps.last().unwrap()["event"], "start");
+    assert_eq!(steps.last().unwrap()["critical_messages"], 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
