@@ -96,7 +96,9 @@ impl HostMemory {
         };
         for ev in events {
             match ev {
-                Event::Boot(rs) => rs.iter().for_each(|r| need(r.hva.0, r.size)),
+                Event::Boot(rs) | Event::Incoming(rs) => {
+                    rs.iter().for_each(|r| need(r.hva.0, r.size))
+                }
                 Event::Hotplug(r) => need(r.hva.0, r.size),
                 Event::SvqPrepare(c) | Event::SvqSwitch(Some(c)) => {
                     if let Ok(l) = c.layout(vdpa_iova_planner::PageSize::SIZE_4K) {
@@ -144,6 +146,11 @@ impl HostMemory {
         };
         Ok(match ev {
             Event::Boot(rs) => Event::Boot(
+                rs.iter()
+                    .map(|r| region(self, r))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Event::Incoming(rs) => Event::Incoming(
                 rs.iter()
                     .map(|r| region(self, r))
                     .collect::<Result<_, _>>()?,

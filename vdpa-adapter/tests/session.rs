@@ -32,9 +32,20 @@ size = "2MiB"
 hva = 0x1100_0000_0000
 [[events]]
 kind = "failback"
+[[events]]
+kind = "incoming"
+[[events]]
+kind = "reset"
+host = "destination"
+[[events]]
+kind = "start"
 "#;
 
 fn run(backing: Backing) -> (Result<usize, AdapterError>, usize) {
+    run_host(backing, Host::Source)
+}
+
+fn run_host(backing: Backing, host: Host) -> (Result<usize, AdapterError>, usize) {
     let scn = Scenario::parse(SCENARIO, "inline").unwrap();
     let format = MsgFormat::V2 { asid: false };
     let mut a = Applier::new(ModelDevice::new(&scn.caps, format), scn.caps, format);
@@ -46,7 +57,7 @@ fn run(backing: Backing) -> (Result<usize, AdapterError>, usize) {
             device: "model",
             caps: scn.caps,
             kind: StrategyKind::Identity,
-            host: Host::Source,
+            host,
             limits: Some(Limits {
                 memlock: None,
                 pinned_now: 0,
@@ -77,4 +88,13 @@ fn private_anonymous_memory_is_refused_before_the_kernel_can_skip_it() {
     assert!(chain.contains("private anonymous memory"), "{chain}");
     assert!(chain.contains("silently skips"), "{chain}");
     assert_eq!(sent, 0, "nothing was sent");
+}
+
+/// The destination's guest memory gets real memory too: its `incoming`
+/// regions are rewritten like boot's, so the shared-mapping check passes.
+#[test]
+fn the_destination_gets_real_memory() {
+    let (r, sent) = run_host(Backing::Memfd, Host::Destination);
+    assert_eq!(r.unwrap(), 3, "incoming, reset, start");
+    assert!(sent > 0);
 }
