@@ -152,6 +152,15 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Print a shell completion script, e.g.
+    /// `vdpa-adapter completions bash > /etc/bash_completion.d/vdpa-adapter`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g.
+    /// `vdpa-adapter man > /usr/local/share/man/man1/vdpa-adapter.1`.
+    Man,
 }
 
 /// `--host`.
@@ -725,6 +734,23 @@ fn main() -> ExitCode {
             !no_progress,
             format,
         ),
+        Cmd::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "vdpa-adapter",
+                &mut buf,
+            );
+            Ok(String::from_utf8(buf).expect("completion scripts are text"))
+        }
+        Cmd::Man => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut buf)
+                .expect("rendering to memory cannot fail");
+            Ok(String::from_utf8(buf).expect("roff is text"))
+        }
     };
     match result {
         Ok(out) => {

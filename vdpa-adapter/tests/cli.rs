@@ -471,3 +471,26 @@ fn json_keeps_64_bit_addresses_exact() {
     assert_eq!(steps.last().unwrap()["critical_messages"], 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Completions and the man page come from the clap definitions: every
+/// subcommand is in them, and the man page carries the exit codes.
+#[test]
+fn completions_and_man_page_cover_every_subcommand() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = bin().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        for sub in ["plan", "probe", "apply", "bench"] {
+            assert!(text.contains(sub), "{shell} completions lack {sub}");
+        }
+    }
+    let out = bin().arg("man").output().unwrap();
+    let man = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH vdpa-adapter 1"),
+        "{man}"
+    );
+    for want in ["plan", "apply", "bench", "bad input"] {
+        assert!(man.contains(want), "the man page lacks {want}");
+    }
+}
