@@ -81,6 +81,10 @@ enum Cmd {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Also draw the device's IOVA space after every step, every
+        /// strategy side by side: one SVG per step in this directory.
+        #[arg(long, value_name = "DIR")]
+        svg: Option<PathBuf>,
     },
     /// What a device offers (opens it, becomes its owner, negotiates).
     Probe {
@@ -646,6 +650,7 @@ fn plan(
     scenario: Option<PathBuf>,
     strategy: Option<StrategyKind>,
     format: Format,
+    svg: Option<&Path>,
 ) -> Result<String, AdapterError> {
     let (text, origin) = match &scenario {
         Some(p) => {
@@ -662,6 +667,27 @@ fn plan(
         ),
     };
     let scn = Scenario::parse(&text, &origin)?;
+    if let Some(dir) = svg {
+        let kinds = match strategy {
+            Some(k) => vec![k],
+            None => StrategyKind::available(&scn),
+        };
+        let runs = kinds
+            .into_iter()
+            .map(|k| run(&scn, &origin, k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let write = |name: &str, body: &str| {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(dir.join(name), body))
+                .map_err(|source| AdapterError::Memory {
+                    what: format!("writing {}", dir.join(name).display()),
+                    source,
+                })
+        };
+        for (name, body) in vdpa_adapter::picture::pictures(&scn.caps, &runs) {
+            write(&name, &body)?;
+        }
+    }
     Ok(match (format, strategy) {
         (Format::Table, None) => {
             let runs = StrategyKind::available(&scn)
@@ -688,7 +714,8 @@ fn main() -> ExitCode {
             scenario,
             strategy,
             format,
-        } => plan(scenario, strategy, format),
+            svg,
+        } => plan(scenario, strategy, format, svg.as_deref()),
         Cmd::Probe { device, format } => probe_cmd(&device, format),
         Cmd::Apply {
             scenario,

@@ -4,7 +4,8 @@
 use vdpa_iova_planner::kernel::{KernelIotlb, Violation};
 use vdpa_iova_planner::verify::replay::{self, Refusal, StepError};
 use vdpa_iova_planner::{
-    Cost, GuestView, IdentityPlanner, Mode, Op, PlanError, QemuPlanner, Strategy, VringArea,
+    Cost, GuestView, IdentityPlanner, Mode, Op, Placement, PlanError, QemuPlanner, Strategy,
+    VringArea,
 };
 
 use crate::error::AdapterError;
@@ -98,6 +99,10 @@ pub struct StepReport {
     pub peak_entries: usize,
     /// Mode after the step.
     pub mode: Mode,
+    /// Where every region (or guest map) is mapped after the step.
+    pub placements: Vec<Placement>,
+    /// The strategy's IOVA window after the step, if it keeps one.
+    pub window: Option<(u64, u64)>,
     /// What the kernel did that the plan did not mean (only for plans
     /// replayed permissively: QEMU's partial unmaps).
     pub quirks: Vec<String>,
@@ -219,6 +224,8 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
             unreachable_bytes: rep.unreachable_bytes,
             peak_entries: outcome.peak_entries,
             mode: s.mode(),
+            placements: s.placements(),
+            window: s.window(),
             quirks: outcome.quirks.iter().map(ToString::to_string).collect(),
         });
     }

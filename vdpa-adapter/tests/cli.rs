@@ -494,3 +494,93 @@ fn completions_and_man_page_cover_every_subcommand() {
         assert!(man.contains(want), "the man page lacks {want}");
     }
 }
+
+/// `plan --svg DIR` draws one well-formed picture per step, with every
+/// region of the scenario labelled, every strategy a row.
+#[test]
+fn pictures_are_well_formed_and_show_every_region() {
+    let dir = std::env::temp_dir().join(format!("vdpa-adapter-svg-{}", std::process::id()));
+    for file in [
+        "scenarios/upstream-collision.toml",
+        "scenarios/separate-asid.toml",
+    ] {
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = bin()
+            .args(["plan", "--svg"])
+            .arg(&dir)
+            .arg(repo().join(file))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = repo().join(file);
+        let scn = Scenario::parse(&std::fs::read_to_string(&path).unwrap(), file).unwrap();
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            let doc = roxmltree::Document::parse(&text).expect("well-formed SVG");
+            assert_eq!(doc.root_element().tag_name().name(), "svg");
+            for r in &scn.boot {
+                assert!(
+                    text.contains(&format!("gpa {:#x}", r.gpa.0)),
+                    "{file}: region {:#x} missing",
+                    r.gpa.0
+                );
+            }
+            // Every strategy is a row from boot on (a strategy that stops
+            // partway has no row in the steps after).
+            let boot = text.contains("step 0: boot");
+            for k in StrategyKind::available(&scn).into_iter().filter(|_| boot) {
+                let name = match k {
+                    StrategyKind::Identity => "identity asid 0",
+                    StrategyKind::IdentityAsid => "identity-asid asid 0",
+                    StrategyKind::Qemu => "qemu asid 0",
+                };
+                assert!(text.contains(name), "{file}: no row {name}");
+            }
+            n += 1;
+        }
+        assert_eq!(n, scn.events.len() + 1, "{file}: one picture per step");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The README shows the upstream collision sequence (hotplug into the vring
+/// window during SVQ, then failback), identity beside qemu, as `plan --svg`
+/// draws it now; `UPDATE_GOLDEN=1` redraws it.
+#[test]
+fn readme_pictures_are_current() {
+    let dir = std::env::temp_dir().join(format!("vdpa-adapter-readme-svg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = bin()
+        .args(["plan", "--svg"])
+        .arg(&dir)
+        .arg(repo().join("scenarios/upstream-collision.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    for step in ["step-03-hotplug.svg", "step-04-failback.svg"] {
+        let committed = repo()
+            .join("scenarios/pictures")
+            .join(format!("upstream-collision-{step}"));
+        let now = std::fs::read_to_string(dir.join(step)).unwrap();
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&committed, &now).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(&committed).unwrap(),
+            now,
+            "{} is not what plan --svg draws now (UPDATE_GOLDEN=1 redraws it)",
+            committed.display()
+        );
+        assert!(
+            readme.contains(&format!("scenarios/pictures/upstream-collision-{step}")),
+            "the README shows {step}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
