@@ -89,24 +89,7 @@ impl Probe {
     }
 }
 
-/// The map style of a vDPA parent driver: mlx5, vdpa_sim and VDUSE have a
-/// whole-table `set_map` (vdpa_sim loaded with `batch_mapping=0` has
-/// per-map `dma_map` instead, read from its module parameter); ifcvf,
-/// octeon_ep, pds and virtio-pci's vp_vdpa use the platform IOMMU. Unknown
-/// drivers are taken as `set_map`, the style of the devices this adapter is
-/// tested on.
-pub fn map_style_of(parent: &str) -> MapStyle {
-    match parent {
-        "ifcvf" | "octep_vdpa" | "pds_vdpa" | "vp_vdpa" | "alibaba_eni_vdpa" => MapStyle::Platform,
-        p if sysfs::is_vdpa_sim(p) => {
-            match std::fs::read_to_string("/sys/module/vdpa_sim/parameters/batch_mapping") {
-                Ok(v) if v.trim() == "0" => MapStyle::DmaMap,
-                _ => MapStyle::SetMap,
-            }
-        }
-        _ => MapStyle::SetMap,
-    }
-}
+pub use crate::host::sysfs::map_style_of;
 
 /// An open `/dev/vhost-vdpa-N` this process owns.
 #[derive(Debug)]

@@ -86,7 +86,23 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         svg: Option<PathBuf>,
     },
-    /// What a device offers (opens it, becomes its owner, negotiates).
+    /// The vDPA devices of this host, from sysfs (opens nothing).
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// What sysfs and the vdpa netlink view (iproute2's `vdpa`) tell about a
+    /// device, without opening it: works while a VM owns it.
+    Show {
+        /// A vdpa name (vdpa0) or a device node (/dev/vhost-vdpa-0).
+        device: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// What a device offers (opens it, becomes its owner, negotiates; fails
+    /// with EBUSY while a VM uses it: see `show`).
     Probe {
         /// The device, e.g. /dev/vhost-vdpa-0.
         device: PathBuf,
@@ -222,6 +238,172 @@ fn read_scenario(p: &Path) -> Result<(Scenario, String), AdapterError> {
         source,
     })?;
     Ok((Scenario::parse(&text, &origin)?, origin))
+}
+
+/// `vdpa -j ARGS`, the netlink view of iproute2's tool, when it is installed
+/// and answers.
+fn vdpa_tool(args: &[&str]) -> Option<serde_json::Value> {
+    let out = std::process::Command::new("vdpa")
+        .arg("-j")
+        .args(args)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn list_cmd(format: Format) -> String {
+    let devs = vdpa_adapter::host::sysfs::vdpa_devices();
+    match format {
+        Format::Json => {
+            let v = serde_json::json!({
+                "schema_version": SCHEMA_VERSION,
+                "devices": devs.iter().map(|d| serde_json::json!({
+                    "name": d.name,
+                    "node": d.node.as_ref().map(|n| format!("/dev/{n}")),
+                    "driver": d.driver,
+                    "parent": d.parent,
+                })).collect::<Vec<_>>(),
+            });
+            let mut out = serde_json::to_string_pretty(&v).expect("serializes");
+            out.push('\n');
+            out
+        }
+        Format::Table => {
+            if devs.is_empty() {
+                return "no vDPA device (none under /sys/bus/vdpa/devices)\n".into();
+            }
+            let mut out = format!(
+                "{:<12} {:<22} {:<14} {}\n",
+                "name", "node", "driver", "parent"
+            );
+            for d in &devs {
+                out += &format!(
+                    "{:<12} {:<22} {:<14} {}\n",
+                    d.name,
+                    d.node.as_ref().map_or("-".into(), |n| format!("/dev/{n}")),
+                    d.driver.as_deref().unwrap_or("-"),
+                    d.parent.as_deref().unwrap_or("unknown")
+                );
+            }
+            out
+        }
+    }
+}
+
+fn show_cmd(device: &str, format: Format) -> Result<String, AdapterError> {
+    use vdpa_adapter::host::sysfs;
+    let root = Path::new("/");
+    let d = sysfs::find_vdpa_device_in(root, device).ok_or_else(|| {
+        AdapterError::device(
+            device,
+            "no such vDPA device under /sys/bus/vdpa/devices (see `vdpa-adapter list`)",
+        )
+    })?;
+    let parent = d.parent.as_deref();
+    let style = parent.map_or(vdpa_iova_planner::MapStyle::SetMap, sysfs::map_style_of);
+    let pins = sysfs::pins_memory(parent);
+    let entries = sysfs::max_entries();
+    let sim = parent.is_some_and(sysfs::is_vdpa_sim);
+    let sim_params: Vec<(&str, Option<String>)> = if sim {
+        ["use_va", "batch_mapping", "max_iotlb_entries"]
+            .into_iter()
+            .map(|p| (p, sysfs::module_param_in(root, "vdpa_sim", p)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let dev_view = vdpa_tool(&["dev", "show", &d.name]).map(|v| v["dev"][&d.name].clone());
+    let config =
+        vdpa_tool(&["dev", "config", "show", &d.name]).map(|v| v["config"][&d.name].clone());
+    let style_text = match style {
+        vdpa_iova_planner::MapStyle::SetMap => "set_map (the whole table is pushed at BATCH_END; forgotten at a reset without IOTLB_PERSIST)",
+        vdpa_iova_planner::MapStyle::DmaMap => "dma_map (each map programmed at once; forgotten at a reset without IOTLB_PERSIST)",
+        vdpa_iova_planner::MapStyle::Platform => "platform IOMMU (the kernel's IOMMU domain is the device's view)",
+    };
+    if format == Format::Json {
+        let v = serde_json::json!({
+            "schema_version": SCHEMA_VERSION,
+            "name": d.name,
+            "node": d.node.as_ref().map(|n| format!("/dev/{n}")),
+            "driver": d.driver,
+            "parent": d.parent,
+            "map_style": style.as_str(),
+            "pins_memory": pins,
+            "max_entries_per_address_space": entries,
+            "vdpa_sim_parameters": sim_params.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+            "vdpa_dev": dev_view,
+            "vdpa_config": config,
+        });
+        let mut out = serde_json::to_string_pretty(&v).expect("serializes");
+        out.push('\n');
+        return Ok(out);
+    }
+    let mut out = format!(
+        "{}: {} (bus driver {})\n",
+        d.name,
+        d.node
+            .as_ref()
+            .map_or("no vhost-vdpa node".into(), |n| format!("/dev/{n}")),
+        d.driver.as_deref().unwrap_or("none")
+    );
+    out += &format!("parent driver:   {}\n", parent.unwrap_or("unknown"));
+    out += &format!("map style:       {style_text}\n");
+    out += &format!(
+        "pins memory:     {}\n",
+        match (pins, parent) {
+            (false, Some("vduse")) => "no (VDUSE maps host virtual addresses)".to_string(),
+            (false, _) => "no (use_va)".to_string(),
+            (true, _) => "yes (each map pins its pages)".to_string(),
+        }
+    );
+    out += &format!(
+        "table entries:   {}\n",
+        match entries {
+            Some(n) => format!("at most {n} per address space (vhost_vdpa max_iotlb_entries)"),
+            None => "no limit".into(),
+        }
+    );
+    for (k, v) in &sim_params {
+        out += &format!("vdpa_sim {k}: {}\n", v.as_deref().unwrap_or("-"));
+    }
+    let flat = |v: &serde_json::Value| -> String {
+        match v {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::Array(a) => format!(
+                        "  {k}: {}",
+                        a.iter()
+                            .map(|x| x.as_str().map_or(x.to_string(), str::to_string))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                    serde_json::Value::String(s) => format!("  {k}: {s}"),
+                    other => format!("  {k}: {other}"),
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => String::new(),
+        }
+    };
+    match (&dev_view, &config) {
+        (None, None) => {
+            out += "vdpa netlink:    not available (install iproute2's `vdpa` for the management view: vqs, features)\n"
+        }
+        _ => {
+            if let Some(v) = &dev_view {
+                out += &format!("vdpa dev show:\n{}\n", flat(v));
+            }
+            if let Some(v) = &config {
+                out += &format!("vdpa dev config show:\n{}\n", flat(v));
+            }
+        }
+    }
+    out += "address spaces and vq groups: read by `probe` (it opens the device)\n";
+    Ok(out)
 }
 
 fn probe_cmd(device: &Path, format: Format) -> Result<String, AdapterError> {
@@ -717,6 +899,8 @@ fn main() -> ExitCode {
             svg,
         } => plan(scenario, strategy, format, svg.as_deref()),
         Cmd::Probe { device, format } => probe_cmd(&device, format),
+        Cmd::List { format } => Ok(list_cmd(format)),
+        Cmd::Show { device, format } => show_cmd(&device, format),
         Cmd::Apply {
             scenario,
             device,

@@ -584,3 +584,22 @@ fn readme_pictures_are_current() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `show` names a missing device as an environment fault; `list` answers
+/// on a host without vDPA devices too, in both formats.
+#[test]
+fn list_and_show_read_without_opening() {
+    let out = bin().arg("list").output().unwrap();
+    assert!(out.status.success());
+    let out = bin().args(["list", "--format", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["schema_version"], 2);
+    assert!(v["devices"].is_array());
+    let out = bin()
+        .args(["show", "no-such-vdpa-device"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no such vDPA device"), "{err}");
+}
