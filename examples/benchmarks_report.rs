@@ -281,13 +281,6 @@ fn downtime_table(rows: &[RigRow]) -> String {
     t
 }
 
-/// Measured qemu medians from the rig: (guest GiB, switch + failback seconds).
-fn rig_points(rows: &[RigRow]) -> Vec<(f64, f64)> {
-    rows.iter()
-        .filter(|r| r.strategy == "qemu" && !r.guest.contains("huge"))
-        .map(|r| (r.gib, (r.switch[0] + r.failback[0]) / 1e3))
-        .collect()
-}
 
 /// The rig's rows as a Markdown table.
 fn rig_table(rows: &[RigRow]) -> String {
@@ -309,74 +302,229 @@ fn rig_table(rows: &[RigRow]) -> String {
     t
 }
 
-fn chart(path: &Path, qs: &[Quality], measured: &[(f64, f64)]) {
-    let root = SVGBackend::new(path, (960, 420)).into_drawing_area();
+/// Published figures for QEMU on hardware (`../shared/docs/qemu-today.md`):
+/// (label, guest GiB, seconds low, seconds high).
+const PUBLISHED: [(&str, f64, f64, f64); 7] = [
+    ("SVQ switch, 2x mlx5 (Dec 2023)", 128.0, 20.0, 30.0),
+    ("stop-and-copy, 2x mlx5 (Dec 2023)", 128.0, 20.0, 20.0),
+    ("destination start, CX-6 Dx (QEMU < 10.1)", 39.0, 4.72, 4.72),
+    ("destination start, CX-6 Dx (QEMU < 10.1)", 128.0, 14.72, 14.72),
+    ("pinning (Jun 2025)", 50.0, 7.8, 7.8),
+    ("pinning (Jun 2025)", 100.0, 8.8, 8.8),
+    ("pinning (Jun 2025)", 200.0, 10.8, 10.8),
+];
+
+/// Three panels, every axis linear (a linear cost stays a straight line,
+/// and zero is a visible line, not hidden by a log scale): what the plans
+/// pin while the device is stopped (computed), what the rig measured on
+/// vdpa_sim (every window, both strategies), and QEMU's published hardware
+/// figures beside this library's zero.
+fn chart(path: &Path, qs: &[Quality], rig: &[RigRow], downtime: &[RigRow]) {
+    let root = SVGBackend::new(path, (1500, 480)).into_drawing_area();
     root.fill(&WHITE).unwrap();
-    let (left, right) = root.split_horizontally(480);
-    let series = |name: &str, f: &dyn Fn(&Cost, &Cost) -> f64| -> Vec<(f64, f64)> {
-        qs.iter()
-            .filter(|q| q.regions == 16)
-            .map(|q| {
-                let (_, sw, fb) = q.rows.iter().find(|r| r.0 == name).unwrap();
-                ((q.guest / GIB) as f64, f(sw, fb))
-            })
-            .collect()
-    };
-    let pinned = |sw: &Cost, fb: &Cost| {
-        (sw.critical_pinned_bytes + fb.critical_pinned_bytes) as f64 / GIB as f64
-    };
-    let time = |sw: &Cost, fb: &Cost| estimate_s(sw) + estimate_s(fb);
-    for (area, title, y_label, f) in [
-        (
-            &left,
-            "Pinned while the device is stopped",
-            "GiB (switch + failback)",
-            &pinned as &dyn Fn(&Cost, &Cost) -> f64,
-        ),
-        (
-            &right,
-            "Downtime: estimated, and measured (x)",
-            "seconds (switch + failback)",
-            &time as &dyn Fn(&Cost, &Cost) -> f64,
-        ),
-    ] {
-        let q = series("qemu", f);
+    let panels = root.split_evenly((1, 3));
+    let zero_style = BLUE.stroke_width(4);
+    // 1. Computed: bytes pinned while stopped, switch + failback.
+    {
+        let series = |name: &str| -> Vec<(f64, f64)> {
+            qs.iter()
+                .filter(|q| q.regions == 16)
+                .map(|q| {
+                    let (_, sw, fb) = q.rows.iter().find(|r| r.0 == name).unwrap();
+                    (
+                        (q.guest / GIB) as f64,
+                        (sw.critical_pinned_bytes + fb.critical_pinned_bytes) as f64 / GIB as f64,
+                    )
+                })
+                .collect()
+        };
+        let q = series("qemu");
+        let xmax = q.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
         let ymax = q.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
-        let mut c = ChartBuilder::on(area)
-            .caption(title, ("sans-serif", 18))
+        let mut c = ChartBuilder::on(&panels[0])
+            .caption("Pinned while the device is stopped (computed)", ("sans-serif", 16))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d((0.25f64..4096f64).log_scale(), 0f64..ymax)
+            .build_cartesian_2d(0f64..xmax, -ymax * 0.03..ymax)
             .unwrap();
         c.configure_mesh()
-            .x_desc("guest memory (GiB, 16 regions)")
-            .y_desc(y_label)
+            .x_desc("guest memory, GiB (16 regions)")
+            .y_desc("GiB pinned, switch + failback")
             .draw()
             .unwrap();
-        for (name, color) in [("qemu", RED), ("identity", BLUE), ("identity-asid", GREEN)] {
-            let s = series(name, f);
-            c.draw_series(LineSeries::new(s.clone(), color.stroke_width(2)))
+        c.draw_series(LineSeries::new(q.clone(), RED.stroke_width(2)))
+            .unwrap()
+            .label("qemu: all guest memory, twice")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
+        c.draw_series(q.iter().map(|&p| Circle::new(p, 3, RED.filled())))
+            .unwrap();
+        let id = series("identity");
+        let ida = series("identity-asid");
+        assert!(id.iter().chain(&ida).all(|p| p.1 == 0.0), "the chart says zero");
+        c.draw_series(LineSeries::new(id.clone(), zero_style))
+            .unwrap()
+            .label("identity and identity-asid: 0 at every size")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE.stroke_width(4)));
+        c.draw_series(id.iter().map(|&p| Circle::new(p, 4, BLUE.filled())))
+            .unwrap();
+        c.configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.9))
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .unwrap();
+    }
+    // 2. Measured on the rig: every window, qemu's medians, identity's.
+    {
+        let pts = |rows: &[RigRow], strategy: &str, first: bool| -> Vec<(f64, f64)> {
+            let mut v: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.strategy == strategy && !r.guest.contains("huge"))
+                .map(|r| (r.gib, if first { r.switch[0] } else { r.failback[0] }))
+                .collect();
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            v
+        };
+        let lines = [
+            ("SVQ switch", pts(rig, "qemu", true), RED),
+            ("failback", pts(rig, "qemu", false), MAGENTA),
+            ("source stop-and-copy", pts(downtime, "qemu", true), CYAN),
+            ("destination start", pts(downtime, "qemu", false), BLACK),
+        ];
+        let xmax = lines
+            .iter()
+            .flat_map(|l| l.1.iter().map(|p| p.0))
+            .fold(1.0, f64::max)
+            * 1.1;
+        let ymax = lines
+            .iter()
+            .flat_map(|l| l.1.iter().map(|p| p.1))
+            .fold(1.0, f64::max)
+            * 1.15;
+        let mut c = ChartBuilder::on(&panels[1])
+            .caption("Measured: vdpa_sim, Linux 6.12 (TCG VM)", ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..xmax, -ymax * 0.03..ymax)
+            .unwrap();
+        c.configure_mesh()
+            .x_desc("guest memory, GiB (one region, memfd 4 KiB pages)")
+            .y_desc("critical phase, ms (median)")
+            .draw()
+            .unwrap();
+        for (name, p, color) in lines {
+            if p.is_empty() {
+                continue;
+            }
+            c.draw_series(LineSeries::new(p.clone(), color.stroke_width(2)))
                 .unwrap()
-                .label(name)
+                .label(format!("qemu, {name}"))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
-            c.draw_series(s.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            c.draw_series(p.iter().map(|&q| Cross::new(q, 5, color.stroke_width(2))))
                 .unwrap();
         }
-        if y_label.starts_with("seconds") && !measured.is_empty() {
-            c.draw_series(
-                measured
-                    .iter()
-                    .map(|&p| Cross::new(p, 5, BLACK.stroke_width(2))),
-            )
-            .unwrap()
-            .label("qemu, measured on vdpa_sim (rig)")
-            .legend(|(x, y)| Cross::new((x + 8, y), 4, BLACK));
+        let id: Vec<(f64, f64)> = pts(rig, "identity", true)
+            .into_iter()
+            .chain(pts(rig, "identity", false))
+            .chain(pts(downtime, "identity", true))
+            .chain(pts(downtime, "identity", false))
+            .collect();
+        if !id.is_empty() {
+            let mut line: Vec<(f64, f64)> = id.iter().map(|p| (p.0, 0.0)).collect();
+            line.sort_by(|a, b| a.0.total_cmp(&b.0));
+            line.dedup();
+            c.draw_series(LineSeries::new(line, zero_style))
+                .unwrap()
+                .label(format!(
+                    "identity, every window: {:.1} ms at most, 0 messages",
+                    id.iter().map(|p| p.1).fold(0.0, f64::max)
+                ))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE.stroke_width(4)));
+            c.draw_series(id.iter().map(|&p| Circle::new(p, 4, BLUE.filled())))
+                .unwrap();
         }
         c.configure_series_labels()
             .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
+            .background_style(WHITE.mix(0.9))
             .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .unwrap();
+    }
+    // 3. Published hardware figures for QEMU, and this library's zero.
+    {
+        let mut c = ChartBuilder::on(&panels[2])
+            .caption("Published: QEMU on mlx5 hardware", ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..220f64, -1.5f64..46f64)
+            .unwrap();
+        c.configure_mesh()
+            .x_desc("guest memory, GiB")
+            .y_desc("seconds")
+            .draw()
+            .unwrap();
+        let colors = [RED, CYAN, BLACK, MAGENTA];
+        let mut seen: Vec<&str> = Vec::new();
+        for (label, gib, lo, hi) in PUBLISHED {
+            let i = seen.iter().position(|l| *l == label).unwrap_or_else(|| {
+                seen.push(label);
+                seen.len() - 1
+            });
+            let color = colors[i % colors.len()];
+            let first = PUBLISHED.iter().position(|p| p.0 == label).unwrap()
+                == PUBLISHED
+                    .iter()
+                    .position(|p| p.0 == label && p.1 == gib)
+                    .unwrap();
+            let s = c
+                .draw_series(std::iter::once(Cross::new(
+                    (gib, (lo + hi) / 2.0),
+                    6,
+                    color.stroke_width(2),
+                )))
+                .unwrap();
+            if first {
+                s.label(label)
+                    .legend(move |(x, y)| Cross::new((x + 8, y), 4, color.stroke_width(2)));
+            }
+            if hi > lo {
+                c.draw_series(LineSeries::new(vec![(gib, lo), (gib, hi)], color.stroke_width(2)))
+                    .unwrap();
+            }
+        }
+        // What the rig's per-GiB switch cost would give, labelled as such.
+        let per_gib: Vec<f64> = rig
+            .iter()
+            .filter(|r| r.strategy == "qemu" && r.gib >= 1.0 && !r.guest.contains("huge"))
+            .map(|r| r.switch[0] / 1e3 / r.gib)
+            .collect();
+        if !per_gib.is_empty() {
+            let k = per_gib.iter().sum::<f64>() / per_gib.len() as f64;
+            c.draw_series(DashedLineSeries::new(
+                vec![(0.0, 0.0), (200.0, 200.0 * k)],
+                6,
+                4,
+                RED.mix(0.6).stroke_width(1),
+            ))
+            .unwrap()
+            .label(format!(
+                "estimate: vdpa_sim's measured switch, {:.0} ms/GiB, extended linearly",
+                k * 1e3
+            ))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED.mix(0.6)));
+        }
+        c.draw_series(LineSeries::new(vec![(0.0, 0.0), (220.0, 0.0)], zero_style))
+            .unwrap()
+            .label("this library: 0 pinned, 0 messages in every window (computed)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE.stroke_width(4)));
+        c.configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.9))
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font(("sans-serif", 11))
             .draw()
             .unwrap();
     }
@@ -473,7 +621,7 @@ fn main() {
     }
     let _ = writeln!(md, "\n## Plan quality (computed, no device)\n");
     let _ = writeln!(md, "Critical phase (device stopped) of the SVQ switch and of the failback, 17 shadow vrings, a device with two address spaces and `desc_asid`. Estimated time uses the per-GiB pin and unpin times and per-message time measured on vdpa_sim under a 6.12 kernel (80 ms per 512 MiB pinned, 27 ms unpinned, 0.15 ms a message).\n");
-    let _ = writeln!(md, "| guest | regions | strategy | switch: msgs, pinned | failback: msgs, pinned | estimated downtime (switch + failback) |\n|---:|---:|---|---|---|---:|");
+    let _ = writeln!(md, "| guest | regions | strategy | switch: msgs, pinned | failback: msgs, pinned | estimate from vdpa_sim's TCG timings, not hardware (switch + failback) |\n|---:|---:|---|---|---|---:|");
     for q in &qs {
         for (name, sw, fb) in &q.rows {
             let _ = writeln!(
@@ -491,8 +639,8 @@ fn main() {
     }
     let (rig, rig_downtime) =
         rig_rows(&std::fs::read_to_string(repo.join("target/rig-bench.txt")).unwrap_or_default());
-    chart(&repo.join("benchmarks.svg"), &qs, &rig_points(&rig));
-    let _ = writeln!(md, "\n![critical-phase pinned bytes and estimated downtime against guest size](benchmarks.svg)\n");
+    chart(&repo.join("benchmarks.svg"), &qs, &rig, &rig_downtime);
+    let _ = writeln!(md, "\n![bytes pinned while stopped (computed), every critical window measured on vdpa_sim, and QEMU's published hardware figures, all on linear axes](benchmarks.svg)\n");
     let _ = writeln!(
         md,
         "## Real kernel: vdpa_sim (use_va=0, pins like a NIC) on Linux 6.12 under qemu TCG\n"
