@@ -182,6 +182,12 @@ pub trait Strategy {
     /// # Errors
     /// [`PlanError::NoViommu`], a bad range, or [`PlanError::NotMapped`].
     fn viommu_unmap(&mut self, giova: Iova, size: u64) -> Result<Plan, PlanError>;
+    /// The IOVA window `[first, last]` shadow vrings and displaced memory are
+    /// allocated from now, if the strategy keeps one (for pictures and
+    /// reports; `None` by default).
+    fn window(&self) -> Option<(u64, u64)> {
+        None
+    }
     /// Every IOTLB entry the strategy has mapped now, as `(asid, entry)`.
     fn mapped(&self) -> Vec<(u32, Entry)>;
 

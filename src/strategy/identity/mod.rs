@@ -478,6 +478,10 @@ impl Strategy for IdentityPlanner {
         self.plan_viommu_unmap(giova, size)
     }
 
+    fn window(&self) -> Option<(u64, u64)> {
+        IdentityPlanner::window(self)
+    }
+
     fn mapped(&self) -> Vec<(u32, Entry)> {
         let mut v = Vec::new();
         for r in self.regions.values() {
