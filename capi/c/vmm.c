@@ -10,7 +10,9 @@
  * transaction), a guest reboot (device reset), a migration that starts
  * (shadow vrings prepared while the device runs), switches to shadow
  * virtqueues, sees a DIMM hot-plugged, and fails back; the DIMM is
- * unplugged; a second migration completes.
+ * unplugged; a second migration completes. Then the same device plays the
+ * migration's destination: memory declared while waiting for the stream,
+ * the guest started at switchover.
  *
  * Every op of every plan is first replayed on the library's kernel model,
  * which refuses anything the kernel would refuse. By default that is all;
@@ -312,7 +314,8 @@ static void check_step(struct vm *vm, int want_mode)
         die("step %u: mode %d, want %d", vm->step, mode, want_mode);
     }
     check_tables(vm);
-    if (mode != VDPA_IOVA_MODE_COMPLETED) {
+    /* Completed: nothing is mapped; incoming: the guest does not run yet. */
+    if (mode != VDPA_IOVA_MODE_COMPLETED && mode != VDPA_IOVA_MODE_INCOMING) {
         /* In passthrough the device sees guest-physical addresses. */
         check_translations(vm, mode != VDPA_IOVA_MODE_SVQ);
     }
@@ -465,6 +468,37 @@ static void migrate(struct vm *vm, const struct vdpa_iova_svq_config *svq, bool 
     }
 }
 
+static void destination(struct vm *vm, const struct vdpa_iova_caps *caps,
+                        const struct vdpa_iova_options *opts)
+{
+    struct vdpa_iova_region regions[MAX_REGIONS];
+    struct vdpa_iova_plan *plan;
+    struct vdpa_iova_cost cost;
+    size_t i;
+
+    vdpa_iova_planner_free(vm->planner);
+    check(vdpa_iova_planner_new(caps, opts, &vm->planner), "vdpa_iova_planner_new (destination)");
+    memset(regions, 0, sizeof(regions));
+    for (i = 0; i < vm->nregions; i++) {
+        regions[i].gpa = vm->regions[i].gpa;
+        regions[i].size = vm->regions[i].size;
+        regions[i].hva = vm->regions[i].hva;
+        regions[i].readonly = vm->regions[i].readonly;
+    }
+    check(vdpa_iova_incoming(vm->planner, regions, vm->nregions, &plan), "vdpa_iova_incoming");
+    apply_plan(vm, plan, "incoming");
+    check_step(vm, VDPA_IOVA_MODE_INCOMING);
+
+    check(vdpa_iova_start(vm->planner, &plan), "vdpa_iova_start");
+    check(vdpa_iova_plan_cost(plan, &cost), "vdpa_iova_plan_cost");
+    if (vm->identity && cost.critical_messages != 0) {
+        die("the identity strategy's start has %" PRIu64 " messages while stopped",
+            cost.critical_messages);
+    }
+    apply_plan(vm, plan, "start");
+    check_step(vm, VDPA_IOVA_MODE_PASSTHROUGH);
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: vmm [--strategy identity|qemu] [--device /dev/vhost-vdpa-N] [--quiet]\n");
@@ -594,6 +628,13 @@ int main(int argc, char **argv)
     if (after != 0) {
         die("%zu entries still mapped after completion", after);
     }
+
+    /*
+     * The same device as a migration's destination, the source's maps gone:
+     * guest memory is declared when the destination starts listening, and
+     * the guest starts at switchover.
+     */
+    destination(&vm, &caps, &opts);
 
     vdpa_iova_planner_free(vm.planner);
     vdpa_iova_model_free(vm.model);

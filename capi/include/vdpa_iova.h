@@ -118,6 +118,12 @@
 #define VDPA_IOVA_MODE_COMPLETED 3
 
 /**
+ * A migration's destination waiting for the stream: guest memory is known
+ * (and, with the identity strategy, mapped); `vdpa_iova_start` ends it.
+ */
+#define VDPA_IOVA_MODE_INCOMING 4
+
+/**
  * The kernel's vhost-vdpa IOTLB for one device, as a model (strict: it also
  * refuses messages the kernel accepts but whose effect differs from what
  * they say). Opaque; created by [`vdpa_iova_model_new`].
@@ -585,6 +591,38 @@ int vdpa_iova_add_regions(struct vdpa_iova_planner *planner,
                           const struct vdpa_iova_region *regions,
                           size_t n,
                           struct vdpa_iova_plan **out);
+
+/**
+ * On a migration's destination, first event: the guest's regions are
+ * known (QEMU: the memory listener's first commit, before the migration
+ * stream arrives) and the device waits for the guest to start. The
+ * identity strategy maps guest memory now, while nothing runs, so that
+ * [`vdpa_iova_start`] at switchover writes nothing. The planner is then in
+ * `VDPA_IOVA_MODE_INCOMING`. `regions` may be NULL when `n` is 0.
+ *
+ * # Errors
+ * As [`vdpa_iova_add_regions`]; `-EPROTO` when anything was declared or
+ * mapped before. Nothing changes on error.
+ *
+ * # Safety
+ * As [`vdpa_iova_add_regions`].
+ */
+int vdpa_iova_incoming(struct vdpa_iova_planner *planner,
+                       const struct vdpa_iova_region *regions,
+                       size_t n,
+                       struct vdpa_iova_plan **out);
+
+/**
+ * On a migration's destination: the guest starts at switchover (write the
+ * plan before the device's DRIVER_OK). The planner is then in passthrough.
+ *
+ * # Errors
+ * `-EPROTO` unless in `VDPA_IOVA_MODE_INCOMING`. Nothing changes on error.
+ *
+ * # Safety
+ * As [`vdpa_iova_failback`].
+ */
+int vdpa_iova_start(struct vdpa_iova_planner *planner, struct vdpa_iova_plan **out);
 
 /**
  * The guest memory region starting at `gpa` went away (a section deleted).

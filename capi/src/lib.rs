@@ -34,7 +34,8 @@
 //!   with other `vdpa_iova_translate` calls on it, never with an event).
 //!
 //! A VMM feeds one event per call (boot, hot-plug, SVQ prepare and switch,
-//! failback, completion, device reset, guest vIOMMU map and unmap) and writes
+//! failback, completion, device reset, guest vIOMMU map and unmap, and on a
+//! migration's destination the incoming memory and the start) and writes
 //! the ops of the plan it gets, in order, one `struct vhost_msg_v2` per
 //! `write(2)` on `/dev/vhost-vdpa-N`. See `capi/README.md` and the C example
 //! `capi/c/vmm.c`.
@@ -56,10 +57,11 @@ pub use model::{
 };
 pub use planner::{
     vdpa_iova_add_regions, vdpa_iova_caps_default, vdpa_iova_complete, vdpa_iova_failback,
-    vdpa_iova_mapped, vdpa_iova_mode, vdpa_iova_options_default, vdpa_iova_plan,
-    vdpa_iova_plan_cost, vdpa_iova_plan_free, vdpa_iova_plan_ops, vdpa_iova_planner,
-    vdpa_iova_planner_free, vdpa_iova_planner_new, vdpa_iova_remove_region, vdpa_iova_reset,
-    vdpa_iova_svq_prepare, vdpa_iova_svq_size, vdpa_iova_svq_switch, vdpa_iova_translate,
-    vdpa_iova_version, vdpa_iova_viommu_map, vdpa_iova_viommu_unmap,
+    vdpa_iova_incoming, vdpa_iova_mapped, vdpa_iova_mode, vdpa_iova_options_default,
+    vdpa_iova_plan, vdpa_iova_plan_cost, vdpa_iova_plan_free, vdpa_iova_plan_ops,
+    vdpa_iova_planner, vdpa_iova_planner_free, vdpa_iova_planner_new, vdpa_iova_remove_region,
+    vdpa_iova_reset, vdpa_iova_start, vdpa_iova_svq_prepare, vdpa_iova_svq_size,
+    vdpa_iova_svq_switch, vdpa_iova_translate, vdpa_iova_version, vdpa_iova_viommu_map,
+    vdpa_iova_viommu_unmap,
 };
 pub use types::*;

@@ -297,6 +297,7 @@ pub unsafe extern "C" fn vdpa_iova_mode(planner: *const vdpa_iova_planner) -> c_
             Mode::Prepared => VDPA_IOVA_MODE_PREPARED,
             Mode::Svq => VDPA_IOVA_MODE_SVQ,
             Mode::Completed => VDPA_IOVA_MODE_COMPLETED,
+            Mode::Incoming => VDPA_IOVA_MODE_INCOMING,
         } as c_int)
     })
 }
@@ -391,6 +392,53 @@ pub unsafe extern "C" fn vdpa_iova_add_regions(
     };
     // SAFETY: the caller's promises, as documented.
     unsafe { event("vdpa_iova_add_regions", planner, out, f) }
+}
+
+/// On a migration's destination, first event: the guest's regions are
+/// known (QEMU: the memory listener's first commit, before the migration
+/// stream arrives) and the device waits for the guest to start. The
+/// identity strategy maps guest memory now, while nothing runs, so that
+/// [`vdpa_iova_start`] at switchover writes nothing. The planner is then in
+/// `VDPA_IOVA_MODE_INCOMING`. `regions` may be NULL when `n` is 0.
+///
+/// # Errors
+/// As [`vdpa_iova_add_regions`]; `-EPROTO` when anything was declared or
+/// mapped before. Nothing changes on error.
+///
+/// # Safety
+/// As [`vdpa_iova_add_regions`].
+#[no_mangle]
+pub unsafe extern "C" fn vdpa_iova_incoming(
+    planner: *mut vdpa_iova_planner,
+    regions: *const vdpa_iova_region,
+    n: usize,
+    out: *mut *mut vdpa_iova_plan,
+) -> c_int {
+    let f = |s: &mut dyn Strategy| {
+        // SAFETY: the caller promises n readable regions at a non-NULL regions.
+        let regions = unsafe { as_slice(regions, n, "regions") }?;
+        let specs = regions.iter().map(region).collect::<Result<Vec<_>, _>>()?;
+        Ok(s.incoming(&specs)?)
+    };
+    // SAFETY: the caller's promises, as documented.
+    unsafe { event("vdpa_iova_incoming", planner, out, f) }
+}
+
+/// On a migration's destination: the guest starts at switchover (write the
+/// plan before the device's DRIVER_OK). The planner is then in passthrough.
+///
+/// # Errors
+/// `-EPROTO` unless in `VDPA_IOVA_MODE_INCOMING`. Nothing changes on error.
+///
+/// # Safety
+/// As [`vdpa_iova_failback`].
+#[no_mangle]
+pub unsafe extern "C" fn vdpa_iova_start(
+    planner: *mut vdpa_iova_planner,
+    out: *mut *mut vdpa_iova_plan,
+) -> c_int {
+    // SAFETY: the caller's promises, as documented.
+    unsafe { event("vdpa_iova_start", planner, out, |s| Ok(s.start()?)) }
 }
 
 /// The guest memory region starting at `gpa` went away (a section deleted).

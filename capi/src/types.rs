@@ -57,6 +57,9 @@ pub const VDPA_IOVA_MODE_PREPARED: u32 = 1;
 pub const VDPA_IOVA_MODE_SVQ: u32 = 2;
 /// Migration completed: nothing is mapped any more.
 pub const VDPA_IOVA_MODE_COMPLETED: u32 = 3;
+/// A migration's destination waiting for the stream: guest memory is known
+/// (and, with the identity strategy, mapped); `vdpa_iova_start` ends it.
+pub const VDPA_IOVA_MODE_INCOMING: u32 = 4;
 
 /// What the device can do (`VHOST_VDPA_GET_IOVA_RANGE`, the negotiated
 /// backend features, `VHOST_VDPA_GET_AS_NUM`). `vdpa_iova_caps_default()`
