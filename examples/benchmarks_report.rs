@@ -281,7 +281,6 @@ fn downtime_table(rows: &[RigRow]) -> String {
     t
 }
 
-
 /// The rig's rows as a Markdown table.
 fn rig_table(rows: &[RigRow]) -> String {
     let mut t = String::from(
@@ -308,7 +307,12 @@ const PUBLISHED: [(&str, f64, f64, f64); 7] = [
     ("SVQ switch, 2x mlx5 (Dec 2023)", 128.0, 20.0, 30.0),
     ("stop-and-copy, 2x mlx5 (Dec 2023)", 128.0, 20.0, 20.0),
     ("destination start, CX-6 Dx (QEMU < 10.1)", 39.0, 4.72, 4.72),
-    ("destination start, CX-6 Dx (QEMU < 10.1)", 128.0, 14.72, 14.72),
+    (
+        "destination start, CX-6 Dx (QEMU < 10.1)",
+        128.0,
+        14.72,
+        14.72,
+    ),
     ("pinning (Jun 2025)", 50.0, 7.8, 7.8),
     ("pinning (Jun 2025)", 100.0, 8.8, 8.8),
     ("pinning (Jun 2025)", 200.0, 10.8, 10.8),
@@ -342,7 +346,10 @@ fn chart(path: &Path, qs: &[Quality], rig: &[RigRow], downtime: &[RigRow]) {
         let xmax = q.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
         let ymax = q.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
         let mut c = ChartBuilder::on(&panels[0])
-            .caption("Pinned while the device is stopped (computed)", ("sans-serif", 16))
+            .caption(
+                "Pinned while the device is stopped (computed)",
+                ("sans-serif", 16),
+            )
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
@@ -361,7 +368,10 @@ fn chart(path: &Path, qs: &[Quality], rig: &[RigRow], downtime: &[RigRow]) {
             .unwrap();
         let id = series("identity");
         let ida = series("identity-asid");
-        assert!(id.iter().chain(&ida).all(|p| p.1 == 0.0), "the chart says zero");
+        assert!(
+            id.iter().chain(&ida).all(|p| p.1 == 0.0),
+            "the chart says zero"
+        );
         c.draw_series(LineSeries::new(id.clone(), zero_style))
             .unwrap()
             .label("identity and identity-asid: 0 at every size")
@@ -403,7 +413,10 @@ fn chart(path: &Path, qs: &[Quality], rig: &[RigRow], downtime: &[RigRow]) {
             .fold(1.0, f64::max)
             * 1.15;
         let mut c = ChartBuilder::on(&panels[1])
-            .caption("Measured: vdpa_sim, Linux 6.12 (TCG VM)", ("sans-serif", 16))
+            .caption(
+                "Measured: vdpa_sim, Linux 6.12 (TCG VM)",
+                ("sans-serif", 16),
+            )
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
@@ -491,8 +504,11 @@ fn chart(path: &Path, qs: &[Quality], rig: &[RigRow], downtime: &[RigRow]) {
                     .legend(move |(x, y)| Cross::new((x + 8, y), 4, color.stroke_width(2)));
             }
             if hi > lo {
-                c.draw_series(LineSeries::new(vec![(gib, lo), (gib, hi)], color.stroke_width(2)))
-                    .unwrap();
+                c.draw_series(LineSeries::new(
+                    vec![(gib, lo), (gib, hi)],
+                    color.stroke_width(2),
+                ))
+                .unwrap();
             }
         }
         // What the rig's per-GiB switch cost would give, labelled as such.

@@ -32,6 +32,22 @@ impl RegionSpec {
     }
 }
 
+/// Host memory the device needs that is neither guest memory nor a shadow
+/// vring: the control virtqueue's command buffer (read-only for the device)
+/// and status buffer (read-write), say. A strategy maps these with the
+/// shadow vrings and never lets guest addresses reach them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct HostBuffer {
+    /// Host address of the first byte (page aligned).
+    pub hva: Hva,
+    /// Bytes (a non-zero multiple of the page size).
+    pub size: u64,
+    /// Device access.
+    pub perm: Perm,
+}
+
 /// An event a VMM feeds to a strategy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -64,6 +80,10 @@ pub enum Event {
     Start,
     /// The device was reset (status 0): restore what it forgot.
     Reset,
+    /// Host buffers the shadow data path needs (see [`HostBuffer`]),
+    /// declared before the shadow vrings are prepared: mapped with them, at
+    /// each shadow start, and unmapped with them.
+    HostBuffers(Vec<HostBuffer>),
     /// The guest's vIOMMU mapped `size` bytes of guest memory at `gpa` to
     /// guest IOVA `giova`, with `perm` for the device.
     ViommuMap {
@@ -100,6 +120,7 @@ impl Event {
             Event::Incoming(_) => "incoming",
             Event::Start => "start",
             Event::Reset => "reset",
+            Event::HostBuffers(_) => "host_buffers",
             Event::ViommuMap { .. } => "viommu_map",
             Event::ViommuUnmap { .. } => "viommu_unmap",
         }

@@ -85,7 +85,7 @@ pub use alloc::IovaAllocator;
 pub use caps::{DeviceCaps, MapStyle};
 pub use entry::Entry;
 pub use error::PlanError;
-pub use event::{Event, RegionSpec};
+pub use event::{Event, HostBuffer, RegionSpec};
 pub use kernel::{KernelIotlb, Violation};
 pub use plan::{Cost, Op, OpKind, Plan};
 pub use strategy::identity::{IdentityPlanner, IdentityPlannerBuilder};

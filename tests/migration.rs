@@ -210,3 +210,177 @@ fn qemu_ignores_persist() {
     let (r, _) = id.step(Event::Reset);
     assert!(r.is_empty());
 }
+
+fn cvq(hva: u64) -> Vec<vdpa_iova_planner::HostBuffer> {
+    use vdpa_iova_planner::{HostBuffer, Hva, Perm};
+    vec![
+        HostBuffer {
+            hva: Hva(hva),
+            size: 4096,
+            perm: Perm::Ro,
+        },
+        HostBuffer {
+            hva: Hva(hva + 4096),
+            size: 4096,
+            perm: Perm::Rw,
+        },
+    ]
+}
+
+/// The control virtqueue's buffers: mapped with the vrings while the device
+/// runs (prepare phase), never reachable as guest memory, moved out of the
+/// way of memory hot-plugged while prepared, torn down after the failback.
+#[test]
+fn host_buffers_go_with_the_vrings() {
+    use vdpa_iova_planner::{Gpa, Perm};
+    let mut id = identity(
+        DeviceCaps {
+            range: DeviceRange::new(0, 8 * GIB - 1).unwrap(),
+            ..DeviceCaps::default()
+        },
+        None,
+    );
+    id.step(Event::Boot(vec![ram(0, 2 * GIB)]));
+    let (hb, _) = id.step(Event::HostBuffers(cvq(0x7d00_0000_0000)));
+    assert!(hb.is_empty(), "declared, not mapped yet");
+    let (prep, rep) = id.step(Event::SvqPrepare(svq(3)));
+    assert!(prep.ops().iter().all(|o| o.phase == Phase::Prepare));
+    assert_eq!(rep.buffer_bytes, 8192);
+    let bufs = id.s.buffer_entries();
+    assert_eq!(bufs.len(), 2);
+    assert_eq!((bufs[0].1.perm, bufs[1].1.perm), (Perm::Ro, Perm::Rw));
+    for (_, e) in &bufs {
+        assert!(matches!(
+            id.s.translate(Gpa(e.iova.first().0), 1),
+            Err(PlanError::NotGuestMemory { .. })
+        ));
+    }
+    // Memory plugged right over them while prepared: they move, it stays identity.
+    let at = bufs.iter().map(|b| b.1.iova.first().0).min().unwrap();
+    let (hp, rep) = id.step(Event::Hotplug(ram(at & !(GIB - 1), GIB)));
+    assert_eq!(rep.displaced_bytes, 0);
+    assert!(hp.cost().critical_messages == 0);
+    assert!(id
+        .s
+        .buffer_entries()
+        .iter()
+        .all(|(_, e)| e.iova.first().0 >= (at & !(GIB - 1)) + GIB
+            || e.iova.last().0 < (at & !(GIB - 1))));
+    id.step(Event::SvqSwitch(None));
+    let (fb, _) = id.step(Event::Failback);
+    assert_eq!(fb.cost().critical_messages, 0);
+    assert!(id.s.buffer_entries().is_empty());
+    // Declared again while the vrings are mapped: refused.
+    id.step(Event::SvqPrepare(svq(3)));
+    assert!(matches!(
+        id.refuse(Event::HostBuffers(cvq(0x7d00_0001_0000))),
+        PlanError::OutOfOrder { .. }
+    ));
+}
+
+/// With the vrings in their own address space the buffers go there too.
+#[test]
+fn host_buffers_follow_the_vrings_into_their_address_space() {
+    let caps = DeviceCaps {
+        address_spaces: 2,
+        desc_asid: true,
+        ..DeviceCaps::default()
+    };
+    let s = vdpa_iova_planner::IdentityPlanner::builder(caps)
+        .separate_vring_asid(true)
+        .build()
+        .unwrap();
+    let mut id = Rig::new(s, false);
+    id.step(Event::Boot(guest()));
+    id.step(Event::HostBuffers(cvq(0x7d00_0000_0000)));
+    id.step(Event::SvqPrepare(svq(3)));
+    assert!(id.s.buffer_entries().iter().all(|(asid, _)| *asid == 1));
+    let (c, _) = {
+        id.step(Event::SvqSwitch(None));
+        id.step(Event::Complete)
+    };
+    assert_eq!(c.cost().critical_messages, 0);
+}
+
+/// `vhost_vdpa_net_cvq_start` maps the CVQ's two buffers after the data
+/// queues' rings and before the CVQ's own rings, one message each, at each
+/// shadow start; `vhost_vdpa_net_cvq_stop` unmaps them after the guest
+/// memory batch, at each stop (the failback's and the source's pause).
+#[test]
+fn qemu_maps_cvq_buffers_at_each_shadow_start_and_unmaps_them_at_each_stop() {
+    use vdpa_iova_planner::Perm;
+    let mut q = qemu(DeviceCaps::default());
+    q.step(Event::Boot(guest()));
+    q.step(Event::HostBuffers(cvq(0x7d00_0000_0000)));
+    let (sw, _) = q.step(Event::SvqSwitch(Some(svq(3))));
+    let updates: Vec<_> = sw
+        .ops()
+        .iter()
+        .filter_map(|o| match o.kind {
+            OpKind::Update { hva, perm, .. } => Some((hva.0, perm)),
+            _ => None,
+        })
+        .collect();
+    // Queues 0 and 1 (data): 4 ring maps; then the two buffers; then queue 2 (the CVQ).
+    assert_eq!(updates[4], (0x7d00_0000_0000, Perm::Ro));
+    assert_eq!(updates[5], (0x7d00_0000_1000, Perm::Rw));
+    assert!(sw.ops().iter().all(|o| o.phase == Phase::Critical));
+    for ev in [
+        Event::Failback,
+        Event::SvqSwitch(Some(svq(3))),
+        Event::Complete,
+    ] {
+        let (p, _) = q.step(ev.clone());
+        if ev == Event::Failback || ev == Event::Complete {
+            let kinds: Vec<_> = p.ops().iter().map(|o| o.kind).collect();
+            let last_batch_end = kinds
+                .iter()
+                .rposition(|k| matches!(k, OpKind::BatchEnd))
+                .unwrap();
+            let buffer_unmaps: Vec<usize> = kinds
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| matches!(k, OpKind::Invalidate { iova } if iova.size() == 4096 && q.s.buffer_entries().is_empty()))
+                .map(|(i, _)| i)
+                .collect();
+            assert!(
+                !buffer_unmaps.is_empty(),
+                "{ev:?}: the buffers are unmapped"
+            );
+            if ev == Event::Complete {
+                assert!(buffer_unmaps.iter().any(|&i| i > last_batch_end));
+            }
+        }
+    }
+}
+
+/// Bad buffers are refused and change nothing.
+#[test]
+fn bad_host_buffers_are_refused() {
+    use vdpa_iova_planner::{HostBuffer, Hva, Perm};
+    let mut id = identity(DeviceCaps::default(), None);
+    for b in [
+        HostBuffer {
+            hva: Hva(0x1001),
+            size: 4096,
+            perm: Perm::Ro,
+        },
+        HostBuffer {
+            hva: Hva(0x1000),
+            size: 0,
+            perm: Perm::Ro,
+        },
+        HostBuffer {
+            hva: Hva(0x1000),
+            size: 100,
+            perm: Perm::Ro,
+        },
+        HostBuffer {
+            hva: Hva(u64::MAX - 4095),
+            size: 8192,
+            perm: Perm::Rw,
+        },
+    ] {
+        id.refuse(Event::HostBuffers(vec![b]));
+    }
+}

@@ -199,6 +199,15 @@ impl Harness {
             "vring areas in {:?}",
             m.mode
         );
+        for (asid, e) in s.buffer_entries() {
+            for i in 0..e.iova.size() / PAGE {
+                let k = (asid, e.iova.first().0 + i * PAGE);
+                assert!(
+                    want.insert(k, (e.hva.0 + i * PAGE, e.perm)).is_none(),
+                    "host buffer page {k:x?} also maps something else"
+                );
+            }
+        }
         for a in &areas {
             for i in 0..a.iova.size() / PAGE {
                 let k = (a.asid, a.iova.first().0 + i * PAGE);
@@ -450,7 +459,8 @@ impl Harness {
             let Ok(layout) = c.layout(caps.page_size) else {
                 return;
             };
-            let mut total = u64::from(c.queues) * layout.total();
+            let mut total =
+                u64::from(c.queues) * layout.total() + self.model.buffers.iter().sum::<u64>();
             for p in self.planner.placements() {
                 let (_, outs) = split(p.gpa.first().0, p.gpa.size());
                 total += outs.iter().sum::<u64>();

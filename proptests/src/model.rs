@@ -53,6 +53,8 @@ pub struct PageModel {
     pub mode: ModelMode,
     /// Queues of the shadow vrings, while prepared or in SVQ mode.
     pub queues: u32,
+    /// Sizes of the host buffers declared (mapped with the vrings).
+    pub buffers: Vec<u64>,
 }
 
 fn span_ok(first: u64, size: u64) -> bool {
@@ -85,6 +87,7 @@ impl PageModel {
             pages: BTreeMap::new(),
             mode: ModelMode::Passthrough,
             queues: 0,
+            buffers: Vec::new(),
         }
     }
 
@@ -141,6 +144,14 @@ impl PageModel {
             }
             Event::Start => {
                 if self.mode == ModelMode::Incoming {
+                    Accept
+                } else {
+                    Refuse
+                }
+            }
+            Event::HostBuffers(bs) => {
+                let waiting = matches!(self.mode, ModelMode::Passthrough | ModelMode::Incoming);
+                if waiting && bs.iter().all(|b| span_ok(b.hva.0, b.size)) {
                     Accept
                 } else {
                     Refuse
@@ -267,6 +278,7 @@ impl PageModel {
                 self.mode = ModelMode::Incoming;
             }
             Event::Start => self.mode = ModelMode::Passthrough,
+            Event::HostBuffers(bs) => self.buffers.extend(bs.iter().map(|b| b.size)),
             Event::Unplug(g) => {
                 let i = self
                     .regions

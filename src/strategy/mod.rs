@@ -9,7 +9,7 @@ use crate::addr::{Address, Gpa, Hva, Iova, Span};
 use crate::caps::DeviceCaps;
 use crate::entry::Entry;
 use crate::error::PlanError;
-use crate::event::{Event, RegionSpec};
+use crate::event::{Event, HostBuffer, RegionSpec};
 use crate::plan::Plan;
 use crate::svq::{SvqConfig, VringArea};
 use crate::vocab::{Mode, Perm};
@@ -182,6 +182,17 @@ pub trait Strategy {
     /// # Errors
     /// [`PlanError::NoViommu`], a bad range, or [`PlanError::NotMapped`].
     fn viommu_unmap(&mut self, giova: Iova, size: u64) -> Result<Plan, PlanError>;
+    /// Declares host buffers (see [`HostBuffer`]), mapped with the shadow
+    /// vrings from the next `svq_prepare` (or unprepared `svq_switch`) on.
+    ///
+    /// # Errors
+    /// A buffer that is not whole pages; an event out of order (the shadow
+    /// vrings are mapped already, or the migration completed).
+    fn host_buffers(&mut self, bufs: &[HostBuffer]) -> Result<Plan, PlanError>;
+    /// The IOTLB entries of the host buffers mapped now, as `(asid, entry)`.
+    fn buffer_entries(&self) -> Vec<(u32, Entry)> {
+        Vec::new()
+    }
     /// The IOVA window `[first, last]` shadow vrings and displaced memory are
     /// allocated from now, if the strategy keeps one (for pictures and
     /// reports; `None` by default).
@@ -207,6 +218,7 @@ pub trait Strategy {
             Event::Incoming(r) => self.incoming(r),
             Event::Start => self.start(),
             Event::Reset => self.reset(),
+            Event::HostBuffers(b) => self.host_buffers(b),
             Event::ViommuMap {
                 giova,
                 size,

@@ -43,10 +43,16 @@
 //!   (`vhost_vdpa_dev_start`: "SVQ can not work while IOMMU enable") with
 //!   [`PlanError::Unsupported`], and the device stays down.
 //!
-//! Not modelled: the control virtqueue's two host buffers (one page each,
-//! mapped at each shadow start and unmapped at each stop by
-//! `vhost_vdpa_net_cvq_start`/`_stop`), and the shadowing of an isolated
-//! CVQ alone in address space 1 even in passthrough.
+//! * The control virtqueue's two host buffers (command out, read-only;
+//!   status, read-write; one page each, declared with
+//!   [`Event::HostBuffers`](crate::Event::HostBuffers)) are mapped at each
+//!   shadow start after the data queues' rings and before the control
+//!   queue's own (`vhost_vdpa_net_cvq_start`, one message each), and
+//!   unmapped at each stop after the guest memory batch
+//!   (`vhost_vdpa_net_cvq_stop`).
+//!
+//! Not modelled: the shadowing of an isolated CVQ alone in address space 1
+//! even in passthrough.
 
 use std::collections::BTreeMap;
 
@@ -56,11 +62,11 @@ use crate::addr::{Address, Gpa, Hva, Iova, Span};
 use crate::caps::DeviceCaps;
 use crate::entry::Entry;
 use crate::error::PlanError;
-use crate::event::RegionSpec;
+use crate::event::{HostBuffer, RegionSpec};
 use crate::plan::{plan_from_ops, plan_with_unpins, Op, OpKind, Plan};
 use crate::strategy::shared::{
-    fresh, guest_map, guest_unmap, new_regions, removed_region, reset_phase, validate_regions,
-    GuestMemory, UnitSpan,
+    fresh, guest_map, guest_unmap, new_regions, removed_region, reset_phase, valid_buffers,
+    validate_regions, GuestMemory, UnitSpan,
 };
 use crate::strategy::xlate::{translate_map, xlate_entry, XlateMap};
 use crate::strategy::{Piece, Placement, Segments, Strategy};
@@ -89,6 +95,8 @@ struct QSvq {
     layout: QueueLayout,
     /// Per queue: driver area (desc + avail) and device area IOVAs.
     rings: Vec<(Span<Iova>, Span<Iova>)>,
+    /// The host buffers' IOVAs (the CVQ's command and status buffers).
+    bufs: Vec<Span<Iova>>,
 }
 
 /// QEMU's behaviour today. See the [module documentation](self).
@@ -104,6 +112,8 @@ pub struct QemuPlanner {
     tree: BTreeMap<u64, u64>,
     /// Guest memory behind a guest vIOMMU (`regions` then holds guest maps).
     viommu: Option<GuestMemory>,
+    /// Host buffers: with a control virtqueue, its command and status buffers.
+    buffers: Vec<HostBuffer>,
     /// Whether a plan has sent an UPDATE or BATCH_BEGIN, which creates the
     /// kernel's address space: an INVALIDATE before that is refused (EINVAL).
     space_created: bool,
@@ -125,6 +135,7 @@ impl QemuPlanner {
             svq: None,
             tree: BTreeMap::new(),
             viommu: None,
+            buffers: Vec::new(),
             space_created: false,
         })
     }
@@ -253,6 +264,20 @@ impl QemuPlanner {
             .filter_map(|r| r.iova)
             .map(|iova| OpKind::Invalidate { iova })
             .collect()
+    }
+
+    /// `vhost_vdpa_net_cvq_stop`: the control queue's buffers are unmapped
+    /// after the device stopped (after the guest memory batch), one message each.
+    fn buffer_unmaps(&self, ops: &mut Vec<Op>, phase: Phase) {
+        if let Some(s) = &self.svq {
+            for &iova in &s.bufs {
+                ops.push(Op {
+                    phase,
+                    asid: ASID,
+                    kind: OpKind::Invalidate { iova },
+                });
+            }
+        }
     }
 
     fn ring_unmaps(&self, ops: &mut Vec<Op>, phase: Phase) {
@@ -389,7 +414,28 @@ impl Strategy for QemuPlanner {
         let mut tree = BTreeMap::new();
         let mut rings = Vec::with_capacity(cfg.queues as usize);
         let mut ring_ops = Vec::new();
+        let mut bufs = Vec::with_capacity(self.buffers.len());
+        // vhost_vdpa_net_cvq_start maps the control queue's buffers after the
+        // data queues' rings and before its own: with buffers, the last
+        // queue is the control queue.
+        let cvq = (!self.buffers.is_empty()).then(|| cfg.queues.saturating_sub(1));
         for vq in 0..cfg.queues {
+            if Some(vq) == cvq {
+                for b in &self.buffers {
+                    let i = Self::first_fit(&self.caps, &tree, b.size, "host buffers")?;
+                    tree.insert(i.first().raw(), i.last().raw());
+                    ring_ops.push(Op {
+                        phase,
+                        asid: ASID,
+                        kind: OpKind::Update {
+                            iova: i,
+                            hva: b.hva,
+                            perm: b.perm,
+                        },
+                    });
+                    bufs.push(i);
+                }
+            }
             let [desc, _, dev] = areas(&cfg, &layout, ASID, vq, 0);
             let d = Self::first_fit(&self.caps, &tree, layout.ro(), "shadow vrings")?;
             tree.insert(d.first().raw(), d.last().raw());
@@ -435,7 +481,12 @@ impl Strategy for QemuPlanner {
         ops.extend(ring_ops);
         self.batch(&mut ops, phase, maps);
         self.tree = tree;
-        self.svq = Some(QSvq { cfg, layout, rings });
+        self.svq = Some(QSvq {
+            cfg,
+            layout,
+            rings,
+            bufs,
+        });
         for (k, i) in placed {
             let r = self.regions.get_mut(&k).expect("present");
             r.iova = Some(i);
@@ -459,6 +510,7 @@ impl Strategy for QemuPlanner {
                 let mut ops = Vec::new();
                 self.ring_unmaps(&mut ops, phase);
                 self.batch(&mut ops, phase, self.unmap_guest());
+                self.buffer_unmaps(&mut ops, phase);
                 let maps: Vec<OpKind> = self
                     .regions
                     .values()
@@ -499,6 +551,7 @@ impl Strategy for QemuPlanner {
         let mut ops = Vec::new();
         self.ring_unmaps(&mut ops, phase);
         self.batch(&mut ops, phase, self.unmap_guest());
+        self.buffer_unmaps(&mut ops, phase);
         self.svq = None;
         self.tree.clear();
         for r in self.regions.values_mut() {
@@ -537,6 +590,32 @@ impl Strategy for QemuPlanner {
                 .collect(),
         );
         Ok(self.finish(ops))
+    }
+
+    fn host_buffers(&mut self, bufs: &[HostBuffer]) -> Result<Plan, PlanError> {
+        valid_buffers(&self.caps, self.mode, bufs)?;
+        self.buffers.extend_from_slice(bufs);
+        Ok(Plan::default())
+    }
+
+    fn buffer_entries(&self) -> Vec<(u32, Entry)> {
+        let Some(s) = &self.svq else {
+            return Vec::new();
+        };
+        s.bufs
+            .iter()
+            .zip(&self.buffers)
+            .map(|(&iova, b)| {
+                (
+                    ASID,
+                    Entry {
+                        iova,
+                        hva: b.hva,
+                        perm: b.perm,
+                    },
+                )
+            })
+            .collect()
     }
 
     fn incoming(&mut self, regions: &[RegionSpec]) -> Result<Plan, PlanError> {
@@ -778,6 +857,7 @@ impl Strategy for QemuPlanner {
                 )),
             }
         }
+        v.extend(self.buffer_entries());
         v
     }
 

@@ -249,6 +249,25 @@ pub(crate) trait UnitSpan {
     fn span(&self) -> Span<Gpa>;
 }
 
+/// The guard of `host_buffers`: whole pages, declared while no shadow vring
+/// is mapped (passthrough, or a destination waiting for the stream).
+pub(crate) fn valid_buffers(
+    caps: &DeviceCaps,
+    mode: Mode,
+    bufs: &[crate::event::HostBuffer],
+) -> Result<(), PlanError> {
+    if !matches!(mode, Mode::Passthrough | Mode::Incoming) {
+        return Err(PlanError::OutOfOrder {
+            event: "host_buffers",
+            mode,
+        });
+    }
+    for b in bufs {
+        Span::new(b.hva, b.size, caps.page_size)?;
+    }
+    Ok(())
+}
+
 /// The guard of `incoming`: nothing declared or mapped before.
 pub(crate) fn fresh<U>(
     mode: Mode,

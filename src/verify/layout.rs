@@ -105,6 +105,8 @@ pub struct LayoutReport {
     pub unreachable_in_range_bytes: u64,
     /// Vring bytes mapped.
     pub vring_bytes: u64,
+    /// Host buffer bytes mapped.
+    pub buffer_bytes: u64,
 }
 
 /// Offset-based value so that adjacent entries translating alike merge and
@@ -209,6 +211,25 @@ pub fn check<S: Strategy + ?Sized>(
         let i = view(&mut expected, a.asid);
         put(&mut expected[i], f, l, a.hva.raw(), a.perm())?;
         rep.vring_bytes += a.iova.size();
+    }
+    for (asid, e) in strategy.buffer_entries() {
+        let (f, l) = e.iova.bounds();
+        let i = view(&mut expected, asid);
+        put(&mut expected[i], f, l, e.hva.raw(), e.perm)?;
+        rep.buffer_bytes += e.iova.size();
+        // A guest address never reaches a host buffer.
+        if let Ok(segs) = strategy.translate(crate::addr::Gpa(f), 1) {
+            if guest
+                .units()
+                .iter()
+                .all(|u| !u.addr.contains(crate::addr::Gpa(f)))
+            {
+                return Err(LayoutError::Translate {
+                    gpa: f,
+                    what: format!("a host buffer's IOVA translates as guest memory: {segs:?}"),
+                });
+            }
+        }
     }
     for asid in 0..expected.len().max(tables.len()) {
         let mut actual = View::new();

@@ -117,6 +117,9 @@ pub fn step_svg(caps: &DeviceCaps, runs: &[RunReport], step: usize) -> String {
         for a in &s.svq {
             edge(&mut points, a.iova.first().0, a.iova.last().0);
         }
+        for (_, e) in &s.buffers {
+            edge(&mut points, e.iova.first().0, e.iova.last().0);
+        }
         if let Some((f, l)) = s.window {
             edge(&mut points, f, l);
         }
@@ -135,6 +138,7 @@ pub fn step_svg(caps: &DeviceCaps, runs: &[RunReport], step: usize) -> String {
     for (r, s) in &steps {
         let mut asids: BTreeSet<u32> = [0].into();
         asids.extend(s.svq.iter().map(|a| a.asid));
+        asids.extend(s.buffers.iter().map(|b| b.0));
         asids.extend(s.ops.iter().map(|o| o.asid));
         for a in asids {
             rows.push((format!("{} asid {a}", r.strategy), s, a));
@@ -181,7 +185,7 @@ pub fn step_svg(caps: &DeviceCaps, runs: &[RunReport], step: usize) -> String {
             10.0,
             52.0,
             10.0,
-            "blue: guest memory at identity; orange: displaced (arrow to its GPA); green: shadow vrings; red: unreachable guest memory; dashed: window; above: mapped by the step, below: unmapped (red: critical)".into(),
+            "blue: guest memory at identity; orange: displaced (arrow to its GPA); green: shadow vrings; purple: host buffers; red: unreachable guest memory; dashed: window; above: mapped by the step, below: unmapped (red: critical)".into(),
         ));
     for (i, (label, s, asid)) in rows.iter().enumerate() {
         let y = TOP + i as f64 * ROW + 14.0;
@@ -290,6 +294,17 @@ pub fn step_svg(caps: &DeviceCaps, runs: &[RunReport], step: usize) -> String {
                 BAR,
                 "#3cb371",
                 format!("vq {} {} at {}", a.vq, a.area.as_str(), a.iova),
+            ));
+        }
+        for (_, e) in s.buffers.iter().filter(|b| b.0 == *asid) {
+            let (f, l) = e.iova.bounds();
+            g = g.add(rect(
+                axis.x(f),
+                axis.x(l.saturating_add(1)),
+                y,
+                BAR,
+                "#9370db",
+                format!("host buffer at {} ({})", e.iova, e.perm.as_str()),
             ));
         }
         for op in s.ops.iter().filter(|o| o.asid == *asid) {

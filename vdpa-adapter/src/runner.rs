@@ -103,6 +103,8 @@ pub struct StepReport {
     pub placements: Vec<Placement>,
     /// The strategy's IOVA window after the step, if it keeps one.
     pub window: Option<(u64, u64)>,
+    /// Host buffers mapped after the step, as `(asid, entry)`.
+    pub buffers: Vec<(u32, vdpa_iova_planner::Entry)>,
     /// What the kernel did that the plan did not mean (only for plans
     /// replayed permissively: QEMU's partial unmaps).
     pub quirks: Vec<String>,
@@ -226,6 +228,7 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
             mode: s.mode(),
             placements: s.placements(),
             window: s.window(),
+            buffers: s.buffer_entries(),
             quirks: outcome.quirks.iter().map(ToString::to_string).collect(),
         });
     }

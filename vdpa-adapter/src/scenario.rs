@@ -9,14 +9,15 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use vdpa_iova_planner::{
-    DeviceCaps, DeviceRange, Event, Gpa, Hva, Iova, MapStyle, PageSize, Perm, PlanError,
-    RegionSpec, SvqConfig,
+    DeviceCaps, DeviceRange, Event, Gpa, HostBuffer, Hva, Iova, MapStyle, PageSize, Perm,
+    PlanError, RegionSpec, SvqConfig,
 };
 
 /// The event kinds of the format.
-pub const KINDS: [&str; 11] = [
+pub const KINDS: [&str; 12] = [
     "incoming",
     "start",
+    "cvq_buffers",
     "svq_prepare",
     "svq_switch",
     "hotplug",
@@ -281,6 +282,7 @@ impl Scenario {
             let allowed: &[&str] = match e.kind.as_str() {
                 "svq_prepare" | "svq_switch" => &["queues", "queue_size", "hva"],
                 "hotplug" => &["gpa", "size", "hva", "readonly"],
+                "cvq_buffers" => &["hva"],
                 "unplug" => &["gpa"],
                 "viommu_map" => &["giova", "size", "gpa", "perm"],
                 "viommu_unmap" => &["giova", "size"],
@@ -336,6 +338,25 @@ impl Scenario {
                     size: need(e.size, "size")?,
                 },
                 "incoming" => Event::Incoming(memory.clone()),
+                // The control virtqueue's two one-page buffers, as QEMU lays
+                // them out: command out (the device reads it), then status
+                // (the device writes it).
+                "cvq_buffers" => {
+                    let hva = need(e.hva, "hva")?;
+                    let page = caps.page_size.get();
+                    Event::HostBuffers(vec![
+                        HostBuffer {
+                            hva: Hva(hva),
+                            size: page,
+                            perm: Perm::Ro,
+                        },
+                        HostBuffer {
+                            hva: Hva(hva.checked_add(page).ok_or_else(|| at("hva", "wraps"))?),
+                            size: page,
+                            perm: Perm::Rw,
+                        },
+                    ])
+                }
                 "start" => Event::Start,
                 other => {
                     return Err(err(format!(

@@ -100,6 +100,7 @@ impl HostMemory {
                     rs.iter().for_each(|r| need(r.hva.0, r.size))
                 }
                 Event::Hotplug(r) => need(r.hva.0, r.size),
+                Event::HostBuffers(bs) => bs.iter().for_each(|b| need(b.hva.0, b.size)),
                 Event::SvqPrepare(c) | Event::SvqSwitch(Some(c)) => {
                     if let Ok(l) = c.layout(vdpa_iova_planner::PageSize::SIZE_4K) {
                         need(c.hva.0, u64::from(c.queues).saturating_mul(l.total()));
@@ -156,6 +157,16 @@ impl HostMemory {
                     .collect::<Result<_, _>>()?,
             ),
             Event::Hotplug(r) => Event::Hotplug(region(self, r)?),
+            Event::HostBuffers(bs) => Event::HostBuffers(
+                bs.iter()
+                    .map(|b| {
+                        Ok(vdpa_iova_planner::HostBuffer {
+                            hva: self.real(b.hva, b.size, None)?,
+                            ..*b
+                        })
+                    })
+                    .collect::<Result<_, AdapterError>>()?,
+            ),
             Event::SvqPrepare(c) => Event::SvqPrepare(svq(self, c)?),
             Event::SvqSwitch(Some(c)) => Event::SvqSwitch(Some(svq(self, c)?)),
             e => e.clone(),

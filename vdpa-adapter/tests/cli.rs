@@ -94,19 +94,19 @@ fn json_follows_the_documented_format() {
     assert_eq!(v["strategy"], "qemu");
     let steps = v["steps"].as_array().unwrap();
     assert_eq!(steps[0]["event"], "boot");
-    assert_eq!(steps.len(), 10);
+    assert_eq!(steps.len(), 11);
     // Both hosts of the completed migration, each step naming its host.
     let hosts: Vec<&str> = steps.iter().map(|s| s["host"].as_str().unwrap()).collect();
     assert_eq!(hosts[0], "source");
-    assert_eq!(steps[9]["event"], "start");
-    assert_eq!(hosts[9], "destination");
+    assert_eq!(steps[10]["event"], "start");
+    assert_eq!(hosts[10], "destination");
     // QEMU maps all guest memory again at the destination's start: inside
     // the downtime. Byte counts are decimal strings.
     assert_eq!(
-        steps[9]["cost"]["critical_pinned_bytes"],
+        steps[10]["cost"]["critical_pinned_bytes"],
         (64u64 << 30).to_string()
     );
-    let switch = &steps[2];
+    let switch = &steps[3];
     assert_eq!(switch["event"], "svq_switch");
     let ops = switch["ops"].as_array().unwrap();
     assert_eq!(
@@ -421,7 +421,7 @@ fn apply_refuses_a_scenario_larger_than_the_host() {
 fn json_keeps_64_bit_addresses_exact() {
     let out = bin().args(["plan", "--format", "json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let svq = v["steps"][1]["svq"].as_array().unwrap();
+    let svq = v["steps"][2]["svq"].as_array().unwrap();
     assert!(svq
         .iter()
         .all(|a| a["hva"].as_str().unwrap().starts_with("0x")));

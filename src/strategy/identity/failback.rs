@@ -32,6 +32,9 @@ impl IdentityPlanner {
                 if critical.insert(at, ()).is_none() {
                     match e {
                         SvqEntry::Queue { .. } => s.unmap_queue(&mut b, Phase::Critical, at),
+                        SvqEntry::Buffer { idx, .. } => {
+                            s.unmap_buffer(&mut b, Phase::Critical, idx, at)
+                        }
                         SvqEntry::Displaced { piece, .. } => {
                             b.invalidate(Phase::Critical, ASID, piece.iova)
                         }

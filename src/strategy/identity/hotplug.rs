@@ -20,6 +20,7 @@ impl IdentityPlanner {
                     .iter()
                     .map(|&(_, e)| match e {
                         SvqEntry::Queue { .. } => s.layout.total(),
+                        SvqEntry::Buffer { idx, .. } => s.bufs[idx as usize].size,
                         SvqEntry::Displaced { piece, .. } => piece.gpa.size(),
                     })
                     .collect();
@@ -63,6 +64,7 @@ impl IdentityPlanner {
                     s.entries.remove(&at);
                     match e {
                         SvqEntry::Queue { .. } => s.unmap_queue(b, Phase::Prepare, at),
+                        SvqEntry::Buffer { idx, .. } => s.unmap_buffer(b, Phase::Prepare, idx, at),
                         SvqEntry::Displaced { piece, .. } => {
                             b.invalidate(Phase::Prepare, ASID, piece.iova)
                         }
@@ -78,6 +80,10 @@ impl IdentityPlanner {
                         SvqEntry::Queue { vq, .. } => {
                             let nf = s.place_queue(vq, "moving a shadow vring")?;
                             s.map_queue(b, Phase::Prepare, vq, nf);
+                        }
+                        SvqEntry::Buffer { idx, .. } => {
+                            let nf = s.place_buffer(idx, "moving a host buffer")?;
+                            s.map_buffer(b, Phase::Prepare, idx, nf);
                         }
                         SvqEntry::Displaced { region, piece } => {
                             let iova = s.alloc(piece.gpa.size(), "moving displaced memory")?;

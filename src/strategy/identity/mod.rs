@@ -56,11 +56,11 @@ use crate::alloc::IovaAllocator;
 use crate::caps::DeviceCaps;
 use crate::entry::Entry;
 use crate::error::PlanError;
-use crate::event::RegionSpec;
+use crate::event::{HostBuffer, RegionSpec};
 use crate::plan::{Plan, PlanBuilder};
 use crate::strategy::shared::{
     fresh, guest_map, guest_unmap, new_regions, removed_region, reset_phase, reset_plan,
-    GuestMemory, UnitSpan,
+    valid_buffers, GuestMemory, UnitSpan,
 };
 use crate::strategy::xlate::{translate_with, Flat, Xlate};
 use crate::strategy::{Piece, Placement, Segments, Strategy};
@@ -107,6 +107,8 @@ pub struct IdentityPlanner {
     max_gpa: Option<u64>,
     ring_asid: u32,
     viommu: Option<GuestMemory>,
+    /// Host buffers mapped with the shadow vrings.
+    buffers: Vec<HostBuffer>,
     mode: Mode,
     /// What the guest's device addresses map, by first address: guest
     /// regions, or with a vIOMMU the guest's maps.
@@ -190,6 +192,7 @@ impl IdentityPlannerBuilder {
                 GUEST_ASID
             },
             viommu: self.viommu_last.map(GuestMemory::new),
+            buffers: Vec::new(),
             mode: Mode::Passthrough,
             regions: BTreeMap::new(),
             xlate: RangeInclusiveMap::new(),
@@ -244,7 +247,7 @@ impl IdentityPlanner {
                     .values()
                     .filter_map(|e| match e {
                         SvqEntry::Displaced { piece, .. } => Some(*piece),
-                        SvqEntry::Queue { .. } => None,
+                        SvqEntry::Queue { .. } | SvqEntry::Buffer { .. } => None,
                     })
                     .collect()
             })
@@ -482,6 +485,19 @@ impl Strategy for IdentityPlanner {
         IdentityPlanner::window(self)
     }
 
+    fn host_buffers(&mut self, bufs: &[HostBuffer]) -> Result<Plan, PlanError> {
+        valid_buffers(&self.caps, self.mode, bufs)?;
+        self.buffers.extend_from_slice(bufs);
+        Ok(Plan::default())
+    }
+
+    fn buffer_entries(&self) -> Vec<(u32, Entry)> {
+        self.svq
+            .as_ref()
+            .map(|s| s.buffer_entries().collect())
+            .unwrap_or_default()
+    }
+
     fn mapped(&self) -> Vec<(u32, Entry)> {
         let mut v = Vec::new();
         for r in self.regions.values() {
@@ -500,6 +516,7 @@ impl Strategy for IdentityPlanner {
             for (vq, &q) in s.queues.iter().enumerate() {
                 v.extend(s.queue_entries(vq as u32, q).map(|e| (s.ring_asid, e)));
             }
+            v.extend(s.buffer_entries());
         }
         v
     }

@@ -9,6 +9,8 @@ pub(super) enum SvqEntry {
     Queue { vq: u32, last: u64 },
     /// Guest memory mapped away from its GPA.
     Displaced { region: u64, piece: Piece },
+    /// Host buffer `idx` (see [`HostBuffer`]).
+    Buffer { idx: u32, last: u64 },
 }
 
 #[derive(Clone, Debug)]
@@ -42,6 +44,9 @@ pub(super) struct SvqState {
     pub(super) forced: std::collections::VecDeque<Span<Iova>>,
     /// IOVA of each queue's block.
     pub(super) queues: Vec<u64>,
+    /// The host buffers, and the IOVA of each.
+    pub(super) bufs: Vec<HostBuffer>,
+    pub(super) buf_iovas: Vec<u64>,
     /// Everything mapped in the window, by first IOVA.
     pub(super) entries: BTreeMap<u64, SvqEntry>,
 }
@@ -49,7 +54,7 @@ pub(super) struct SvqState {
 impl SvqState {
     pub(super) fn entry_last(&self, first: u64, e: &SvqEntry) -> u64 {
         match e {
-            SvqEntry::Queue { last, .. } => *last,
+            SvqEntry::Queue { last, .. } | SvqEntry::Buffer { last, .. } => *last,
             SvqEntry::Displaced { piece, .. } => {
                 debug_assert_eq!(piece.iova.first().raw(), first);
                 piece.iova.last().raw()
@@ -195,7 +200,7 @@ impl SvqState {
         let mut spans: SmallVec<[Span<Iova>; 4]> = SmallVec::new();
         for (at, e) in hits {
             let el = match e {
-                SvqEntry::Queue { last, .. } => *last,
+                SvqEntry::Queue { last, .. } | SvqEntry::Buffer { last, .. } => *last,
                 SvqEntry::Displaced { piece, .. } => piece.iova.last().raw(),
             };
             if let Some(c) = cur.filter(|&c| c < *at) {
@@ -239,6 +244,69 @@ impl SvqState {
     }
 
     /// Allocates and records the block of queue `vq`.
+    /// Allocates and records host buffer `idx`, next to the vrings.
+    pub(super) fn place_buffer(
+        &mut self,
+        idx: u32,
+        purpose: &'static str,
+    ) -> Result<u64, PlanError> {
+        let size = self.bufs[idx as usize].size;
+        let blk = match &mut self.rings {
+            Some(r) => r.alloc(size).ok_or_else(|| PlanError::OutOfIova {
+                needed: size,
+                purpose,
+                window: Some(r.window()),
+                largest_free: r.largest_free(),
+                considered: r.free_ranges().collect(),
+            })?,
+            None => {
+                let blk = self.alloc(size, purpose)?;
+                self.entries.insert(
+                    blk.first().raw(),
+                    SvqEntry::Buffer {
+                        idx,
+                        last: blk.last().raw(),
+                    },
+                );
+                blk
+            }
+        };
+        let f = blk.first().raw();
+        if let Some(q) = self.buf_iovas.get_mut(idx as usize) {
+            *q = f;
+        } else {
+            self.buf_iovas.push(f);
+        }
+        Ok(f)
+    }
+
+    /// The entry of host buffer `idx` at `iova`.
+    pub(super) fn buffer_entry(&self, idx: u32, iova: u64) -> Entry {
+        let b = &self.bufs[idx as usize];
+        Entry {
+            iova: Span::trusted(iova, b.size),
+            hva: b.hva,
+            perm: b.perm,
+        }
+    }
+
+    /// Every host buffer's entry now, as `(asid, entry)`.
+    pub(super) fn buffer_entries(&self) -> impl Iterator<Item = (u32, Entry)> + '_ {
+        self.buf_iovas
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| (self.ring_asid, self.buffer_entry(i as u32, f)))
+    }
+
+    pub(super) fn map_buffer(&self, b: &mut PlanBuilder, phase: Phase, idx: u32, iova: u64) {
+        let e = self.buffer_entry(idx, iova);
+        b.update(phase, self.ring_asid, e.iova, e.hva, e.perm);
+    }
+
+    pub(super) fn unmap_buffer(&self, b: &mut PlanBuilder, phase: Phase, idx: u32, iova: u64) {
+        b.invalidate(phase, self.ring_asid, self.buffer_entry(idx, iova).iova);
+    }
+
     pub(super) fn place_queue(&mut self, vq: u32, purpose: &'static str) -> Result<u64, PlanError> {
         let size = self.layout.total();
         let blk = match &mut self.rings {
@@ -390,6 +458,8 @@ impl IdentityPlanner {
                 pending: None,
                 forced: Default::default(),
                 queues: Vec::new(),
+                bufs: self.buffers.clone(),
+                buf_iovas: Vec::new(),
                 entries: BTreeMap::new(),
             };
             // The vrings are laid out in the window alone (the next
@@ -428,6 +498,10 @@ impl IdentityPlanner {
             let f = s.place_queue(vq, "shadow vrings")?;
             s.map_queue(&mut b, phase, vq, f);
         }
+        for idx in 0..s.bufs.len() as u32 {
+            let f = s.place_buffer(idx, "host buffers")?;
+            s.map_buffer(&mut b, phase, idx, f);
+        }
         let mut staged = BTreeMap::new();
         for (&k, r) in &self.regions {
             let (_, outs) = self.split(r.gpa);
@@ -462,6 +536,9 @@ impl IdentityPlanner {
             for &q in &s.queues {
                 s.unmap_queue(b, phase, q);
             }
+            for (i, &f) in s.buf_iovas.iter().enumerate() {
+                s.unmap_buffer(b, phase, i as u32, f);
+            }
         }
         for (&f, e) in &s.entries {
             if skip.contains_key(&f) {
@@ -469,6 +546,7 @@ impl IdentityPlanner {
             }
             match e {
                 SvqEntry::Queue { .. } => s.unmap_queue(b, phase, f),
+                SvqEntry::Buffer { idx, .. } => s.unmap_buffer(b, phase, *idx, f),
                 SvqEntry::Displaced { piece, .. } => b.invalidate(phase, ASID, piece.iova),
             }
         }
