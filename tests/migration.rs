@@ -384,3 +384,19 @@ fn bad_host_buffers_are_refused() {
         id.refuse(Event::HostBuffers(vec![b]));
     }
 }
+
+/// Memory plugged into a QEMU destination while it waits is not mapped then
+/// (no listener after the machine-creation reset) and is mapped at start
+/// with the rest, once. (Found by the C API's fuzzer: it was mapped twice,
+/// EEXIST.)
+#[test]
+fn qemu_destination_maps_hotplugged_memory_once_at_start() {
+    let mut q = qemu(DeviceCaps::default());
+    q.step(Event::Incoming(guest()));
+    let (hp, _) = q.step(Event::Hotplug(ram(16 * GIB, GIB)));
+    assert!(hp.is_empty());
+    let (start, _) = q.step(Event::Start);
+    assert_eq!(start.cost().critical_pinned_bytes, 9 * GIB);
+    let (un, _) = q.step(Event::Unplug(vdpa_iova_planner::Gpa(16 * GIB)));
+    assert_eq!(un.cost().unpinned_bytes, GIB);
+}

@@ -332,7 +332,10 @@ impl Strategy for QemuPlanner {
                 perm: spec.perm(),
                 iova: None,
             };
-            if self.in_range(&g) {
+            // A destination waiting for the stream has no listener (the
+            // machine-creation reset unregistered it): memory plugged then
+            // is mapped at start with the rest.
+            if self.in_range(&g) && self.mode != Mode::Incoming {
                 let iova = if self.mode == Mode::Svq {
                     let i = Self::first_fit(&self.caps, &tree, g.size(), "guest memory")?;
                     tree.insert(i.first().raw(), i.last().raw());
