@@ -988,16 +988,14 @@ fn destination_incoming_then_start() {
     refused(&p, libc::EPROTO, || incoming(&p, &ram));
 }
 
-/// Found by the capi_calls fuzz target: the QEMU baseline maps memory
-/// hot-plugged on a migration's destination while it waits for the stream,
-/// and `start` then maps every region again, so its plan's UPDATE of the
-/// hot-plugged region overlaps a live entry (EEXIST in the model, EFAULT
-/// from a real kernel). QEMU itself has no listener registered then (the
-/// start-up reset unregistered it): the region is mapped once, at
-/// `vhost_vdpa_dev_start()`. A core bug (`src/strategy/qemu.rs`), outside
-/// this crate: ignored until it is fixed there.
+/// Found by the capi_calls fuzz target: the QEMU baseline mapped memory
+/// hot-plugged on a migration's destination while it waited for the
+/// stream, and `start` then mapped every region again, so its UPDATE of the
+/// hot-plugged region overlapped a live entry (EEXIST in the model, EFAULT
+/// from a real kernel). QEMU has no listener registered then (the start-up
+/// reset unregistered it): the region is mapped once, at
+/// `vhost_vdpa_dev_start()`. Fixed in the core (770ad98).
 #[test]
-#[ignore = "QEMU baseline bug in the core: hot-plug while incoming is mapped twice"]
 fn regression_qemu_destination_hotplug_while_incoming_maps_twice() {
     let c = caps();
     let o = vdpa_iova_options {

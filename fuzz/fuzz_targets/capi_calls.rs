@@ -25,7 +25,6 @@ const EFAULT: i32 = 14;
 const EPROTO: i32 = 71;
 const ENOBUFS: i32 = 105;
 const EIO: i32 = 5;
-const EEXIST: i32 = 17;
 
 /// Addresses mostly near page multiples of a small space, so that regions,
 /// vrings and guest maps meet; sometimes at the top of the 64-bit space or raw.
@@ -113,11 +112,6 @@ struct Fuzz {
     /// the model no longer follows the planner.
     diverged: bool,
     identity: bool,
-    /// Regions were hot-plugged into the QEMU baseline while incoming. Known
-    /// core bug: its `start` then maps them a second time (EEXIST); see
-    /// `regression_qemu_destination_hotplug_while_incoming_maps_twice` in
-    /// capi/tests/abi.rs, ignored until the baseline is fixed.
-    incoming_hotplug: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -262,9 +256,8 @@ impl Fuzz {
             // SAFETY: a live model and a valid op.
             let rc = unsafe { vdpa_iova_model_apply_op(self.m, op) };
             if rc != 0 {
-                let known = self.incoming_hotplug && rc == -EEXIST;
                 assert!(
-                    !self.identity && (rc == -EPROTO || known),
+                    !self.identity && rc == -EPROTO,
                     "op {op:?} refused by the kernel model ({rc}): {}\nplan: {ops:?}",
                     last_error()
                 );
@@ -397,7 +390,6 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
         address_spaces: caps.address_spaces,
         diverged: false,
         identity: null_opts || opts.strategy == VDPA_IOVA_STRATEGY_IDENTITY,
-        incoming_hotplug: false,
     };
     for _ in 0..48 {
         if u.is_empty() {
@@ -410,12 +402,9 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
         match call {
             Call::Add(rs) => {
                 let regions = regions(&rs);
-                let incoming = unsafe { vdpa_iova_mode(p) } == VDPA_IOVA_MODE_INCOMING as i32;
-                let before = f.mapped().len();
                 f.event(false, |o| unsafe {
                     vdpa_iova_add_regions(p, regions.as_ptr(), regions.len(), o)
                 });
-                f.incoming_hotplug |= !f.identity && incoming && f.mapped().len() > before;
             }
             Call::Incoming(rs) => {
                 let regions = regions(&rs);
