@@ -244,4 +244,35 @@ mod tests {
         assert!(!a.overlaps_free(0x4000, 0x7fff));
         assert!(a.overlaps_free(0x3000, 0x4fff));
     }
+
+    /// Rule: `free_bytes` is the sum of every free hole and `holes` their
+    /// number, down to zero of each when the window is full.
+    #[test]
+    fn rule_free_bytes_sums_every_hole_and_holes_counts_them() {
+        let mut a = IovaAllocator::new(0x1000, 0x8fff, P).unwrap();
+        assert_eq!((a.free_bytes(), a.holes()), (0x8000, 1));
+        let x = a.alloc(0x1000).unwrap();
+        let y = a.alloc(0x2000).unwrap();
+        assert!(a.free(x));
+        // [0x1000, 0x1fff] and [0x4000, 0x8fff] are free.
+        assert_eq!((a.free_bytes(), a.holes()), (0x6000, 2));
+        assert!(a.alloc(0x1000).is_some());
+        assert!(a.alloc(0x5000).is_some());
+        assert_eq!((a.free_bytes(), a.holes(), a.largest_free()), (0, 0, 0));
+        assert!(a.free(y));
+        assert_eq!((a.free_bytes(), a.holes()), (0x2000, 1));
+    }
+
+    /// Rule: `alloc` refuses a size of zero and any size that is not a
+    /// multiple of the page size, and changes nothing when it does.
+    #[test]
+    fn rule_alloc_refuses_zero_and_unaligned_sizes() {
+        let mut a = IovaAllocator::new(0x1000, 0xf_ffff, P).unwrap();
+        let before = a.clone();
+        for size in [0, 1, 0x800, 0x1800, 0x1001] {
+            assert_eq!(a.alloc(size), None, "{size:#x}");
+        }
+        assert_eq!(a, before);
+        assert_eq!(a.alloc(0x2000).map(|s| s.size()), Some(0x2000));
+    }
 }

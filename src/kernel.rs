@@ -1018,4 +1018,152 @@ mod tests {
             (MsgType::Update, 0x2000, 0x1000, 0x5000, 1, 1)
         );
     }
+
+    /// Rule: an INVALIDATE that cuts an entry on one side only is partial
+    /// (strict), whichever side it cuts: the range need not stick out of the
+    /// entry at both ends to break it.
+    #[test]
+    fn rule_an_invalidate_cutting_one_side_of_an_entry_is_partial() {
+        let mut k = KernelIotlb::new(&caps());
+        k.apply_raw(&upd(0, 0x2000, 0x3000)).unwrap();
+        for (iova, size) in [
+            (0x2000, 0x1000), // same first byte, ends inside: cuts the tail
+            (0x3000, 0x2000), // starts inside, same last byte: cuts the head
+            (0x1000, 0x2000), // starts before, ends inside
+            (0x3000, 0x3000), // starts inside, ends after
+        ] {
+            let r = k.apply_raw(&inv(0, iova, size));
+            assert_eq!(
+                r,
+                Err(Violation::PartialInvalidate {
+                    first: iova,
+                    last: iova + size - 1,
+                    entry: *k.lookup(0, Iova(0x2000)).unwrap(),
+                }),
+                "{iova:#x}+{size:#x}"
+            );
+        }
+        assert_eq!(k.len(0), 1, "a refused invalidate removes nothing");
+        // Exactly the entry, or more on both sides, is whole.
+        assert!(k.clone().apply_raw(&inv(0, 0x2000, 0x3000)).is_ok());
+        assert!(k.apply_raw(&inv(0, 0x1000, 0x5000)).is_ok());
+        assert!(k.is_empty());
+    }
+
+    /// Rule: a device reset leaves an address space that was never created
+    /// in step with the vhost table (both empty), while a created one that
+    /// held entries is stale until restored.
+    #[test]
+    fn rule_a_reset_never_makes_an_uncreated_address_space_stale() {
+        let mut k = KernelIotlb::new(&caps());
+        // Creates address space 1 only: 0 exists in the device's view but
+        // was never created.
+        k.apply_raw(&upd(1, 0x1000, 0x1000)).unwrap();
+        k.reset_device();
+        assert!(!k.device_stale(0));
+        assert!(k.device_stale(1));
+        assert_eq!(device(&k, 0), vec![]);
+    }
+
+    /// Rule: the kernel answers EINVAL for a bad asid, an address space never
+    /// created, another asid inside a batch, size 0, a wrap and a range the
+    /// device does not accept; EEXIST for an overlap; ENOSPC for a full
+    /// table; and does not enforce the strict rules (no errno).
+    #[test]
+    fn rule_each_violation_maps_to_the_kernels_errno() {
+        let e = Entry {
+            iova: Span::trusted(0x1000, 0x1000),
+            hva: Hva(0x1000),
+            perm: Perm::Rw,
+        };
+        let einval = [
+            Violation::AsidOutOfRange {
+                asid: 2,
+                address_spaces: 1,
+            },
+            Violation::NoAddressSpace { asid: 1 },
+            Violation::BatchAsidMismatch { batch: 0, asid: 1 },
+            Violation::ZeroSize,
+            Violation::Wraps { iova: 1, size: 2 },
+            Violation::OutsideRange {
+                first: 0,
+                last: 1,
+                range: DeviceRange::FULL,
+            },
+        ];
+        for v in einval {
+            assert_eq!(v.kernel_errno(), Some(22), "{v}");
+        }
+        assert_eq!(Violation::Overlap { existing: e }.kernel_errno(), Some(17));
+        assert_eq!(
+            Violation::EntryLimit { asid: 0, limit: 1 }.kernel_errno(),
+            Some(28)
+        );
+        for v in [
+            Violation::BadPerm { perm: 0 },
+            Violation::InvalidateZeroSize { iova: 0 },
+            Violation::InvalidateWraps { iova: 1, size: 2 },
+            Violation::PartialInvalidate {
+                first: 0,
+                last: 1,
+                entry: e,
+            },
+            Violation::BatchAlreadyOpen { batch: 0 },
+            Violation::BatchNotOpen,
+        ] {
+            assert_eq!(v.kernel_errno(), None, "{v}");
+        }
+    }
+
+    /// Rule: `open_batch` names the asid of the batch open now, and nothing
+    /// before BATCH_BEGIN, after BATCH_END or after a reset.
+    #[test]
+    fn rule_open_batch_names_the_open_batchs_asid() {
+        let mut k = KernelIotlb::new(&caps());
+        assert_eq!(k.open_batch(), None);
+        k.apply_raw(&marker(1, MsgType::BatchBegin)).unwrap();
+        assert_eq!(k.open_batch(), Some(1));
+        k.apply_raw(&marker(1, MsgType::BatchEnd)).unwrap();
+        assert_eq!(k.open_batch(), None);
+        k.apply_raw(&marker(0, MsgType::BatchBegin)).unwrap();
+        assert_eq!(k.open_batch(), Some(0));
+        k.reset_device();
+        assert_eq!(k.open_batch(), None, "a reset closes the batch");
+    }
+
+    /// Rule: the IOTLB is empty when no address space holds an entry, even
+    /// if address spaces were created, and not empty while any holds one.
+    #[test]
+    fn rule_is_empty_means_no_entry_in_any_address_space() {
+        let mut k = KernelIotlb::new(&caps());
+        assert!(k.is_empty());
+        k.apply_raw(&marker(0, MsgType::BatchBegin)).unwrap();
+        k.apply_raw(&marker(0, MsgType::BatchEnd)).unwrap();
+        assert!(k.is_empty(), "created but empty");
+        k.apply_raw(&upd(1, 0x1000, 0x1000)).unwrap();
+        assert!(!k.is_empty());
+        assert_eq!((k.len(0), k.len(1)), (0, 1));
+        k.apply_raw(&inv(1, 0x1000, 0x1000)).unwrap();
+        assert!(k.is_empty());
+    }
+
+    /// Rule: a refusal's message names the rule broken and, for the rules
+    /// the kernel enforces, its errno; the strict ones say "strict".
+    #[test]
+    fn rule_a_violation_says_which_rule_and_errno() {
+        let mut k = KernelIotlb::new(&caps());
+        let msg = |r: Result<Applied, Violation>| r.unwrap_err().to_string();
+        assert_eq!(
+            msg(k.apply_raw(&upd(0, 0x1000, 0))),
+            "update of size 0 (EINVAL)"
+        );
+        assert!(msg(k.apply_raw(&upd(5, 0x1000, 0x1000))).contains("asid 5 but the device has 2"));
+        k.apply_raw(&upd(0, 0x1000, 0x2000)).unwrap();
+        assert!(msg(k.apply_raw(&upd(0, 0x2000, 0x1000))).ends_with("(EEXIST)"));
+        let partial = msg(k.apply_raw(&inv(0, 0x1000, 0x1000)));
+        assert!(
+            partial.contains("cuts through") && partial.ends_with("(strict)"),
+            "{partial}"
+        );
+    }
 }
