@@ -411,6 +411,13 @@ impl Harness {
                 for q in areas.chunks(3) {
                     blocks.push((q[0].iova.first().0, q[2].iova.last().0));
                 }
+                // Host buffers live beside the vrings and move with them.
+                blocks.extend(
+                    self.planner
+                        .buffer_entries()
+                        .into_iter()
+                        .map(|(_, e)| (e.iova.first().0, e.iova.last().0)),
+                );
             }
             blocks.extend(
                 self.planner
