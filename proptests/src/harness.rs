@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use vdpa_iova_planner::verify::replay::{self, StepError};
 use vdpa_iova_planner::{
-    Cost, DeviceCaps, Entry, Event, Gpa, GuestView, IdentityPlanner, KernelIotlb, Mode, OpKind,
-    Perm, Phase, Placement, Plan, PlanError, Strategy, VringArea, GUEST_ASID,
+    DeviceCaps, Entry, Event, Gpa, GuestView, IdentityPlanner, KernelIotlb, Mode, Perm, Placement,
+    Plan, PlanError, Strategy, VringArea, GUEST_ASID,
 };
 
 use crate::model::{Expect, ModelMode, PageModel, PAGE};
@@ -267,55 +267,11 @@ impl Harness {
     }
 }
 
-/// Phases in order, batches only when the device batches and never across a
-/// phase or an asid, and the cost what the ops add up to, recounted here.
+/// Phases in order, batches well formed, the cost what the ops add up to:
+/// the core's own check (the replay loop runs it on every plan too).
 pub fn check_shape(plan: &Plan, caps: &DeviceCaps) {
-    let ops = plan.ops();
-    assert!(
-        ops.windows(2).all(|w| w[0].phase <= w[1].phase),
-        "phases out of order: {ops:?}"
-    );
-    let mut open: Option<(Phase, u32)> = None;
-    let mut c = Cost::default();
-    for op in ops {
-        let crit = op.phase == Phase::Critical;
-        c.messages += 1;
-        c.critical_messages += u64::from(crit);
-        match op.kind {
-            OpKind::BatchBegin => {
-                assert!(caps.batching && open.is_none(), "bad batch begin: {ops:?}");
-                open = Some((op.phase, op.asid));
-            }
-            OpKind::BatchEnd => {
-                assert_eq!(
-                    open.take(),
-                    Some((op.phase, op.asid)),
-                    "bad batch end: {ops:?}"
-                );
-                c.critical_batch_ends += u64::from(crit);
-            }
-            OpKind::Update { iova, .. } | OpKind::Invalidate { iova } => {
-                if let Some(o) = open {
-                    assert_eq!(
-                        o,
-                        (op.phase, op.asid),
-                        "batch spans phases or asids: {ops:?}"
-                    );
-                }
-                if caps.pinning && matches!(op.kind, OpKind::Update { .. }) {
-                    let n = iova.size();
-                    c.pinned_bytes += n;
-                    c.critical_pinned_bytes += if crit { n } else { 0 };
-                }
-            }
-        }
-    }
-    assert!(open.is_none(), "unclosed batch");
-    // Unpinned bytes depend on what each INVALIDATE drops: `replay` checks
-    // them against the kernel model.
-    c.unpinned_bytes = plan.cost().unpinned_bytes;
-    c.critical_unpinned_bytes = plan.cost().critical_unpinned_bytes;
-    assert_eq!(&c, plan.cost(), "reported cost differs from the ops");
+    vdpa_iova_planner::verify::shape::check(plan, caps)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", plan.ops()));
 }
 
 /// Free ranges `[first, last]` of `[lo, hi]` once `taken` (any order,

@@ -5,5 +5,6 @@
 pub mod guest;
 pub mod layout;
 pub mod replay;
+pub mod shape;
 
 pub use guest::{GuestUnit, GuestView};

@@ -16,6 +16,7 @@ use crate::plan::Plan;
 use crate::strategy::Strategy;
 use crate::verify::guest::GuestView;
 use crate::verify::layout::{self, LayoutError, LayoutReport};
+use crate::verify::shape::{self, ShapeError};
 use crate::vocab::Phase;
 
 /// What a plan is written to: the kernel model, or a device.
@@ -61,6 +62,8 @@ pub enum StepError<E> {
     Target(E),
     /// The device's table does not hold what the strategy reports: a bug.
     Layout(LayoutError),
+    /// The plan is malformed (phases, batches, its cost): a bug.
+    Shape(ShapeError),
 }
 
 impl<E: fmt::Display> fmt::Display for StepError<E> {
@@ -69,13 +72,15 @@ impl<E: fmt::Display> fmt::Display for StepError<E> {
             StepError::Plan(e) => write!(f, "refused: {e}"),
             StepError::Target(e) => write!(f, "not applied: {e}"),
             StepError::Layout(e) => write!(f, "layout check failed: {e}"),
+            StepError::Shape(e) => write!(f, "malformed plan: {e}"),
         }
     }
 }
 
 impl<E: fmt::Debug + fmt::Display> std::error::Error for StepError<E> {}
 
-/// Feeds `ev` to `strategy`, writes the plan to `target` (resetting it first
+/// Feeds `ev` to `strategy`, checks the plan's shape ([`shape::check`]),
+/// writes it to `target` (resetting it first
 /// for [`Event::Reset`]), tracks the event in `guest`, and checks the
 /// target's tables against the strategy and the guest.
 ///
@@ -93,6 +98,7 @@ where
     T: Target + ?Sized,
 {
     let plan = strategy.apply(ev).map_err(StepError::Plan)?;
+    shape::check(&plan, strategy.caps()).map_err(StepError::Shape)?;
     if *ev == Event::Reset {
         target.reset().map_err(StepError::Target)?;
     }

@@ -6,8 +6,8 @@
 use vdpa_iova_planner::layout::{self, LayoutReport};
 use vdpa_iova_planner::verify::replay;
 use vdpa_iova_planner::{
-    Cost, DeviceCaps, Entry, Event, Gpa, GuestView, Hva, IdentityPlanner, KernelIotlb, OpKind,
-    Phase, Plan, PlanError, QemuPlanner, RegionSpec, Strategy, SvqConfig,
+    DeviceCaps, Entry, Event, Gpa, GuestView, Hva, IdentityPlanner, KernelIotlb, OpKind, Plan,
+    PlanError, QemuPlanner, RegionSpec, Strategy, SvqConfig,
 };
 
 pub const GIB: u64 = 1 << 30;
@@ -106,52 +106,11 @@ impl<S: Strategy> Rig<S> {
     }
 }
 
-/// Phases in order, batches well formed and never spanning a phase or an
-/// asid, the cost what the ops add up to (unpinned bytes, which depend on
-/// what each INVALIDATE hits, are checked against the kernel model by
-/// `Rig::step`).
+/// Phases in order, batches well formed, the cost what the ops add up to:
+/// the core's own check, which the replay loop runs on every plan too.
 pub fn check_plan_shape(plan: &Plan, caps: &DeviceCaps) {
-    let ops = plan.ops();
-    assert!(
-        ops.windows(2).all(|w| w[0].phase <= w[1].phase),
-        "phases out of order: {ops:?}"
-    );
-    let mut open: Option<(Phase, u32)> = None;
-    for op in ops {
-        match op.kind {
-            OpKind::BatchBegin => {
-                assert!(caps.batching && open.is_none());
-                open = Some((op.phase, op.asid));
-            }
-            OpKind::BatchEnd => {
-                assert_eq!(open.take(), Some((op.phase, op.asid)));
-            }
-            _ => {
-                if let Some(o) = open {
-                    assert_eq!(o, (op.phase, op.asid), "batch spans phases or asids");
-                }
-            }
-        }
-    }
-    assert!(open.is_none());
-    // Recount independently of Cost::of.
-    let mut c = Cost::default();
-    for op in ops {
-        let crit = op.phase == Phase::Critical;
-        c.messages += 1;
-        c.critical_messages += crit as u64;
-        match op.kind {
-            OpKind::Update { iova, .. } if caps.pinning => {
-                c.pinned_bytes += iova.size();
-                c.critical_pinned_bytes += if crit { iova.size() } else { 0 };
-            }
-            OpKind::BatchEnd => c.critical_batch_ends += crit as u64,
-            _ => {}
-        }
-    }
-    c.unpinned_bytes = plan.cost().unpinned_bytes;
-    c.critical_unpinned_bytes = plan.cost().critical_unpinned_bytes;
-    assert_eq!(&c, plan.cost());
+    vdpa_iova_planner::verify::shape::check(plan, caps)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", plan.ops()));
 }
 
 pub fn guest_ops(plan: &Plan, guest: &[RegionSpec]) -> usize {
