@@ -63,6 +63,7 @@ _Static_assert(sizeof(struct vdpa_iova_svq_config) == 16, "vdpa_iova_svq_config 
 _Static_assert(sizeof(struct vdpa_iova_segment) == 24, "vdpa_iova_segment size");
 _Static_assert(sizeof(struct vdpa_iova_entry) == 32, "vdpa_iova_entry size");
 _Static_assert(sizeof(struct vdpa_iova_cost) == 56, "vdpa_iova_cost size");
+_Static_assert(sizeof(struct vdpa_iova_host_buffer) == 24, "vdpa_iova_host_buffer size");
 
 /* The op fields are the kernel's values, copied into the message as they are. */
 _Static_assert(VDPA_IOVA_OP_UPDATE == VHOST_IOTLB_UPDATE, "update");
@@ -106,6 +107,9 @@ struct vm {
     size_t n_add;
     uint64_t pending_del[MAX_REGIONS];
     size_t n_del;
+
+    /* The control virtqueue's command and status buffers. */
+    struct vdpa_iova_host_buffer cvq[2];
 
     unsigned step;
 };
@@ -305,6 +309,38 @@ static void check_translations(struct vm *vm, bool identity)
     }
 }
 
+/*
+ * With shadow vrings mapped, the CVQ buffers are mapped too, each in one
+ * entry: from the prepare on with the identity strategy, from the switch
+ * on with QEMU's.
+ */
+static void check_buffers(struct vm *vm, int mode)
+{
+    struct vdpa_iova_entry e[4], m;
+    size_t n, i, j;
+    bool mapped = mode == VDPA_IOVA_MODE_SVQ || (mode == VDPA_IOVA_MODE_PREPARED && vm->identity);
+    size_t want = mapped ? 2 : 0;
+
+    check(vdpa_iova_buffer_entries(vm->planner, e, 4, &n), "vdpa_iova_buffer_entries");
+    if (n != want) {
+        die("step %u: %zu host buffer entries, want %zu", vm->step, n, want);
+    }
+    for (i = 0; i < n; i++) {
+        for (j = 0; j < 2 && vm->cvq[j].hva != e[i].uaddr; j++) {
+        }
+        if (j == 2 || e[i].size != vm->cvq[j].size || e[i].perm != vm->cvq[j].perm) {
+            die("step %u: host buffer entry at uaddr 0x%" PRIx64 " is not a CVQ buffer", vm->step,
+                e[i].uaddr);
+        }
+        check(vdpa_iova_model_lookup(vm->model, e[i].asid, e[i].iova, &m),
+              "vdpa_iova_model_lookup (host buffer)");
+        if (m.uaddr + (e[i].iova - m.iova) != e[i].uaddr) {
+            die("step %u: the device does not map the CVQ buffer at iova 0x%" PRIx64, vm->step,
+                e[i].iova);
+        }
+    }
+}
+
 static void check_step(struct vm *vm, int want_mode)
 {
     int mode = vdpa_iova_mode(vm->planner);
@@ -314,6 +350,7 @@ static void check_step(struct vm *vm, int want_mode)
         die("step %u: mode %d, want %d", vm->step, mode, want_mode);
     }
     check_tables(vm);
+    check_buffers(vm, mode);
     /* Completed: nothing is mapped; incoming: the guest does not run yet. */
     if (mode != VDPA_IOVA_MODE_COMPLETED && mode != VDPA_IOVA_MODE_INCOMING) {
         /* In passthrough the device sees guest-physical addresses. */
@@ -598,6 +635,17 @@ int main(int argc, char **argv)
     device_reset(&vm);
     check(vdpa_iova_reset(vm.planner, &plan), "vdpa_iova_reset");
     apply_plan(&vm, plan, "reset");
+    check_step(&vm, VDPA_IOVA_MODE_PASSTHROUGH);
+
+    /* The CVQ's buffers (one page each), mapped with the shadow vrings. */
+    vm.cvq[0].hva = host_alloc(&vm, vm.page);
+    vm.cvq[0].size = vm.page;
+    vm.cvq[0].perm = VDPA_IOVA_PERM_RO;
+    vm.cvq[1].hva = host_alloc(&vm, vm.page);
+    vm.cvq[1].size = vm.page;
+    vm.cvq[1].perm = VDPA_IOVA_PERM_RW;
+    check(vdpa_iova_host_buffers(vm.planner, vm.cvq, 2, &plan), "vdpa_iova_host_buffers");
+    apply_plan(&vm, plan, "host_buffers");
     check_step(&vm, VDPA_IOVA_MODE_PASSTHROUGH);
 
     /* 8 queue pairs and the control queue, 256 descriptors each. */

@@ -344,6 +344,30 @@ struct vdpa_iova_svq_config {
 };
 
 /**
+ * Host memory the device needs that is neither guest memory nor a vring:
+ * the control virtqueue's command buffer (read-only) and status buffer
+ * (writable), QEMU's `cvq_cmd_out_buffer` and `status`.
+ */
+struct vdpa_iova_host_buffer {
+    /**
+     * Host address of the first byte (page aligned).
+     */
+    uint64_t hva;
+    /**
+     * Bytes (a non-zero multiple of the page size).
+     */
+    uint64_t size;
+    /**
+     * `VDPA_IOVA_PERM_*`: what the device may do with it.
+     */
+    uint8_t perm;
+    /**
+     * Must be zero.
+     */
+    uint8_t reserved[7];
+};
+
+/**
  * A guest range translated to device addresses (the SVQ data path).
  */
 struct vdpa_iova_segment {
@@ -741,6 +765,43 @@ int vdpa_iova_viommu_unmap(struct vdpa_iova_planner *planner,
                            uint64_t giova,
                            uint64_t size,
                            struct vdpa_iova_plan **out);
+
+/**
+ * Declares host buffers the device must reach while it runs on shadow
+ * virtqueues (the control virtqueue's command and status buffers): they
+ * are mapped with the shadow vrings from the next [`vdpa_iova_svq_prepare`]
+ * (or unprepared [`vdpa_iova_svq_switch`]) on, and unmapped with them. Their
+ * IOVAs: [`vdpa_iova_buffer_entries`]. `bufs` may be NULL when `n` is 0.
+ *
+ * # Errors
+ * `-EINVAL` for a buffer that is not whole pages or a bad permission;
+ * `-EPROTO` once the shadow vrings are mapped, or after completion.
+ * Nothing changes on error.
+ *
+ * # Safety
+ * As [`vdpa_iova_add_regions`], with `n` readable buffers at a non-NULL `bufs`.
+ */
+int vdpa_iova_host_buffers(struct vdpa_iova_planner *planner,
+                           const struct vdpa_iova_host_buffer *bufs,
+                           size_t n,
+                           struct vdpa_iova_plan **out);
+
+/**
+ * The IOTLB entries of the host buffers mapped now (find a buffer's IOVA by
+ * its `uaddr`), as [`vdpa_iova_mapped`] gives every entry; none outside
+ * SVQ (and prepared) mode.
+ *
+ * # Errors
+ * `-ENOBUFS` when more than `cap` (`*n` is the count needed); `-EFAULT`
+ * for NULL pointers.
+ *
+ * # Safety
+ * As [`vdpa_iova_mapped`].
+ */
+int vdpa_iova_buffer_entries(const struct vdpa_iova_planner *planner,
+                             struct vdpa_iova_entry *entries,
+                             size_t cap,
+                             size_t *n);
 
 /**
  * Device addresses of `len` bytes of guest memory at `gpa` (with a vIOMMU:

@@ -56,12 +56,12 @@ pub use model::{
     vdpa_iova_model_lookup, vdpa_iova_model_new, vdpa_iova_model_reset_device,
 };
 pub use planner::{
-    vdpa_iova_add_regions, vdpa_iova_caps_default, vdpa_iova_complete, vdpa_iova_failback,
-    vdpa_iova_incoming, vdpa_iova_mapped, vdpa_iova_mode, vdpa_iova_options_default,
-    vdpa_iova_plan, vdpa_iova_plan_cost, vdpa_iova_plan_free, vdpa_iova_plan_ops,
-    vdpa_iova_planner, vdpa_iova_planner_free, vdpa_iova_planner_new, vdpa_iova_remove_region,
-    vdpa_iova_reset, vdpa_iova_start, vdpa_iova_svq_prepare, vdpa_iova_svq_size,
-    vdpa_iova_svq_switch, vdpa_iova_translate, vdpa_iova_version, vdpa_iova_viommu_map,
-    vdpa_iova_viommu_unmap,
+    vdpa_iova_add_regions, vdpa_iova_buffer_entries, vdpa_iova_caps_default, vdpa_iova_complete,
+    vdpa_iova_failback, vdpa_iova_host_buffers, vdpa_iova_incoming, vdpa_iova_mapped,
+    vdpa_iova_mode, vdpa_iova_options_default, vdpa_iova_plan, vdpa_iova_plan_cost,
+    vdpa_iova_plan_free, vdpa_iova_plan_ops, vdpa_iova_planner, vdpa_iova_planner_free,
+    vdpa_iova_planner_new, vdpa_iova_remove_region, vdpa_iova_reset, vdpa_iova_start,
+    vdpa_iova_svq_prepare, vdpa_iova_svq_size, vdpa_iova_svq_switch, vdpa_iova_translate,
+    vdpa_iova_version, vdpa_iova_viommu_map, vdpa_iova_viommu_unmap,
 };
 pub use types::*;

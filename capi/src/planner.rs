@@ -5,8 +5,8 @@ use std::ptr;
 
 use ::vdpa_iova_planner::kernel::{MsgType, RawMsg};
 use ::vdpa_iova_planner::{
-    DeviceCaps, DeviceRange, Gpa, Hva, IdentityPlanner, Iova, MapStyle, Mode, PageSize, Perm,
-    Phase, Plan, PlanError, QemuPlanner, RegionSpec, Strategy, SvqConfig,
+    DeviceCaps, DeviceRange, Gpa, HostBuffer, Hva, IdentityPlanner, Iova, MapStyle, Mode, PageSize,
+    Perm, Phase, Plan, PlanError, QemuPlanner, RegionSpec, Strategy, SvqConfig,
 };
 
 use crate::error::{guard, guard_free, guard_ptr, Error};
@@ -621,6 +621,95 @@ pub unsafe extern "C" fn vdpa_iova_viommu_unmap(
             Ok(s.viommu_unmap(Iova(giova), size)?)
         })
     }
+}
+
+fn host_buffer(b: &vdpa_iova_host_buffer) -> Result<HostBuffer, Error> {
+    zeroed(&b.reserved, "buffer->reserved")?;
+    let perm = Perm::from_kernel(b.perm).ok_or_else(|| {
+        Error::arg(
+            "buffer->perm",
+            b.perm.into(),
+            "must be VDPA_IOVA_PERM_RO, _WO or _RW",
+        )
+    })?;
+    Ok(HostBuffer {
+        hva: Hva(b.hva),
+        size: b.size,
+        perm,
+    })
+}
+
+/// Declares host buffers the device must reach while it runs on shadow
+/// virtqueues (the control virtqueue's command and status buffers): they
+/// are mapped with the shadow vrings from the next [`vdpa_iova_svq_prepare`]
+/// (or unprepared [`vdpa_iova_svq_switch`]) on, and unmapped with them. Their
+/// IOVAs: [`vdpa_iova_buffer_entries`]. `bufs` may be NULL when `n` is 0.
+///
+/// # Errors
+/// `-EINVAL` for a buffer that is not whole pages or a bad permission;
+/// `-EPROTO` once the shadow vrings are mapped, or after completion.
+/// Nothing changes on error.
+///
+/// # Safety
+/// As [`vdpa_iova_add_regions`], with `n` readable buffers at a non-NULL `bufs`.
+#[no_mangle]
+pub unsafe extern "C" fn vdpa_iova_host_buffers(
+    planner: *mut vdpa_iova_planner,
+    bufs: *const vdpa_iova_host_buffer,
+    n: usize,
+    out: *mut *mut vdpa_iova_plan,
+) -> c_int {
+    let f = |s: &mut dyn Strategy| {
+        // SAFETY: the caller promises n readable buffers at a non-NULL bufs.
+        let bufs = unsafe { as_slice(bufs, n, "bufs") }?;
+        let specs = bufs
+            .iter()
+            .map(host_buffer)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(s.host_buffers(&specs)?)
+    };
+    // SAFETY: the caller's promises, as documented.
+    unsafe { event("vdpa_iova_host_buffers", planner, out, f) }
+}
+
+/// The IOTLB entries of the host buffers mapped now (find a buffer's IOVA by
+/// its `uaddr`), as [`vdpa_iova_mapped`] gives every entry; none outside
+/// SVQ (and prepared) mode.
+///
+/// # Errors
+/// `-ENOBUFS` when more than `cap` (`*n` is the count needed); `-EFAULT`
+/// for NULL pointers.
+///
+/// # Safety
+/// As [`vdpa_iova_mapped`].
+#[no_mangle]
+pub unsafe extern "C" fn vdpa_iova_buffer_entries(
+    planner: *const vdpa_iova_planner,
+    entries: *mut vdpa_iova_entry,
+    cap: usize,
+    n: *mut usize,
+) -> c_int {
+    guard("vdpa_iova_buffer_entries", || {
+        // SAFETY: the caller promises a non-NULL n is writable.
+        let n = unsafe { as_mut(n, "n") }?;
+        *n = 0;
+        // SAFETY: the caller promises a live planner.
+        let p = unsafe { live(planner) }?;
+        if cap > 0 && entries.is_null() {
+            return Err(Error::null("entries"));
+        }
+        let mut m = p.inner.buffer_entries();
+        m.sort_by_key(|(asid, e)| (*asid, e.iova.first().0));
+        if m.len() > cap {
+            *n = m.len();
+            return Err(Error::no_bufs("the buffer entries", m.len(), cap));
+        }
+        let items = m.iter().map(|(asid, e)| crate::model::entry(*asid, e));
+        // SAFETY: the caller promises cap writable entries at a non-NULL entries.
+        unsafe { fill(entries, cap, "entries", items) }?;
+        *n = m.len();
+        Ok(0)
+    })
 }
 
 /// Device addresses of `len` bytes of guest memory at `gpa` (with a vIOMMU:

@@ -220,3 +220,19 @@ pub struct vdpa_iova_entry {
     /// Host address of the first byte.
     pub uaddr: u64,
 }
+
+/// Host memory the device needs that is neither guest memory nor a vring:
+/// the control virtqueue's command buffer (read-only) and status buffer
+/// (writable), QEMU's `cvq_cmd_out_buffer` and `status`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct vdpa_iova_host_buffer {
+    /// Host address of the first byte (page aligned).
+    pub hva: u64,
+    /// Bytes (a non-zero multiple of the page size).
+    pub size: u64,
+    /// `VDPA_IOVA_PERM_*`: what the device may do with it.
+    pub perm: u8,
+    /// Must be zero.
+    pub reserved: [u8; 7],
+}

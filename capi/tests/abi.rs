@@ -1020,3 +1020,67 @@ fn regression_qemu_destination_hotplug_while_incoming_maps_twice() {
     // SAFETY: freed once.
     unsafe { vdpa_iova_model_free(m) };
 }
+
+#[test]
+fn host_buffers_are_mapped_with_the_vrings() {
+    let c = caps();
+    let p = booted(&c, None);
+    let buf = |hva, perm| vdpa_iova_host_buffer {
+        hva,
+        size: PAGE,
+        perm,
+        reserved: [0; 7],
+    };
+    let hb = |bufs: &[vdpa_iova_host_buffer]| {
+        // SAFETY: a live planner and bufs.len() valid buffers.
+        ev(|o| unsafe { vdpa_iova_host_buffers(p.0, bufs.as_ptr(), bufs.len(), o) })
+    };
+    let cvq = [
+        buf(0x7d00_0000_0000, VDPA_IOVA_PERM_RO),
+        buf(0x7d00_0000_1000, VDPA_IOVA_PERM_RW),
+    ];
+    refused(&p, libc::EINVAL, || hb(&[buf(0x7d00_0000_0000, 0)]));
+    refused(&p, libc::EINVAL, || {
+        hb(&[vdpa_iova_host_buffer {
+            size: PAGE + 1,
+            ..cvq[0]
+        }])
+    });
+    refused(&p, libc::EINVAL, || {
+        hb(&[vdpa_iova_host_buffer {
+            reserved: [1, 0, 0, 0, 0, 0, 0],
+            ..cvq[0]
+        }])
+    });
+    refused(&p, libc::EFAULT, || {
+        // SAFETY: NULL bufs with n > 0 is refused before anything is read.
+        ev(|o| unsafe { vdpa_iova_host_buffers(p.0, null(), 1, o) })
+    });
+    assert_eq!(hb(&cvq), Ok(vec![]), "{}", last_error());
+    let entries = |p: &Planner| {
+        let mut e = [vdpa_iova_entry::default(); 4];
+        let mut n = 0;
+        // SAFETY: four writable entries.
+        let rc = unsafe { vdpa_iova_buffer_entries(p.0, e.as_mut_ptr(), 4, &mut n) };
+        assert_eq!(rc, 0, "{}", last_error());
+        e[..n].to_vec()
+    };
+    assert!(entries(&p).is_empty(), "not mapped before the vrings");
+    let cfg = svq(3, 0x7e00_0000_0000);
+    // SAFETY: a live planner and a valid config.
+    let prep = ev(|o| unsafe { vdpa_iova_svq_prepare(p.0, &cfg, o) }).expect("prepare");
+    let mapped = entries(&p);
+    assert_eq!(mapped.len(), 2);
+    for (e, b) in mapped.iter().zip(&cvq) {
+        assert_eq!((e.uaddr, e.size, e.perm), (b.hva, b.size, b.perm));
+        assert!(prep
+            .iter()
+            .any(|op| op.r#type == VDPA_IOVA_OP_UPDATE && op.iova == e.iova && op.uaddr == b.hva));
+    }
+    // Too late once the vrings are mapped; a small array is -ENOBUFS.
+    refused(&p, libc::EPROTO, || hb(&cvq));
+    let mut n = 0;
+    // SAFETY: NULL entries with cap 0.
+    let rc = unsafe { vdpa_iova_buffer_entries(p.0, null_mut(), 0, &mut n) };
+    assert_eq!((rc, n), (-libc::ENOBUFS, 2));
+}

@@ -120,7 +120,7 @@ fn vmm_c_runs_clean_under_sanitizers() {
             );
         }
         assert!(
-            stdout.contains("ok: 12 steps"),
+            stdout.contains("ok: 13 steps"),
             "vmm did not finish:\n{stdout}"
         );
     }
