@@ -231,7 +231,8 @@ fn free_page(caps: &DeviceCaps, taken: &[Span<Iova>]) -> Option<Span<Iova>> {
     let mut cand = p.align_up(caps.range.first().max(p.get()))?;
     for t in taken {
         let (f, l) = (t.first().0, t.last().0);
-        if f > cand && f - cand >= p.get() {
+        // Entries and `cand` are page aligned: a gap is a page at least.
+        if f > cand {
             break;
         }
         if l >= cand {
