@@ -49,7 +49,12 @@ impl IovaAllocator {
     }
 
     /// The window `[first, last]` this allocator owns.
-    pub fn window(&self) -> (u64, u64) {
+    pub fn window(&self) -> Span<Iova> {
+        Span::trusted(self.window.0, self.window.1 - self.window.0 + 1)
+    }
+
+    /// [`IovaAllocator::window`] as inclusive bounds.
+    pub(crate) fn window_bounds(&self) -> (u64, u64) {
         self.window
     }
 
@@ -79,7 +84,12 @@ impl IovaAllocator {
     }
 
     /// Iterates the free holes `(first, last)` by address.
-    pub fn free_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+    pub fn free_ranges(&self) -> impl Iterator<Item = Span<Iova>> + '_ {
+        self.free_bounds().map(|(f, l)| Span::trusted(f, l - f + 1))
+    }
+
+    /// [`IovaAllocator::free_ranges`] as inclusive bounds.
+    pub(crate) fn free_bounds(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.by_start.iter().map(|(&f, &l)| (f, l))
     }
 
@@ -187,7 +197,7 @@ mod tests {
     #[test]
     fn never_hands_out_zero_and_is_best_fit() {
         let mut a = IovaAllocator::new(0, 0xf_ffff, P).unwrap();
-        assert_eq!(a.window(), (0x1000, 0xf_ffff));
+        assert_eq!(a.window_bounds(), (0x1000, 0xf_ffff));
         let x = a.alloc(0x1000).unwrap();
         assert_eq!(x.first(), Iova(0x1000));
         let y = a.alloc(0x3000).unwrap();
@@ -232,13 +242,13 @@ mod tests {
         let mut a = IovaAllocator::new(0x1000, 0xf_ffff, P).unwrap();
         a.carve(0x4000, 0x7fff);
         assert_eq!(
-            a.free_ranges().collect::<Vec<_>>(),
+            a.free_bounds().collect::<Vec<_>>(),
             vec![(0x1000, 0x3fff), (0x8000, 0xf_ffff)]
         );
         a.carve(0x0, 0x1fff);
         a.carve(0xf_0000, 0x10_0000_0000);
         assert_eq!(
-            a.free_ranges().collect::<Vec<_>>(),
+            a.free_bounds().collect::<Vec<_>>(),
             vec![(0x2000, 0x3fff), (0x8000, 0xe_ffff)]
         );
         assert!(!a.overlaps_free(0x4000, 0x7fff));

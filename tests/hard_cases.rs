@@ -278,7 +278,7 @@ fn viommu_svq_window_goes_above_viommu_last() {
     id.step(Event::Boot(vec![ram(0, 4 * GIB)]));
     id.step(gmap(VIOMMU_LAST + 1 - 2 * MIB, 2 * MIB, 0));
     id.step(Event::SvqPrepare(svq(5)));
-    assert!(id.s.window().unwrap().0 > VIOMMU_LAST);
+    assert!(id.s.window().unwrap().first().0 > VIOMMU_LAST);
     let (sw, _) = id.step(Event::SvqSwitch(None));
     assert!(sw.is_empty());
     // Guest maps during migration stay identity: nothing can collide.

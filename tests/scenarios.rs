@@ -59,7 +59,7 @@ fn unprepared_switch_maps_only_the_vrings_while_stopped() {
     assert_eq!(sw.cost().critical_pinned_bytes, 4 * 3 * 4096);
     assert_eq!(rep.vring_bytes, 4 * 3 * 4096);
     // Window is right above memory.
-    assert_eq!(id.s.window().unwrap().0, 4 * GIB);
+    assert_eq!(id.s.window().unwrap().first().0, 4 * GIB);
     id.step(Event::Failback);
 }
 

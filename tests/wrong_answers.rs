@@ -32,7 +32,7 @@ fn displaced_memory_goes_to_the_pci_hole_when_the_window_is_full() {
         id.step(Event::SvqPrepare(svq(8)));
         id.step(Event::SvqSwitch(None));
         let top = high.0 + high.1;
-        assert!(id.s.window().unwrap().0 >= top, "window above RAM");
+        assert!(id.s.window().unwrap().first().0 >= top, "window above RAM");
         let (hp, rep) = id.step(Event::Hotplug(ram(top, dimm)));
         assert_eq!(rep.displaced_bytes, dimm);
         // Past the device range's end too, when the DIMM reaches beyond it.
@@ -89,6 +89,7 @@ fn out_of_iova_names_the_free_ranges_considered() {
     id.step(Event::SvqPrepare(svq(2)));
     id.step(Event::SvqSwitch(None));
     let window = id.s.window().unwrap();
+    let window = (window.first().0, window.last().0);
     let e = id.refuse(Event::Hotplug(ram(window.0, GIB + 64 * MIB)));
     let PlanError::OutOfIova { considered, .. } = &e else {
         panic!("{e}");

@@ -403,7 +403,7 @@ fn colliding(p: &IdentityPlanner, r: &RawEvent) -> Vec<u64> {
         let a = shared[usize::from(r.b.0) % shared.len()];
         v.push(a.iova.first().0);
     }
-    if let Some((first, last)) = p.window() {
+    if let Some((first, last)) = p.window().map(|w| (w.first().0, w.last().0)) {
         let k = u64::from(r.a.0 % 8) * PAGE;
         v.push(first.saturating_add(k) & !(PAGE - 1));
         v.push((last & !(PAGE - 1)).saturating_sub(k));

@@ -193,10 +193,10 @@ pub trait Strategy {
     fn buffer_entries(&self) -> Vec<(u32, Entry)> {
         Vec::new()
     }
-    /// The IOVA window `[first, last]` shadow vrings and displaced memory are
-    /// allocated from now, if the strategy keeps one (for pictures and
-    /// reports; `None` by default).
-    fn window(&self) -> Option<(u64, u64)> {
+    /// The IOVA window shadow vrings and displaced memory are allocated
+    /// from now, if the strategy keeps one (for pictures and reports; `None`
+    /// by default).
+    fn window(&self) -> Option<Span<Iova>> {
         None
     }
     /// Every IOTLB entry the strategy has mapped now, as `(asid, entry)`.

@@ -27,7 +27,8 @@ pub struct Probe {
     pub offered: u64,
     /// Backend features acked (see [`uapi::negotiate`]).
     pub acked: u64,
-    /// IOVA range `[first, last]`.
+    /// IOVA range `[first, last]` as the device reported it, unvalidated
+    /// (so that `probe` can show a broken one; [`Probe::caps`] checks it).
     pub range: (u64, u64),
     /// Address spaces.
     pub address_spaces: u32,

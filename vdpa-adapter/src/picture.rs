@@ -120,8 +120,8 @@ pub fn step_svg(caps: &DeviceCaps, runs: &[RunReport], step: usize) -> String {
         for (_, e) in &s.buffers {
             edge(&mut points, e.iova.first().0, e.iova.last().0);
         }
-        if let Some((f, l)) = s.window {
-            edge(&mut points, f, l);
+        if let Some(w) = s.window {
+            edge(&mut points, w.first().0, w.last().0);
         }
         for op in &s.ops {
             if let OpKind::Update { iova, .. } | OpKind::Invalidate { iova } = op.kind {
@@ -198,7 +198,8 @@ pub fn step_svg(caps: &DeviceCaps, runs: &[RunReport], step: usize) -> String {
             "#f2f2f2",
             format!("device range {}", caps.range),
         ));
-        if let (Some((f, l)), true) = (s.window, *asid == 0) {
+        if let (Some(w), true) = (s.window, *asid == 0) {
+            let (f, l) = (w.first().0, w.last().0);
             g = g.add(
                 rect(
                     axis.x(f),

@@ -102,7 +102,7 @@ pub struct StepReport {
     /// Where every region (or guest map) is mapped after the step.
     pub placements: Vec<Placement>,
     /// The strategy's IOVA window after the step, if it keeps one.
-    pub window: Option<(u64, u64)>,
+    pub window: Option<vdpa_iova_planner::Span<vdpa_iova_planner::Iova>>,
     /// Host buffers mapped after the step, as `(asid, entry)`.
     pub buffers: Vec<(u32, vdpa_iova_planner::Entry)>,
     /// What the kernel did that the plan did not mean (only for plans

@@ -234,7 +234,7 @@ impl IdentityPlanner {
     }
 
     /// The IOVA window the vrings are allocated from, while one is in use.
-    pub fn window(&self) -> Option<(u64, u64)> {
+    pub fn window(&self) -> Option<Span<Iova>> {
         self.svq.as_ref().map(|s| s.alloc.window())
     }
 
@@ -481,7 +481,7 @@ impl Strategy for IdentityPlanner {
         self.plan_viommu_unmap(giova, size)
     }
 
-    fn window(&self) -> Option<(u64, u64)> {
+    fn window(&self) -> Option<Span<Iova>> {
         IdentityPlanner::window(self)
     }
 

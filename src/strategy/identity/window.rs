@@ -118,9 +118,9 @@ impl SvqState {
     /// Every free range of the window, the rest and the spare, adjacent
     /// ones merged, by address.
     pub(super) fn merged_free(&self) -> Vec<(u64, u64)> {
-        let mut all: Vec<(u64, u64)> = self.alloc.free_ranges().collect();
+        let mut all: Vec<(u64, u64)> = self.alloc.free_bounds().collect();
         for r in [&self.rest, &self.spare].into_iter().flatten() {
-            all.extend(r.free_ranges());
+            all.extend(r.free_bounds());
         }
         all.sort_unstable();
         let mut merged: Vec<(u64, u64)> = Vec::with_capacity(all.len());
@@ -137,7 +137,7 @@ impl SvqState {
         PlanError::OutOfIova {
             needed: size,
             purpose,
-            window: Some(self.alloc.window()),
+            window: Some(self.alloc.window_bounds()),
             largest_free: self.alloc.largest_free(),
             considered: self.merged_free(),
         }
@@ -186,9 +186,9 @@ impl SvqState {
     pub(super) fn claim(&mut self, f: u64, l: u64, hits: &[(u64, SvqEntry)]) {
         self.carve(f, l);
         let spare = self.spare.get_or_insert_with(|| {
-            let w = self.alloc.window();
+            let w = self.alloc.window_bounds();
             let (lo, hi) = match &self.rest {
-                Some(r) => (r.window().0.min(w.0), w.1),
+                Some(r) => (r.window_bounds().0.min(w.0), w.1),
                 None => w,
             };
             let mut sp =
@@ -227,7 +227,7 @@ impl SvqState {
             let free: SmallVec<[(u64, u64); 4]> = self
                 .spare
                 .iter()
-                .flat_map(|sp| sp.free_ranges())
+                .flat_map(|sp| sp.free_bounds())
                 .filter_map(|(a, z)| {
                     let (x, y) = (a.max(cf), z.min(cl));
                     (x <= y).then_some((x, y))
@@ -255,9 +255,9 @@ impl SvqState {
             Some(r) => r.alloc(size).ok_or_else(|| PlanError::OutOfIova {
                 needed: size,
                 purpose,
-                window: Some(r.window()),
+                window: Some(r.window_bounds()),
                 largest_free: r.largest_free(),
-                considered: r.free_ranges().collect(),
+                considered: r.free_bounds().collect(),
             })?,
             None => {
                 let blk = self.alloc(size, purpose)?;
@@ -313,9 +313,9 @@ impl SvqState {
             Some(r) => r.alloc(size).ok_or_else(|| PlanError::OutOfIova {
                 needed: size,
                 purpose,
-                window: Some(r.window()),
+                window: Some(r.window_bounds()),
                 largest_free: r.largest_free(),
-                considered: r.free_ranges().collect(),
+                considered: r.free_bounds().collect(),
             })?,
             None => {
                 let blk = self.alloc(size, purpose)?;
@@ -657,7 +657,7 @@ mod tests {
         let mut p = IdentityPlanner::new(DeviceCaps::default(), Some(64 * G)).unwrap();
         p.add_regions(&[ram(0, 2 * G), ram(4 * G, 4 * G)]).unwrap();
         p.svq_prepare(cfg()).unwrap();
-        let (f, _) = p.window().unwrap();
+        let f = p.window().unwrap().first().0;
         assert_eq!(f, 64 * G);
         assert!(p.vring_areas().iter().all(|a| a.iova.first().0 >= 64 * G));
     }
