@@ -5,7 +5,7 @@ use core::ffi::c_int;
 use std::ptr;
 
 use ::vdpa_iova_planner::kernel::{MsgType, RawMsg};
-use ::vdpa_iova_planner::{Entry, Iova, KernelIotlb};
+use ::vdpa_iova_planner::{Iova, KernelIotlb};
 
 use crate::error::{guard, guard_free, Error};
 use crate::planner::caps_from;
@@ -17,17 +17,6 @@ use crate::types::*;
 /// they say). Opaque; created by [`vdpa_iova_model_new`].
 pub struct vdpa_iova_model {
     iotlb: KernelIotlb,
-}
-
-pub(crate) fn entry(asid: u32, e: &Entry) -> vdpa_iova_entry {
-    vdpa_iova_entry {
-        asid,
-        perm: e.perm.to_kernel(),
-        reserved: [0; 3],
-        iova: e.iova.first().0,
-        size: e.iova.size(),
-        uaddr: e.hva.0,
-    }
 }
 
 /// Creates an empty model of a device with capabilities `caps` (validated

@@ -704,7 +704,7 @@ pub unsafe extern "C" fn vdpa_iova_buffer_entries(
             *n = m.len();
             return Err(Error::no_bufs("the buffer entries", m.len(), cap));
         }
-        let items = m.iter().map(|(asid, e)| crate::model::entry(*asid, e));
+        let items = m.iter().map(|(asid, e)| crate::types::entry(*asid, e));
         // SAFETY: the caller promises cap writable entries at a non-NULL entries.
         unsafe { fill(entries, cap, "entries", items) }?;
         *n = m.len();
@@ -805,7 +805,7 @@ pub unsafe extern "C" fn vdpa_iova_mapped(
             *n = m.len();
             return Err(Error::no_bufs("the mapped entries", m.len(), cap));
         }
-        let items = m.iter().map(|(asid, e)| crate::model::entry(*asid, e));
+        let items = m.iter().map(|(asid, e)| crate::types::entry(*asid, e));
         // SAFETY: the caller promises cap writable entries at a non-NULL entries.
         unsafe { fill(entries, cap, "entries", items) }?;
         *n = m.len();

@@ -236,3 +236,15 @@ pub struct vdpa_iova_host_buffer {
     /// Must be zero.
     pub reserved: [u8; 7],
 }
+
+/// The C view of one IOTLB entry of address space `asid`.
+pub(crate) fn entry(asid: u32, e: &vdpa_iova_planner::Entry) -> vdpa_iova_entry {
+    vdpa_iova_entry {
+        asid,
+        perm: e.perm.to_kernel(),
+        reserved: [0; 3],
+        iova: e.iova.first().0,
+        size: e.iova.size(),
+        uaddr: e.hva.0,
+    }
+}
