@@ -82,6 +82,9 @@ enum Call {
     /// A migration's destination: only accepted as the first event.
     Incoming(Vec<(u8, u64, u8, u64, u64, u8)>),
     Start,
+    /// Host buffers (hva, size, perm).
+    HostBuffers(Vec<(u8, u64, u8, u64, u8)>),
+    BufferEntries(u8),
 }
 
 fn last_error() -> String {
@@ -413,6 +416,38 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
                 });
             }
             Call::Start => f.event(false, |o| unsafe { vdpa_iova_start(p, o) }),
+            Call::HostBuffers(bs) => {
+                let bufs: Vec<vdpa_iova_host_buffer> = bs
+                    .iter()
+                    .take(4)
+                    .map(|&(hs, h, ss, sz, perm)| vdpa_iova_host_buffer {
+                        hva: pick(hs, h),
+                        size: size(ss, sz),
+                        perm: perm % 5,
+                        reserved: [0, 0, 0, 0, 0, 0, u8::from(perm == 0xff)],
+                    })
+                    .collect();
+                f.event(false, |o| unsafe {
+                    vdpa_iova_host_buffers(p, bufs.as_ptr(), bufs.len(), o)
+                });
+            }
+            Call::BufferEntries(cap) => {
+                // Every host buffer entry is one of the planner's entries.
+                let all = f.mapped();
+                let cap = usize::from(cap % 4);
+                let mut v = vec![vdpa_iova_entry::default(); cap];
+                let mut n = 0;
+                let rc = unsafe { vdpa_iova_buffer_entries(p, v.as_mut_ptr(), cap, &mut n) };
+                if rc == 0 {
+                    assert!(
+                        v[..n].iter().all(|e| all.contains(e)),
+                        "{v:?} not in {all:?}"
+                    );
+                } else {
+                    assert_eq!(rc, -ENOBUFS);
+                    assert!(n > cap);
+                }
+            }
             Call::AddNullRegions(n) => {
                 let n = usize::from(n % 3);
                 f.event(false, |o| unsafe { vdpa_iova_add_regions(p, null(), n, o) });
