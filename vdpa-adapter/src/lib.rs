@@ -22,6 +22,8 @@ pub mod uapi;
 #[cfg(feature = "cli")]
 pub mod bench;
 #[cfg(feature = "cli")]
+pub mod output;
+#[cfg(feature = "cli")]
 pub mod picture;
 #[cfg(feature = "cli")]
 pub mod report;

@@ -8,17 +8,17 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vdpa_adapter::apply::{Applier, Limits, ModelDevice};
-use vdpa_adapter::bench::{bench, stats, BenchConfig};
-use vdpa_adapter::device::{Probe, VhostVdpa};
+use vdpa_adapter::bench::{bench, BenchConfig};
+use vdpa_adapter::device::VhostVdpa;
 use vdpa_adapter::memory::{Backing, Mem};
+use vdpa_adapter::output;
 use vdpa_adapter::report::{
-    bytes, comparison_table, dec, describe, detail_table, hex, json, SCHEMA_VERSION,
+    bytes, comparison_table, describe, detail_table, hex, json, SCHEMA_VERSION,
 };
 use vdpa_adapter::scenario::{parse_num, Host};
 use vdpa_adapter::session::{run_on_device, DeviceRun, HostMemory, StepOutcome};
 use vdpa_adapter::uapi::MsgFormat;
 use vdpa_adapter::{run, AdapterError, Scenario, StrategyKind, DEFAULT_SCENARIO};
-use vdpa_iova_planner::DeviceCaps;
 
 /// Writes to stdout; a reader that went away (`| head`) ends the process
 /// quietly with success, as the tools around it do, instead of a panic.
@@ -254,45 +254,6 @@ fn vdpa_tool(args: &[&str]) -> Option<serde_json::Value> {
     serde_json::from_slice(&out.stdout).ok()
 }
 
-fn list_cmd(format: Format) -> String {
-    let devs = vdpa_adapter::host::sysfs::vdpa_devices();
-    match format {
-        Format::Json => {
-            let v = serde_json::json!({
-                "schema_version": SCHEMA_VERSION,
-                "devices": devs.iter().map(|d| serde_json::json!({
-                    "name": d.name,
-                    "node": d.node.as_ref().map(|n| format!("/dev/{n}")),
-                    "driver": d.driver,
-                    "parent": d.parent,
-                })).collect::<Vec<_>>(),
-            });
-            let mut out = serde_json::to_string_pretty(&v).expect("serializes");
-            out.push('\n');
-            out
-        }
-        Format::Table => {
-            if devs.is_empty() {
-                return "no vDPA device (none under /sys/bus/vdpa/devices)\n".into();
-            }
-            let mut out = format!(
-                "{:<12} {:<22} {:<14} {}\n",
-                "name", "node", "driver", "parent"
-            );
-            for d in &devs {
-                out += &format!(
-                    "{:<12} {:<22} {:<14} {}\n",
-                    d.name,
-                    d.node.as_ref().map_or("-".into(), |n| format!("/dev/{n}")),
-                    d.driver.as_deref().unwrap_or("-"),
-                    d.parent.as_deref().unwrap_or("unknown")
-                );
-            }
-            out
-        }
-    }
-}
-
 fn show_cmd(device: &str, format: Format) -> Result<String, AdapterError> {
     use vdpa_adapter::host::sysfs;
     let root = Path::new("/");
@@ -434,61 +395,8 @@ fn probe_cmd(device: &Path, format: Format) -> Result<String, AdapterError> {
                 serde_json::to_string_pretty(&v).expect("serializes")
             )
         }
-        Format::Table => probe_table(&p, &caps),
+        Format::Table => output::probe_table(&p, &caps),
     })
-}
-
-fn probe_table(p: &Probe, caps: &vdpa_iova_planner::DeviceCaps) -> String {
-    use vdpa_adapter::uapi::backend as b;
-    let names = [
-        (b::IOTLB_MSG_V2, "IOTLB_MSG_V2"),
-        (b::IOTLB_BATCH, "IOTLB_BATCH"),
-        (b::IOTLB_ASID, "IOTLB_ASID"),
-        (b::SUSPEND, "SUSPEND"),
-        (b::RESUME, "RESUME"),
-        (b::ENABLE_AFTER_DRIVER_OK, "ENABLE_AFTER_DRIVER_OK"),
-        (b::DESC_ASID, "DESC_ASID"),
-        (b::IOTLB_PERSIST, "IOTLB_PERSIST"),
-    ];
-    let mut out = format!(
-        "device:          {} (virtio id {}, parent {})\n",
-        p.path.display(),
-        p.device_id,
-        p.parent.as_deref().unwrap_or("unknown")
-    );
-    out += &format!("IOVA range:      [{:#x}, {:#x}]\n", p.range.0, p.range.1);
-    out += &format!(
-        "address spaces:  {}, virtqueues {}, groups {} {:?}\n",
-        p.address_spaces, p.vqs, p.groups, p.vq_groups
-    );
-    out += &format!(
-        "table entries:   {}\n",
-        match p.max_entries {
-            Some(n) if caps.pinning => format!(
-                "at most {n} per address space (vhost_vdpa max_iotlb_entries); a pinned map takes one per physically contiguous run"
-            ),
-            Some(n) => format!("at most {n} per address space (vhost_vdpa max_iotlb_entries)"),
-            None => "no limit".into(),
-        }
-    );
-    out += &format!(
-        "backend features offered {:#x}, acked {:#x}:\n",
-        p.offered, p.acked
-    );
-    for (bit, name) in names {
-        let o = p.offered & (1 << bit) != 0;
-        let a = p.acked & (1 << bit) != 0;
-        out += &format!(
-            "  {name:<24} {}\n",
-            match (o, a) {
-                (true, true) => "offered, acked",
-                (true, false) => "offered, not used",
-                _ => "not offered",
-            }
-        );
-    }
-    out += &format!("planner view:    {}\n", describe(caps));
-    out
 }
 
 fn print_step(i: usize, o: &StepOutcome) {
@@ -502,36 +410,6 @@ fn print_step(i: usize, o: &StepOutcome) {
         o.critical.as_secs_f64() * 1e3,
         o.total.as_secs_f64() * 1e3
     );
-}
-
-/// The JSON document of `apply`: the device, then per step what was sent
-/// and how long the critical phase took.
-fn apply_json(
-    device: &str,
-    caps: &DeviceCaps,
-    kind: StrategyKind,
-    host: Host,
-    steps: &[StepOutcome],
-) -> String {
-    let v = serde_json::json!({
-        "schema_version": SCHEMA_VERSION,
-        "device": device,
-        "device_view": describe(caps),
-        "strategy": format!("{kind:?}").to_lowercase(),
-        "host": host.as_str(),
-        "steps": steps.iter().map(|o| serde_json::json!({
-            "event": o.event,
-            "messages": o.messages,
-            "critical_messages": o.critical_messages,
-            "pinned_bytes": dec(o.pinned),
-            "critical_pinned_bytes": dec(o.critical_pinned),
-            "critical_ms": o.critical.as_secs_f64() * 1e3,
-            "total_ms": o.total.as_secs_f64() * 1e3,
-        })).collect::<Vec<_>>(),
-    });
-    let mut out = serde_json::to_string_pretty(&v).expect("a JSON value always serializes");
-    out.push('\n');
-    out
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -581,7 +459,7 @@ fn apply_cmd(
         return Ok(if table {
             String::new()
         } else {
-            apply_json("kernel model", &caps, strategy, host, &steps)
+            output::apply_json("kernel model", &caps, strategy, host, &steps)
         });
     }
     let device = device.expect("clap requires --device without --dry-run");
@@ -610,72 +488,8 @@ fn apply_cmd(
     Ok(if table {
         String::new()
     } else {
-        apply_json(&name, &caps, strategy, host, &steps)
+        output::apply_json(&name, &caps, strategy, host, &steps)
     })
-}
-
-/// The JSON document of `bench`: per strategy, each measured window's
-/// critical phase (median, min, max in ms) and what it sent.
-fn bench_json(
-    device: &Path,
-    caps: &DeviceCaps,
-    cfg: &BenchConfig,
-    backing: Backing,
-    rows: &[vdpa_adapter::bench::BenchRow],
-) -> String {
-    let window = |v: &[std::time::Duration]| {
-        let (m, lo, hi) = stats(v);
-        serde_json::json!({
-            "median_ms": m.as_secs_f64() * 1e3,
-            "min_ms": lo.as_secs_f64() * 1e3,
-            "max_ms": hi.as_secs_f64() * 1e3,
-            "runs": v.len(),
-        })
-    };
-    let strategies: Vec<_> = rows
-        .iter()
-        .map(|r| {
-            let mut v = serde_json::json!({
-                "strategy": format!("{:?}", r.strategy).to_lowercase(),
-                "svq_switch": window(&r.switch),
-                "failback": window(&r.failback),
-                "critical_pinned_bytes": {
-                    "svq_switch": dec(r.critical_pinned.0),
-                    "failback": dec(r.critical_pinned.1),
-                },
-            });
-            if cfg.migration {
-                let sent = |(m, p, u): (u64, u64, u64)| {
-                    serde_json::json!({"messages": m, "pinned_bytes": dec(p), "unpinned_bytes": dec(u)})
-                };
-                v["source_stop_and_copy"] = window(&r.stop_and_copy);
-                v["destination_start"] = window(&r.start);
-                v["sent_in_downtime"] = serde_json::json!({
-                    "source_stop_and_copy": sent(r.downtime[0]),
-                    "destination_start": sent(r.downtime[1]),
-                });
-            }
-            v
-        })
-        .collect();
-    let v = serde_json::json!({
-        "schema_version": SCHEMA_VERSION,
-        "device": device.display().to_string(),
-        "device_view": describe(caps),
-        "guest_bytes": dec(cfg.guest_mem),
-        "regions": cfg.regions,
-        "queues": cfg.queues,
-        "repeats": cfg.repeats,
-        "backing": match backing {
-            Backing::Hugepages => "hugepages",
-            Backing::Memfd => "memfd",
-            Backing::Anon => "anon",
-        },
-        "strategies": strategies,
-    });
-    let mut out = serde_json::to_string_pretty(&v).expect("a JSON value always serializes");
-    out.push('\n');
-    out
 }
 
 fn bench_cmd(
@@ -732,87 +546,9 @@ fn bench_cmd(
     }?;
     bar.finish_and_clear();
     if format == Format::Json {
-        return Ok(bench_json(device, &caps, &cfg, backing, &rows));
+        return Ok(output::bench_json(device, &caps, &cfg, backing, &rows));
     }
-    let mut out = format!(
-        "{}: {}\nguest {} in {} region(s) of {}, {} queues, {} repeats; critical phase (device stopped), median [min, max]\n\n",
-        device.display(),
-        describe(&caps),
-        bytes(cfg.guest_mem),
-        cfg.regions,
-        match backing {
-            Backing::Hugepages => format!(
-                "{} huge pages",
-                bytes(vdpa_adapter::host::procfs::huge_page_size())
-            ),
-            Backing::Memfd => "memfd 4 KiB pages".into(),
-            Backing::Anon => "anonymous 4 KiB pages".into(),
-        },
-        cfg.queues,
-        cfg.repeats
-    );
-    out += &format!(
-        "{:<10} | {:>32} | {:>32}\n",
-        "strategy", "svq switch", "failback"
-    );
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    let mut med = Vec::new();
-    for r in &rows {
-        let (sm, s0, s1) = stats(&r.switch);
-        let (fm, f0, f1) = stats(&r.failback);
-        med.push((ms(sm), ms(fm)));
-        out += &format!(
-            "{:<10} | {:>9.3} ms [{:>8.3}, {:>8.3}] | {:>9.3} ms [{:>8.3}, {:>8.3}]   pinned while stopped: {} / {}\n",
-            format!("{:?}", r.strategy).to_lowercase(),
-            ms(sm),
-            ms(s0),
-            ms(s1),
-            ms(fm),
-            ms(f0),
-            ms(f1),
-            bytes(r.critical_pinned.0),
-            bytes(r.critical_pinned.1)
-        );
-    }
-    let ratio = |q: f64, i: f64| {
-        if i == 0.0 {
-            "inf (identity: nothing while stopped)".to_string()
-        } else {
-            format!("{:.1}x", q / i)
-        }
-    };
-    out += &format!(
-        "ratio qemu/identity: switch {}, failback {}\n",
-        ratio(med[1].0, med[0].0),
-        ratio(med[1].1, med[0].1)
-    );
-    if cfg.migration {
-        // A second table: its header line starts with "migration downtime"
-        // so that readers of the first one stop there.
-        out += &format!(
-            "\nmigration downtime (guest paused), median [min, max]\n{:<10} | {:>32} | {:>32}\n",
-            "strategy", "source stop-and-copy", "destination start"
-        );
-        for r in &rows {
-            let (sm, s0, s1) = stats(&r.stop_and_copy);
-            let (dm, d0, d1) = stats(&r.start);
-            let [(cm, cp, cu), (dmsg, dp, du)] = r.downtime;
-            out += &format!(
-                "{:<10} | {:>9.3} ms [{:>8.3}, {:>8.3}] | {:>9.3} ms [{:>8.3}, {:>8.3}]   in the downtime: {cm} msgs, {} pinned, {} unpinned / {dmsg} msgs, {} pinned, {} unpinned\n",
-                format!("{:?}", r.strategy).to_lowercase(),
-                ms(sm),
-                ms(s0),
-                ms(s1),
-                ms(dm),
-                ms(d0),
-                ms(d1),
-                bytes(cp),
-                bytes(cu),
-                bytes(dp),
-                bytes(du)
-            );
-        }
-    }
+    let out = output::bench_table(device, &caps, &cfg, backing, &rows);
     drop(svq);
     drop(guest);
     Ok(out)
@@ -899,7 +635,10 @@ fn main() -> ExitCode {
             svg,
         } => plan(scenario, strategy, format, svg.as_deref()),
         Cmd::Probe { device, format } => probe_cmd(&device, format),
-        Cmd::List { format } => Ok(list_cmd(format)),
+        Cmd::List { format } => Ok(output::list(
+            &vdpa_adapter::host::sysfs::vdpa_devices(),
+            format == Format::Json,
+        )),
         Cmd::Show { device, format } => show_cmd(&device, format),
         Cmd::Apply {
             scenario,

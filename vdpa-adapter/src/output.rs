@@ -1,0 +1,296 @@
+//! What the CLI prints, apart from `plan`'s tables ([`crate::report`]):
+//! `probe`, `apply`, `bench` and `list`, as text and as JSON
+//! (`schema_version` [`SCHEMA_VERSION`]).
+
+use std::path::Path;
+
+use serde_json::json;
+use vdpa_iova_planner::DeviceCaps;
+
+use crate::bench::{stats, BenchConfig, BenchRow};
+use crate::device::Probe;
+use crate::host::sysfs::VdpaDevice;
+use crate::memory::Backing;
+use crate::report::{bytes, dec, describe, SCHEMA_VERSION};
+use crate::runner::StrategyKind;
+use crate::scenario::Host;
+use crate::session::StepOutcome;
+
+/// The text of `probe`: what the device offers and what the planner sees.
+pub fn probe_table(p: &Probe, caps: &DeviceCaps) -> String {
+    use crate::uapi::backend as b;
+    let names = [
+        (b::IOTLB_MSG_V2, "IOTLB_MSG_V2"),
+        (b::IOTLB_BATCH, "IOTLB_BATCH"),
+        (b::IOTLB_ASID, "IOTLB_ASID"),
+        (b::SUSPEND, "SUSPEND"),
+        (b::RESUME, "RESUME"),
+        (b::ENABLE_AFTER_DRIVER_OK, "ENABLE_AFTER_DRIVER_OK"),
+        (b::DESC_ASID, "DESC_ASID"),
+        (b::IOTLB_PERSIST, "IOTLB_PERSIST"),
+    ];
+    let mut out = format!(
+        "device:          {} (virtio id {}, parent {})\n",
+        p.path.display(),
+        p.device_id,
+        p.parent.as_deref().unwrap_or("unknown")
+    );
+    out += &format!("IOVA range:      [{:#x}, {:#x}]\n", p.range.0, p.range.1);
+    out += &format!(
+        "address spaces:  {}, virtqueues {}, groups {} {:?}\n",
+        p.address_spaces, p.vqs, p.groups, p.vq_groups
+    );
+    out += &format!(
+        "table entries:   {}\n",
+        match p.max_entries {
+            Some(n) if caps.pinning => format!(
+                "at most {n} per address space (vhost_vdpa max_iotlb_entries); a pinned map takes one per physically contiguous run"
+            ),
+            Some(n) => format!("at most {n} per address space (vhost_vdpa max_iotlb_entries)"),
+            None => "no limit".into(),
+        }
+    );
+    out += &format!(
+        "backend features offered {:#x}, acked {:#x}:\n",
+        p.offered, p.acked
+    );
+    for (bit, name) in names {
+        let o = p.offered & (1 << bit) != 0;
+        let a = p.acked & (1 << bit) != 0;
+        out += &format!(
+            "  {name:<24} {}\n",
+            match (o, a) {
+                (true, true) => "offered, acked",
+                (true, false) => "offered, not used",
+                _ => "not offered",
+            }
+        );
+    }
+    out += &format!("planner view:    {}\n", describe(caps));
+    out
+}
+
+/// The JSON document of `apply`: the device, then per step what was sent
+/// and how long the critical phase took.
+pub fn apply_json(
+    device: &str,
+    caps: &DeviceCaps,
+    kind: StrategyKind,
+    host: Host,
+    steps: &[StepOutcome],
+) -> String {
+    let v = json!({
+        "schema_version": SCHEMA_VERSION,
+        "device": device,
+        "device_view": describe(caps),
+        "strategy": format!("{kind:?}").to_lowercase(),
+        "host": host.as_str(),
+        "steps": steps.iter().map(|o| json!({
+            "event": o.event,
+            "messages": o.messages,
+            "critical_messages": o.critical_messages,
+            "pinned_bytes": dec(o.pinned),
+            "critical_pinned_bytes": dec(o.critical_pinned),
+            "critical_ms": o.critical.as_secs_f64() * 1e3,
+            "total_ms": o.total.as_secs_f64() * 1e3,
+        })).collect::<Vec<_>>(),
+    });
+    let mut out = serde_json::to_string_pretty(&v).expect("a JSON value always serializes");
+    out.push('\n');
+    out
+}
+
+/// The JSON document of `bench`: per strategy, each measured window's
+/// critical phase (median, min, max in ms) and what it sent.
+pub fn bench_json(
+    device: &Path,
+    caps: &DeviceCaps,
+    cfg: &BenchConfig,
+    backing: Backing,
+    rows: &[crate::bench::BenchRow],
+) -> String {
+    let window = |v: &[std::time::Duration]| {
+        let (m, lo, hi) = stats(v);
+        json!({
+            "median_ms": m.as_secs_f64() * 1e3,
+            "min_ms": lo.as_secs_f64() * 1e3,
+            "max_ms": hi.as_secs_f64() * 1e3,
+            "runs": v.len(),
+        })
+    };
+    let strategies: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let mut v = json!({
+                "strategy": format!("{:?}", r.strategy).to_lowercase(),
+                "svq_switch": window(&r.switch),
+                "failback": window(&r.failback),
+                "critical_pinned_bytes": {
+                    "svq_switch": dec(r.critical_pinned.0),
+                    "failback": dec(r.critical_pinned.1),
+                },
+            });
+            if cfg.migration {
+                let sent = |(m, p, u): (u64, u64, u64)| {
+                    json!({"messages": m, "pinned_bytes": dec(p), "unpinned_bytes": dec(u)})
+                };
+                v["source_stop_and_copy"] = window(&r.stop_and_copy);
+                v["destination_start"] = window(&r.start);
+                v["sent_in_downtime"] = json!({
+                    "source_stop_and_copy": sent(r.downtime[0]),
+                    "destination_start": sent(r.downtime[1]),
+                });
+            }
+            v
+        })
+        .collect();
+    let v = json!({
+        "schema_version": SCHEMA_VERSION,
+        "device": device.display().to_string(),
+        "device_view": describe(caps),
+        "guest_bytes": dec(cfg.guest_mem),
+        "regions": cfg.regions,
+        "queues": cfg.queues,
+        "repeats": cfg.repeats,
+        "backing": match backing {
+            Backing::Hugepages => "hugepages",
+            Backing::Memfd => "memfd",
+            Backing::Anon => "anon",
+        },
+        "strategies": strategies,
+    });
+    let mut out = serde_json::to_string_pretty(&v).expect("a JSON value always serializes");
+    out.push('\n');
+    out
+}
+
+/// The text of `bench`: the SVQ switch and failback table, and with
+/// `migration` the downtime table (its header line starts with "migration
+/// downtime", where readers of the first table stop).
+pub fn bench_table(
+    device: &Path,
+    caps: &DeviceCaps,
+    cfg: &BenchConfig,
+    backing: Backing,
+    rows: &[BenchRow],
+) -> String {
+    let mut out = format!(
+        "{}: {}\nguest {} in {} region(s) of {}, {} queues, {} repeats; critical phase (device stopped), median [min, max]\n\n",
+        device.display(),
+        describe(caps),
+        bytes(cfg.guest_mem),
+        cfg.regions,
+        match backing {
+            Backing::Hugepages => format!(
+                "{} huge pages",
+                bytes(crate::host::procfs::huge_page_size())
+            ),
+            Backing::Memfd => "memfd 4 KiB pages".into(),
+            Backing::Anon => "anonymous 4 KiB pages".into(),
+        },
+        cfg.queues,
+        cfg.repeats
+    );
+    out += &format!(
+        "{:<10} | {:>32} | {:>32}\n",
+        "strategy", "svq switch", "failback"
+    );
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let mut med = Vec::new();
+    for r in rows {
+        let (sm, s0, s1) = stats(&r.switch);
+        let (fm, f0, f1) = stats(&r.failback);
+        med.push((ms(sm), ms(fm)));
+        out += &format!(
+            "{:<10} | {:>9.3} ms [{:>8.3}, {:>8.3}] | {:>9.3} ms [{:>8.3}, {:>8.3}]   pinned while stopped: {} / {}\n",
+            format!("{:?}", r.strategy).to_lowercase(),
+            ms(sm),
+            ms(s0),
+            ms(s1),
+            ms(fm),
+            ms(f0),
+            ms(f1),
+            bytes(r.critical_pinned.0),
+            bytes(r.critical_pinned.1)
+        );
+    }
+    let ratio = |q: f64, i: f64| {
+        if i == 0.0 {
+            "inf (identity: nothing while stopped)".to_string()
+        } else {
+            format!("{:.1}x", q / i)
+        }
+    };
+    out += &format!(
+        "ratio qemu/identity: switch {}, failback {}\n",
+        ratio(med[1].0, med[0].0),
+        ratio(med[1].1, med[0].1)
+    );
+    if cfg.migration {
+        // A second table: its header line starts with "migration downtime"
+        // so that readers of the first one stop there.
+        out += &format!(
+            "\nmigration downtime (guest paused), median [min, max]\n{:<10} | {:>32} | {:>32}\n",
+            "strategy", "source stop-and-copy", "destination start"
+        );
+        for r in rows {
+            let (sm, s0, s1) = stats(&r.stop_and_copy);
+            let (dm, d0, d1) = stats(&r.start);
+            let [(cm, cp, cu), (dmsg, dp, du)] = r.downtime;
+            out += &format!(
+                "{:<10} | {:>9.3} ms [{:>8.3}, {:>8.3}] | {:>9.3} ms [{:>8.3}, {:>8.3}]   in the downtime: {cm} msgs, {} pinned, {} unpinned / {dmsg} msgs, {} pinned, {} unpinned\n",
+                format!("{:?}", r.strategy).to_lowercase(),
+                ms(sm),
+                ms(s0),
+                ms(s1),
+                ms(dm),
+                ms(d0),
+                ms(d1),
+                bytes(cp),
+                bytes(cu),
+                bytes(dp),
+                bytes(du)
+            );
+        }
+    }
+    out
+}
+
+/// The text or JSON of `list`.
+pub fn list(devs: &[VdpaDevice], json: bool) -> String {
+    match json {
+        true => {
+            let v = json!({
+                "schema_version": SCHEMA_VERSION,
+                "devices": devs.iter().map(|d| json!({
+                    "name": d.name,
+                    "node": d.node.as_ref().map(|n| format!("/dev/{n}")),
+                    "driver": d.driver,
+                    "parent": d.parent,
+                })).collect::<Vec<_>>(),
+            });
+            let mut out = serde_json::to_string_pretty(&v).expect("serializes");
+            out.push('\n');
+            out
+        }
+        false => {
+            if devs.is_empty() {
+                return "no vDPA device (none under /sys/bus/vdpa/devices)\n".into();
+            }
+            let mut out = format!(
+                "{:<12} {:<22} {:<14} {}\n",
+                "name", "node", "driver", "parent"
+            );
+            for d in devs {
+                out += &format!(
+                    "{:<12} {:<22} {:<14} {}\n",
+                    d.name,
+                    d.node.as_ref().map_or("-".into(), |n| format!("/dev/{n}")),
+                    d.driver.as_deref().unwrap_or("-"),
+                    d.parent.as_deref().unwrap_or("unknown")
+                );
+            }
+            out
+        }
+    }
+}
