@@ -294,3 +294,186 @@ pub fn list(devs: &[VdpaDevice], json: bool) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use vdpa_iova_planner::MapStyle;
+
+    use super::*;
+
+    fn probe() -> Probe {
+        Probe {
+            path: "/dev/vhost-vdpa-0".into(),
+            device_id: 1,
+            offered: (1 << 1) | (1 << 2) | (1 << 3) | (1 << 8),
+            acked: (1 << 1) | (1 << 2),
+            range: (0, u64::MAX),
+            address_spaces: 2,
+            vqs: 3,
+            groups: 2,
+            vq_groups: vec![0, 0, 1],
+            parent: Some("vdpa_sim".into()),
+            max_entries: Some(2048),
+            map_style: MapStyle::SetMap,
+        }
+    }
+
+    fn rows() -> Vec<BenchRow> {
+        let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect();
+        vec![
+            BenchRow {
+                strategy: StrategyKind::Identity,
+                switch: ms(&[0, 0, 0]),
+                failback: ms(&[0, 0, 0]),
+                critical_pinned: (0, 0),
+                stop_and_copy: ms(&[0, 0, 0]),
+                start: ms(&[0, 0, 0]),
+                downtime: [(0, 0, 0); 2],
+            },
+            BenchRow {
+                strategy: StrategyKind::Qemu,
+                switch: ms(&[30, 10, 20]),
+                failback: ms(&[12, 14, 16]),
+                critical_pinned: (1 << 30, 1 << 30),
+                stop_and_copy: ms(&[5, 7, 6]),
+                start: ms(&[40, 20, 30]),
+                downtime: [(9, 0, 1 << 30), (3, 1 << 30, 0)],
+            },
+        ]
+    }
+
+    fn cfg(migration: bool) -> BenchConfig {
+        BenchConfig {
+            guest_mem: 1 << 30,
+            queues: 3,
+            regions: 1,
+            repeats: 3,
+            migration,
+        }
+    }
+
+    /// The probe's text names every fact, backend features by name with
+    /// what was offered and acked.
+    #[test]
+    fn probe_text_names_every_fact() {
+        let p = probe();
+        let caps = p.caps(true).unwrap();
+        let t = probe_table(&p, &caps);
+        for want in [
+            "/dev/vhost-vdpa-0",
+            "parent",
+            "vdpa_sim",
+            "[0x0, 0xffffffffffffffff]",
+            "at most 2048 per address space",
+            "IOTLB_MSG_V2             offered, acked",
+            "IOTLB_BATCH              offered, acked",
+            "IOTLB_ASID               offered, not used",
+            "IOTLB_PERSIST            offered, not used",
+            "SUSPEND                  not offered",
+            "planner view:",
+        ] {
+            assert!(t.contains(want), "{want:?} missing from:\n{t}");
+        }
+    }
+
+    /// The bench's text: medians, spreads, pinned bytes and the ratio of
+    /// the two strategies, and the downtime table only with `migration`.
+    #[test]
+    fn bench_text_gives_medians_spreads_and_ratios() {
+        let rows = rows();
+        let t = bench_table(
+            Path::new("/dev/vhost-vdpa-0"),
+            &DeviceCaps::default(),
+            &cfg(false),
+            Backing::Memfd,
+            &rows,
+        );
+        assert!(
+            t.contains("guest 1 GiB in 1 region(s) of memfd 4 KiB pages, 3 queues, 3 repeats"),
+            "{t}"
+        );
+        assert!(t.contains("qemu       |    20.000 ms [  10.000,   30.000] |    14.000 ms [  12.000,   16.000]   pinned while stopped: 1 GiB / 1 GiB"), "{t}");
+        assert!(
+            t.contains(
+                "ratio qemu/identity: switch inf (identity: nothing while stopped), failback inf"
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("migration downtime"));
+        let t = bench_table(
+            Path::new("/dev/vhost-vdpa-0"),
+            &DeviceCaps::default(),
+            &cfg(true),
+            Backing::Hugepages,
+            &rows,
+        );
+        assert!(
+            t.contains("migration downtime (guest paused), median [min, max]"),
+            "{t}"
+        );
+        assert!(t.contains("qemu       |     6.000 ms [   5.000,    7.000] |    30.000 ms [  20.000,   40.000]   in the downtime: 9 msgs, 0 B pinned, 1 GiB unpinned / 3 msgs, 1 GiB pinned, 0 B unpinned"), "{t}");
+        assert!(t.contains("huge pages"), "{t}");
+    }
+
+    /// The bench's JSON: every window's median, min and max, and what each
+    /// downtime window sent, 64-bit byte counts as strings.
+    #[test]
+    fn bench_json_carries_every_window() {
+        let j: serde_json::Value = serde_json::from_str(&bench_json(
+            Path::new("/dev/vhost-vdpa-0"),
+            &DeviceCaps::default(),
+            &cfg(true),
+            Backing::Anon,
+            &rows(),
+        ))
+        .unwrap();
+        assert_eq!(j["schema_version"], SCHEMA_VERSION);
+        assert_eq!(j["backing"], "anon");
+        assert_eq!(j["guest_bytes"], "1073741824");
+        let q = &j["strategies"][1];
+        assert_eq!(q["strategy"], "qemu");
+        assert_eq!(q["svq_switch"]["median_ms"], 20.0);
+        assert_eq!(q["svq_switch"]["min_ms"], 10.0);
+        assert_eq!(q["svq_switch"]["max_ms"], 30.0);
+        assert_eq!(q["svq_switch"]["runs"], 3);
+        assert_eq!(q["critical_pinned_bytes"]["failback"], "1073741824");
+        assert_eq!(q["destination_start"]["median_ms"], 30.0);
+        assert_eq!(q["sent_in_downtime"]["source_stop_and_copy"]["messages"], 9);
+        assert_eq!(
+            q["sent_in_downtime"]["destination_start"]["pinned_bytes"],
+            "1073741824"
+        );
+        let no_migration: serde_json::Value = serde_json::from_str(&bench_json(
+            Path::new("/dev/vhost-vdpa-0"),
+            &DeviceCaps::default(),
+            &cfg(false),
+            Backing::Memfd,
+            &rows(),
+        ))
+        .unwrap();
+        assert!(no_migration["strategies"][1]["destination_start"].is_null());
+        assert_eq!(no_migration["backing"], "memfd");
+    }
+
+    /// `list`'s text and JSON.
+    #[test]
+    fn list_shows_every_device() {
+        let devs = vec![VdpaDevice {
+            name: "vdpa0".into(),
+            driver: Some("vhost_vdpa".into()),
+            node: Some("vhost-vdpa-0".into()),
+            parent: Some("mlx5_core".into()),
+        }];
+        let t = list(&devs, false);
+        assert!(
+            t.contains("vdpa0        /dev/vhost-vdpa-0      vhost_vdpa     mlx5_core"),
+            "{t}"
+        );
+        let j: serde_json::Value = serde_json::from_str(&list(&devs, true)).unwrap();
+        assert_eq!(j["devices"][0]["node"], "/dev/vhost-vdpa-0");
+        assert_eq!(j["devices"][0]["parent"], "mlx5_core");
+        assert!(list(&[], false).starts_with("no vDPA device"));
+    }
+}
