@@ -134,6 +134,11 @@ enum Cmd {
         /// Which host of the scenario's migration this device plays.
         #[arg(long, value_enum, default_value_t = HostArg::Source)]
         host: HostArg,
+        /// Do not ack VHOST_BACKEND_F_IOTLB_PERSIST even when the device
+        /// offers it: a reset then makes a set_map or dma_map device forget
+        /// its maps, and the planner restores them (as QEMU always runs).
+        #[arg(long)]
+        no_persist: bool,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -421,6 +426,7 @@ fn apply_cmd(
     strategy: StrategyKind,
     pinning: Option<bool>,
     host: Host,
+    no_persist: bool,
     format: Format,
 ) -> Result<String, AdapterError> {
     let (scn, origin) = read_scenario(scenario)?;
@@ -467,7 +473,12 @@ fn apply_cmd(
     // 64 GiB scenario on a smaller host is refused here, not by the OOM killer.
     HostMemory::new(Some(backing)).check_room(scn.steps_on(host))?;
     let mut d = VhostVdpa::open(device)?;
-    let p = d.probe()?;
+    let withheld = if no_persist {
+        1 << vdpa_adapter::uapi::backend::IOTLB_PERSIST
+    } else {
+        0
+    };
+    let p = d.probe_without(withheld)?;
     let caps = p.caps(pinning.unwrap_or_else(|| p.pins_memory()))?;
     if table {
         outln!("{}: {}", device.display(), describe(&caps));
@@ -648,6 +659,7 @@ fn main() -> ExitCode {
             strategy,
             pinning,
             host,
+            no_persist,
             format,
         } => apply_cmd(
             &scenario,
@@ -657,6 +669,7 @@ fn main() -> ExitCode {
             strategy,
             pinning,
             host.into(),
+            no_persist,
             format,
         ),
         Cmd::Bench {
