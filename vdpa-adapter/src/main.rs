@@ -417,6 +417,16 @@ fn print_step(i: usize, o: &StepOutcome) {
     );
 }
 
+/// The backend features `apply` must not ack: IOTLB_PERSIST with
+/// `--no-persist`.
+fn withheld_features(no_persist: bool) -> u64 {
+    if no_persist {
+        1 << vdpa_adapter::uapi::backend::IOTLB_PERSIST
+    } else {
+        0
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn apply_cmd(
     scenario: &Path,
@@ -473,12 +483,7 @@ fn apply_cmd(
     // 64 GiB scenario on a smaller host is refused here, not by the OOM killer.
     HostMemory::new(Some(backing)).check_room(scn.steps_on(host))?;
     let mut d = VhostVdpa::open(device)?;
-    let withheld = if no_persist {
-        1 << vdpa_adapter::uapi::backend::IOTLB_PERSIST
-    } else {
-        0
-    };
-    let p = d.probe_without(withheld)?;
+    let p = d.probe_without(withheld_features(no_persist))?;
     let caps = p.caps(pinning.unwrap_or_else(|| p.pins_memory()))?;
     if table {
         outln!("{}: {}", device.display(), describe(&caps));
@@ -736,5 +741,17 @@ fn main() -> ExitCode {
             }
             ExitCode::from(e.exit_code() as u8)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--no-persist` withholds exactly VHOST_BACKEND_F_IOTLB_PERSIST (bit 8).
+    #[test]
+    fn no_persist_withholds_the_persist_bit_only() {
+        assert_eq!(withheld_features(true), 0x100);
+        assert_eq!(withheld_features(false), 0);
     }
 }
