@@ -272,3 +272,126 @@ pub(crate) fn plan_with_unpins(
     let cost = Cost::of_with(&ops, caps.pinning, unpinned);
     Plan { ops, cost }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::{Hva, Span};
+
+    /// Rule: each message kind has the lower-case name the JSON output uses.
+    #[test]
+    fn op_kinds_have_their_json_names() {
+        let iova = Span::trusted(0x1000, 0x1000);
+        assert_eq!(OpKind::BatchBegin.as_str(), "batch_begin");
+        assert_eq!(OpKind::BatchEnd.as_str(), "batch_end");
+        assert_eq!(
+            OpKind::Update {
+                iova,
+                hva: Hva(0x7000),
+                perm: Perm::Rw
+            }
+            .as_str(),
+            "update"
+        );
+        assert_eq!(OpKind::Invalidate { iova }.as_str(), "invalidate");
+    }
+
+    /// Rule: adding two costs adds every field.
+    #[test]
+    fn costs_add_field_by_field() {
+        let a = Cost {
+            pinned_bytes: 1,
+            critical_pinned_bytes: 2,
+            unpinned_bytes: 3,
+            critical_unpinned_bytes: 4,
+            messages: 5,
+            critical_messages: 6,
+            critical_batch_ends: 7,
+        };
+        let b = Cost {
+            pinned_bytes: 10,
+            critical_pinned_bytes: 20,
+            unpinned_bytes: 30,
+            critical_unpinned_bytes: 40,
+            messages: 50,
+            critical_messages: 60,
+            critical_batch_ends: 70,
+        };
+        assert_eq!(
+            a.add(&b),
+            Cost {
+                pinned_bytes: 11,
+                critical_pinned_bytes: 22,
+                unpinned_bytes: 33,
+                critical_unpinned_bytes: 44,
+                messages: 55,
+                critical_messages: 66,
+                critical_batch_ends: 77,
+            }
+        );
+        let max = Cost {
+            pinned_bytes: u64::MAX,
+            ..Cost::default()
+        };
+        assert_eq!(max.add(&a).pinned_bytes, u64::MAX, "byte counts saturate");
+    }
+
+    /// Rule: a plan is empty exactly when it has no operation, and
+    /// `into_ops` gives its operations in order.
+    #[test]
+    fn plans_know_their_operations() {
+        assert!(Plan::default().is_empty());
+        let mut b = PlanBuilder::new();
+        b.invalidate(Phase::Critical, 0, Span::trusted(0x1000, 0x1000));
+        b.update(
+            Phase::Prepare,
+            0,
+            Span::trusted(0x2000, 0x1000),
+            Hva(0x7000),
+            Perm::Ro,
+        );
+        let plan = b.finish(&DeviceCaps {
+            batching: false,
+            ..DeviceCaps::default()
+        });
+        assert!(!plan.is_empty());
+        let ops = plan.clone().into_ops();
+        assert_eq!(ops.len(), 2);
+        assert_eq!(ops[0].phase, Phase::Prepare, "ordered by phase");
+        assert_eq!(ops, plan.ops());
+    }
+
+    /// Rule: on a batching device each run of two or more ops of one phase
+    /// and address space is wrapped in one batch; a single op never is.
+    #[test]
+    fn runs_are_batched_and_single_ops_are_not() {
+        let mut b = PlanBuilder::new();
+        for i in 0..3u64 {
+            b.update(
+                Phase::Prepare,
+                0,
+                Span::trusted(0x1000 * (i + 1), 0x1000),
+                Hva(0x7000),
+                Perm::Rw,
+            );
+        }
+        b.invalidate(Phase::Critical, 0, Span::trusted(0x9000, 0x1000));
+        let kinds: Vec<&str> = b
+            .finish(&DeviceCaps::default())
+            .ops()
+            .iter()
+            .map(|o| o.kind.as_str())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "batch_begin",
+                "update",
+                "update",
+                "update",
+                "batch_end",
+                "invalidate"
+            ]
+        );
+    }
+}
