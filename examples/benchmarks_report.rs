@@ -261,11 +261,10 @@ fn rig_rows(text: &str) -> (Vec<RigRow>, Vec<RigRow>) {
     (out, downtime)
 }
 
-/// The rig's downtime rows as a Markdown table.
-fn downtime_table(rows: &[RigRow]) -> String {
-    let mut t = String::from(
-        "| guest | strategy | source stop-and-copy, ms: median [min, max] | destination start, ms: median [min, max] | sent inside the downtime (stop-and-copy / start) |\n|---|---|---|---|---|\n",
-    );
+/// The rig's rows as a Markdown table whose header is `head` (the columns
+/// after guest and strategy).
+fn rows_table(head: &str, rows: &[RigRow]) -> String {
+    let mut t = format!("| guest | strategy | {head} |\n|---|---|---|---|---|\n");
     let ms = |c: &[f64; 3]| format!("{:.1} [{:.1}, {:.1}]", c[0], c[1], c[2]);
     for r in rows {
         let _ = writeln!(
@@ -281,24 +280,14 @@ fn downtime_table(rows: &[RigRow]) -> String {
     t
 }
 
-/// The rig's rows as a Markdown table.
+/// The rig's switch and failback rows.
 fn rig_table(rows: &[RigRow]) -> String {
-    let mut t = String::from(
-        "| guest | strategy | SVQ switch, ms: median [min, max] | failback, ms: median [min, max] | pinned while stopped (switch / failback) |\n|---|---|---|---|---|\n",
-    );
-    let ms = |c: &[f64; 3]| format!("{:.1} [{:.1}, {:.1}]", c[0], c[1], c[2]);
-    for r in rows {
-        let _ = writeln!(
-            t,
-            "| {} | {} | {} | {} | {} |",
-            r.guest,
-            r.strategy,
-            ms(&r.switch),
-            ms(&r.failback),
-            r.pinned
-        );
-    }
-    t
+    rows_table("SVQ switch, ms: median [min, max] | failback, ms: median [min, max] | pinned while stopped (switch / failback)", rows)
+}
+
+/// The rig's downtime rows.
+fn downtime_table(rows: &[RigRow]) -> String {
+    rows_table("source stop-and-copy, ms: median [min, max] | destination start, ms: median [min, max] | sent inside the downtime (stop-and-copy / start)", rows)
 }
 
 /// Published figures for QEMU on hardware (`../shared/docs/qemu-today.md`):

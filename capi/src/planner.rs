@@ -689,7 +689,35 @@ pub unsafe extern "C" fn vdpa_iova_buffer_entries(
     cap: usize,
     n: *mut usize,
 ) -> c_int {
-    guard("vdpa_iova_buffer_entries", || {
+    // SAFETY: as this function's contract.
+    unsafe {
+        copy_entries(
+            "vdpa_iova_buffer_entries",
+            "the buffer entries",
+            planner,
+            entries,
+            cap,
+            n,
+            |s| s.buffer_entries(),
+        )
+    }
+}
+
+/// The body of the entry listings: `list`'s entries of a live planner,
+/// sorted by address space and IOVA, copied into the caller's array.
+///
+/// # Safety
+/// As [`vdpa_iova_mapped`].
+unsafe fn copy_entries(
+    func: &'static str,
+    what: &'static str,
+    planner: *const vdpa_iova_planner,
+    entries: *mut vdpa_iova_entry,
+    cap: usize,
+    n: *mut usize,
+    list: impl Fn(&(dyn Strategy + Send)) -> Vec<(u32, ::vdpa_iova_planner::Entry)>,
+) -> c_int {
+    guard(func, || {
         // SAFETY: the caller promises a non-NULL n is writable.
         let n = unsafe { as_mut(n, "n") }?;
         *n = 0;
@@ -698,11 +726,11 @@ pub unsafe extern "C" fn vdpa_iova_buffer_entries(
         if cap > 0 && entries.is_null() {
             return Err(Error::null("entries"));
         }
-        let mut m = p.inner.buffer_entries();
+        let mut m = list(p.inner.as_ref());
         m.sort_by_key(|(asid, e)| (*asid, e.iova.first().0));
         if m.len() > cap {
             *n = m.len();
-            return Err(Error::no_bufs("the buffer entries", m.len(), cap));
+            return Err(Error::no_bufs(what, m.len(), cap));
         }
         let items = m.iter().map(|(asid, e)| crate::types::entry(*asid, e));
         // SAFETY: the caller promises cap writable entries at a non-NULL entries.
@@ -790,27 +818,18 @@ pub unsafe extern "C" fn vdpa_iova_mapped(
     cap: usize,
     n: *mut usize,
 ) -> c_int {
-    guard("vdpa_iova_mapped", || {
-        // SAFETY: the caller promises a non-NULL n is writable.
-        let n = unsafe { as_mut(n, "n") }?;
-        *n = 0;
-        // SAFETY: the caller promises a live planner.
-        let p = unsafe { live(planner) }?;
-        if cap > 0 && entries.is_null() {
-            return Err(Error::null("entries"));
-        }
-        let mut m = p.inner.mapped();
-        m.sort_by_key(|(asid, e)| (*asid, e.iova.first().0));
-        if m.len() > cap {
-            *n = m.len();
-            return Err(Error::no_bufs("the mapped entries", m.len(), cap));
-        }
-        let items = m.iter().map(|(asid, e)| crate::types::entry(*asid, e));
-        // SAFETY: the caller promises cap writable entries at a non-NULL entries.
-        unsafe { fill(entries, cap, "entries", items) }?;
-        *n = m.len();
-        Ok(0)
-    })
+    // SAFETY: as this function's contract.
+    unsafe {
+        copy_entries(
+            "vdpa_iova_mapped",
+            "the mapped entries",
+            planner,
+            entries,
+            cap,
+            n,
+            |s| s.mapped(),
+        )
+    }
 }
 
 /// Bytes of host memory the shadow vrings of `config` take at `config->hva`

@@ -34,6 +34,26 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// A strategy's column heading in the critical-phase tables.
+fn critical_head(strategy: &str) -> String {
+    format!(
+        " | {:>9} {:>15} {:>15}",
+        format!("{strategy} ops"),
+        "pinned",
+        "unpinned"
+    )
+}
+
+/// A cost's cell in the critical-phase tables: messages, pinned, unpinned.
+fn critical_cell(c: &vdpa_iova_planner::Cost) -> String {
+    format!(
+        " | {:>9} {:>15} {:>15}",
+        c.critical_messages,
+        bytes(c.critical_pinned_bytes),
+        bytes(c.critical_unpinned_bytes)
+    )
+}
+
 fn ratio(ours: u64, theirs: u64) -> String {
     match (ours, theirs) {
         (0, 0) => "-".to_string(),
@@ -84,13 +104,7 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
     let _ = writeln!(out);
     let mut head = format!("{:<4} {:<4} {:<12}", "step", "host", "event");
     for r in runs {
-        let _ = write!(
-            head,
-            " | {:>9} {:>15} {:>15}",
-            format!("{} ops", r.strategy),
-            "pinned",
-            "unpinned"
-        );
+        head.push_str(&critical_head(r.strategy));
     }
     let _ = write!(head, " | {:>9}", "ratio");
     let _ = writeln!(out, "{head}");
@@ -111,13 +125,7 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
             match r.steps.get(i) {
                 Some(s) => {
                     let c = &s.cost;
-                    let _ = write!(
-                        line,
-                        " | {:>9} {:>15} {:>15}",
-                        c.critical_messages,
-                        bytes(c.critical_pinned_bytes),
-                        bytes(c.critical_unpinned_bytes)
-                    );
+                    line.push_str(&critical_cell(c));
                 }
                 None => {
                     let at_stop = r.stopped.as_ref().is_some_and(|st| st.step == i);
@@ -143,13 +151,7 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
     };
     for r in runs {
         let c = sum(r);
-        let _ = write!(
-            tot,
-            " | {:>9} {:>15} {:>15}",
-            c.critical_messages,
-            bytes(c.critical_pinned_bytes),
-            bytes(c.critical_unpinned_bytes)
-        );
+        tot.push_str(&critical_cell(&c));
     }
     let _ = write!(
         tot,
@@ -247,13 +249,7 @@ fn downtime_table(runs: &[RunReport]) -> String {
     );
     let mut head = format!("{:<22}", "window");
     for r in runs {
-        let _ = write!(
-            head,
-            " | {:>9} {:>15} {:>15}",
-            format!("{} ops", r.strategy),
-            "pinned",
-            "unpinned"
-        );
+        head.push_str(&critical_head(r.strategy));
     }
     let _ = writeln!(out, "{head}");
     let _ = writeln!(out, "{}", "-".repeat(head.len()));
@@ -264,13 +260,7 @@ fn downtime_table(runs: &[RunReport]) -> String {
             match cost(r, host, event) {
                 Some(c) => {
                     *t = t.add(&c);
-                    let _ = write!(
-                        line,
-                        " | {:>9} {:>15} {:>15}",
-                        c.critical_messages,
-                        bytes(c.critical_pinned_bytes),
-                        bytes(c.critical_unpinned_bytes)
-                    );
+                    line.push_str(&critical_cell(&c));
                 }
                 None => {
                     let _ = write!(line, " | {:>41}", "-");
@@ -281,13 +271,7 @@ fn downtime_table(runs: &[RunReport]) -> String {
     }
     let mut line = format!("{:<22}", "total");
     for c in &totals {
-        let _ = write!(
-            line,
-            " | {:>9} {:>15} {:>15}",
-            c.critical_messages,
-            bytes(c.critical_pinned_bytes),
-            bytes(c.critical_unpinned_bytes)
-        );
+        line.push_str(&critical_cell(c));
     }
     let _ = writeln!(out, "{line}");
     let _ = writeln!(out);

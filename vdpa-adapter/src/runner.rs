@@ -199,13 +199,13 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
             }
             Err(StepError::Layout(e)) => return Err(layout_error(file, i, &ev, s.name(), e)),
             Err(StepError::Shape(e)) => {
-                return Err(AdapterError::Layout {
-                    file: file.to_string(),
-                    step: i,
-                    event: ev.name(),
-                    strategy: s.name().to_string(),
-                    what: format!("malformed plan: {e}"),
-                })
+                return Err(layout_error(
+                    file,
+                    i,
+                    &ev,
+                    s.name(),
+                    format!("malformed plan: {e}"),
+                ))
             }
         };
         let (plan, outcome, rep) = (step.plan, step.outcome, step.layout);

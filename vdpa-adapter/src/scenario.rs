@@ -444,7 +444,7 @@ pub(crate) fn layout_error(
     step: usize,
     ev: &Event,
     strategy: &str,
-    e: vdpa_iova_planner::layout::LayoutError,
+    e: impl fmt::Display,
 ) -> AdapterError {
     AdapterError::Layout {
         file: file.to_string(),

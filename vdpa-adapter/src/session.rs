@@ -303,13 +303,13 @@ pub fn run_on_device<D: MsgSink>(
             }
             Err(StepError::Layout(e)) => return Err(layout_error(file, i, &ev, s.name(), e)),
             Err(StepError::Shape(e)) => {
-                return Err(AdapterError::Layout {
-                    file: file.to_string(),
-                    step: i,
-                    event: ev.name(),
-                    strategy: s.name().to_string(),
-                    what: format!("malformed plan: {e}"),
-                })
+                return Err(layout_error(
+                    file,
+                    i,
+                    &ev,
+                    s.name(),
+                    format!("malformed plan: {e}"),
+                ))
             }
         };
         let (plan, rep) = (step.plan, step.outcome);

@@ -251,6 +251,20 @@ impl SvqState {
         purpose: &'static str,
     ) -> Result<u64, PlanError> {
         let size = self.bufs[idx as usize].size;
+        let f = self.place_block(size, purpose, |last| SvqEntry::Buffer { idx, last })?;
+        set_slot(&mut self.buf_iovas, idx, f);
+        Ok(f)
+    }
+
+    /// Allocates `size` bytes for a vring block or host buffer: from the
+    /// vrings' own address space when they have one, else from the window
+    /// (recorded in `entries` as `entry(last)`, where collisions see it).
+    fn place_block(
+        &mut self,
+        size: u64,
+        purpose: &'static str,
+        entry: impl FnOnce(u64) -> SvqEntry,
+    ) -> Result<u64, PlanError> {
         let blk = match &mut self.rings {
             Some(r) => r.alloc(size).ok_or_else(|| PlanError::OutOfIova {
                 needed: size,
@@ -261,23 +275,12 @@ impl SvqState {
             })?,
             None => {
                 let blk = self.alloc(size, purpose)?;
-                self.entries.insert(
-                    blk.first().raw(),
-                    SvqEntry::Buffer {
-                        idx,
-                        last: blk.last().raw(),
-                    },
-                );
+                self.entries
+                    .insert(blk.first().raw(), entry(blk.last().raw()));
                 blk
             }
         };
-        let f = blk.first().raw();
-        if let Some(q) = self.buf_iovas.get_mut(idx as usize) {
-            *q = f;
-        } else {
-            self.buf_iovas.push(f);
-        }
-        Ok(f)
+        Ok(blk.first().raw())
     }
 
     /// The entry of host buffer `idx` at `iova`.
@@ -309,32 +312,8 @@ impl SvqState {
 
     pub(super) fn place_queue(&mut self, vq: u32, purpose: &'static str) -> Result<u64, PlanError> {
         let size = self.layout.total();
-        let blk = match &mut self.rings {
-            Some(r) => r.alloc(size).ok_or_else(|| PlanError::OutOfIova {
-                needed: size,
-                purpose,
-                window: Some(r.window_bounds()),
-                largest_free: r.largest_free(),
-                considered: r.free_bounds().collect(),
-            })?,
-            None => {
-                let blk = self.alloc(size, purpose)?;
-                self.entries.insert(
-                    blk.first().raw(),
-                    SvqEntry::Queue {
-                        vq,
-                        last: blk.last().raw(),
-                    },
-                );
-                blk
-            }
-        };
-        let f = blk.first().raw();
-        if let Some(q) = self.queues.get_mut(vq as usize) {
-            *q = f;
-        } else {
-            self.queues.push(f);
-        }
+        let f = self.place_block(size, purpose, |last| SvqEntry::Queue { vq, last })?;
+        set_slot(&mut self.queues, vq, f);
         Ok(f)
     }
 
@@ -550,6 +529,14 @@ impl IdentityPlanner {
                 SvqEntry::Displaced { piece, .. } => b.invalidate(phase, ASID, piece.iova),
             }
         }
+    }
+}
+
+/// Records `f` as slot `i` of `v`: a new one at the end, or a moved one.
+fn set_slot(v: &mut Vec<u64>, i: u32, f: u64) {
+    match v.get_mut(i as usize) {
+        Some(q) => *q = f,
+        None => v.push(f),
     }
 }
 

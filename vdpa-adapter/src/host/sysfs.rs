@@ -116,6 +116,7 @@ pub fn vdpa_devices_in(root: &Path) -> Vec<VdpaDevice> {
     let Ok(rd) = std::fs::read_dir(root.join("sys/bus/vdpa/devices")) else {
         return Vec::new();
     };
+    let canon_root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     let mut v: Vec<VdpaDevice> = rd
         .flatten()
         .filter_map(|e| {
@@ -129,7 +130,6 @@ pub fn vdpa_devices_in(root: &Path) -> Vec<VdpaDevice> {
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .find(|n| n.starts_with("vhost-vdpa-"))
             });
-            let canon_root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
             Some(VdpaDevice {
                 name,
                 driver,
