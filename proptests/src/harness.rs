@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use vdpa_iova_planner::verify::replay::{self, StepError};
 use vdpa_iova_planner::{
     DeviceCaps, Entry, Event, Gpa, GuestView, IdentityPlanner, KernelIotlb, Mode, Perm, Placement,
-    Plan, PlanError, Strategy, VringArea, GUEST_ASID,
+    PlanError, Strategy, VringArea, GUEST_ASID,
 };
 
 use crate::model::{Expect, ModelMode, PageModel, PAGE};
@@ -111,7 +111,6 @@ impl Harness {
                 self.stats.0 += 1;
                 self.model.apply(ev);
                 let plan = &s.plan;
-                check_shape(plan, self.planner.caps());
                 if let Some(i) = s.outcome.dropped.iter().position(|&n| n != 1) {
                     panic!("{ev:?}: invalidate {i} must drop exactly one entry: {plan:?}");
                 }
@@ -265,13 +264,6 @@ impl Harness {
             }
         }
     }
-}
-
-/// Phases in order, batches well formed, the cost what the ops add up to:
-/// the core's own check (the replay loop runs it on every plan too).
-pub fn check_shape(plan: &Plan, caps: &DeviceCaps) {
-    vdpa_iova_planner::verify::shape::check(plan, caps)
-        .unwrap_or_else(|e| panic!("{e}: {:?}", plan.ops()));
 }
 
 /// Free ranges `[first, last]` of `[lo, hi]` once `taken` (any order,

@@ -63,7 +63,6 @@ impl<S: Strategy> Rig<S> {
         let step = replay::step(&mut self.s, &mut self.k, &mut self.guest, &ev)
             .unwrap_or_else(|e| panic!("{name}: {ev:?}: {e}"));
         let plan = step.plan;
-        check_plan_shape(&plan, self.s.caps());
         // QEMU sends guest unmaps whatever they hit; this crate never does.
         if name != "qemu" {
             if let Some(i) = step.outcome.dropped.iter().position(|&n| n == 0) {
@@ -104,13 +103,6 @@ impl<S: Strategy> Rig<S> {
         layout::check(&self.k.device_tables(), &self.s, &self.guest).unwrap();
         err
     }
-}
-
-/// Phases in order, batches well formed, the cost what the ops add up to:
-/// the core's own check, which the replay loop runs on every plan too.
-pub fn check_plan_shape(plan: &Plan, caps: &DeviceCaps) {
-    vdpa_iova_planner::verify::shape::check(plan, caps)
-        .unwrap_or_else(|e| panic!("{e}: {:?}", plan.ops()));
 }
 
 pub fn guest_ops(plan: &Plan, guest: &[RegionSpec]) -> usize {
