@@ -197,15 +197,8 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
                     violation: Box::new(violation),
                 })
             }
-            Err(StepError::Layout(e)) => return Err(layout_error(file, i, &ev, s.name(), e)),
-            Err(StepError::Shape(e)) => {
-                return Err(layout_error(
-                    file,
-                    i,
-                    &ev,
-                    s.name(),
-                    format!("malformed plan: {e}"),
-                ))
+            Err(e @ (StepError::Layout(_) | StepError::Shape(_))) => {
+                return Err(layout_error(file, i, &ev, s.name(), e))
             }
         };
         let (plan, outcome, rep) = (step.plan, step.outcome, step.layout);

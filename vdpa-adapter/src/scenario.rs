@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use vdpa_iova_planner::verify::replay::StepError;
 use vdpa_iova_planner::{
     DeviceCaps, DeviceRange, Event, Gpa, HostBuffer, Hva, Iova, MapStyle, PageSize, Perm,
     PlanError, RegionSpec, SvqConfig,
@@ -438,20 +439,27 @@ impl Scenario {
     }
 }
 
-/// A layout check that failed after step `step`: a planner bug.
-pub(crate) fn layout_error(
+/// A plan the replay loop found malformed, or a device table that does not
+/// hold what the strategy reports, after step `step`: a planner bug. Any
+/// other [`StepError`] is not a bug and has its own error at the caller.
+pub(crate) fn layout_error<E: fmt::Display>(
     file: &str,
     step: usize,
     ev: &Event,
     strategy: &str,
-    e: impl fmt::Display,
+    e: StepError<E>,
 ) -> AdapterError {
+    let what = match e {
+        StepError::Layout(e) => e.to_string(),
+        StepError::Shape(e) => format!("malformed plan: {e}"),
+        other => other.to_string(),
+    };
     AdapterError::Layout {
         file: file.to_string(),
         step,
         event: ev.name(),
         strategy: strategy.to_string(),
-        what: e.to_string(),
+        what,
     }
 }
 

@@ -193,9 +193,11 @@ struct DeviceTarget<'a, D: MsgSink> {
 }
 
 /// Why a device step failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum DeviceStepError {
+    #[error("reset (VHOST_VDPA_SET_STATUS 0): {0}")]
     Reset(std::io::Error),
+    #[error(transparent)]
     Apply(ApplyError),
 }
 
@@ -301,15 +303,8 @@ pub fn run_on_device<D: MsgSink>(
                     source: Box::new(e),
                 })
             }
-            Err(StepError::Layout(e)) => return Err(layout_error(file, i, &ev, s.name(), e)),
-            Err(StepError::Shape(e)) => {
-                return Err(layout_error(
-                    file,
-                    i,
-                    &ev,
-                    s.name(),
-                    format!("malformed plan: {e}"),
-                ))
+            Err(e @ (StepError::Layout(_) | StepError::Shape(_))) => {
+                return Err(layout_error(file, i, &ev, s.name(), e))
             }
         };
         let (plan, rep) = (step.plan, step.outcome);

@@ -243,7 +243,6 @@ impl SvqState {
         }
     }
 
-    /// Allocates and records the block of queue `vq`.
     /// Allocates and records host buffer `idx`, next to the vrings.
     pub(super) fn place_buffer(
         &mut self,
@@ -310,6 +309,7 @@ impl SvqState {
         b.invalidate(phase, self.ring_asid, self.buffer_entry(idx, iova).iova);
     }
 
+    /// Allocates and records the block of queue `vq`.
     pub(super) fn place_queue(&mut self, vq: u32, purpose: &'static str) -> Result<u64, PlanError> {
         let size = self.layout.total();
         let f = self.place_block(size, purpose, |last| SvqEntry::Queue { vq, last })?;
