@@ -3,7 +3,7 @@
  * vmm.c: a VMM's use of libvdpa_iova, the way QEMU's vhost-vdpa memory
  * listener and migration notifier would use it.
  *
- *   vmm [--strategy identity|qemu] [--device /dev/vhost-vdpa-N] [--quiet]
+ *   vmm [--strategy identity|qemu] [--device /dev/vhost-vdpa-N [--readback]] [--quiet]
  *
  * The guest's memory is real memfd memory mapped MAP_SHARED. The life of the
  * VM: boot (RAM and ROM sections around a PCI hole, added in one listener
@@ -20,6 +20,17 @@
  * vhost_msg_v2, one per write(2). After every step the program checks that
  * the planner's table and the model's are the same, and that translating
  * every guest page gives an IOVA the model maps to that page's host memory.
+ *
+ * With --readback (for a checker that owns the device's other end, such as
+ * the rig's `vduse-readback --exec`), the first 16 bytes of every host page
+ * hold a tag (the page's host address, then its complement), and after
+ * every step the program prints the planner's table:
+ *
+ *   READBACK step <n> <event>
+ *   ENTRY <asid> <iova> <size> <perm> <uaddr>      (hex, one per entry)
+ *   END
+ *
+ * and waits for a line "go" on its standard input before the next step.
  *
  * Exit status: 0 when every step and check passed, 1 otherwise, 2 for a
  * usage error.
@@ -91,6 +102,8 @@ struct vm {
     int fd;                        /* the device, or -1: the model alone */
     bool identity;
     bool quiet;
+    bool readback; /* tag pages, print the table and wait after each step */
+    const char *event; /* the last plan's event */
     uint64_t page;
 
     /* Host memory: one memfd, handed out by a bump allocator. */
@@ -144,6 +157,16 @@ static uint64_t host_alloc(struct vm *vm, uint64_t size)
         die("host memory: %" PRIu64 " bytes do not fit", size);
     }
     vm->mem_used += size;
+    if (vm->readback) {
+        uint64_t off;
+
+        /* Each page's tag: its host address, then the complement. */
+        for (off = 0; off < size; off += vm->page) {
+            uint64_t tag[2] = { hva + off, ~(hva + off) };
+
+            memcpy(vm->mem + (vm->mem_used - size) + off, tag, sizeof(tag));
+        }
+    }
     return hva;
 }
 
@@ -181,6 +204,8 @@ static void apply_plan(struct vm *vm, struct vdpa_iova_plan *plan, const char *e
     const struct vdpa_iova_op *ops;
     struct vdpa_iova_cost cost;
     size_t n, i, phase[3] = { 0, 0, 0 };
+
+    vm->event = event;
 
     ops = vdpa_iova_plan_ops(plan, &n);
     if (!ops) {
@@ -341,6 +366,26 @@ static void check_buffers(struct vm *vm, int mode)
     }
 }
 
+/* Hands the planner's table to the read-back checker and waits for it. */
+static void sync_readback(struct vm *vm)
+{
+    static struct vdpa_iova_entry e[4096];
+    char line[16];
+    size_t n, i;
+
+    check(vdpa_iova_mapped(vm->planner, e, 4096, &n), "vdpa_iova_mapped");
+    printf("READBACK step %u %s\n", vm->step, vm->event ? vm->event : "none");
+    for (i = 0; i < n; i++) {
+        printf("ENTRY %x %" PRIx64 " %" PRIx64 " %x %" PRIx64 "\n", e[i].asid, e[i].iova,
+               e[i].size, e[i].perm, e[i].uaddr);
+    }
+    printf("END\n");
+    fflush(stdout);
+    if (!fgets(line, sizeof(line), stdin) || strcmp(line, "go\n") != 0) {
+        die("step %u: the read-back checker did not say go", vm->step);
+    }
+}
+
 static void check_step(struct vm *vm, int want_mode)
 {
     int mode = vdpa_iova_mode(vm->planner);
@@ -355,6 +400,9 @@ static void check_step(struct vm *vm, int want_mode)
     if (mode != VDPA_IOVA_MODE_COMPLETED && mode != VDPA_IOVA_MODE_INCOMING) {
         /* In passthrough the device sees guest-physical addresses. */
         check_translations(vm, mode != VDPA_IOVA_MODE_SVQ);
+    }
+    if (vm->readback) {
+        sync_readback(vm);
     }
     vm->step++;
 }
@@ -538,7 +586,8 @@ static void destination(struct vm *vm, const struct vdpa_iova_caps *caps,
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: vmm [--strategy identity|qemu] [--device /dev/vhost-vdpa-N] [--quiet]\n");
+    fprintf(stderr, "usage: vmm [--strategy identity|qemu] [--device /dev/vhost-vdpa-N "
+                    "[--readback]] [--quiet]\n");
     exit(2);
 }
 
@@ -569,9 +618,14 @@ int main(int argc, char **argv)
             }
         } else if (!strcmp(argv[i], "--quiet")) {
             vm.quiet = true;
+        } else if (!strcmp(argv[i], "--readback")) {
+            vm.readback = true;
         } else {
             usage();
         }
+    }
+    if (vm.readback && !device) {
+        usage();
     }
     printf("libvdpa_iova %s, %s strategy, %s\n", vdpa_iova_version(),
            vm.identity ? "identity" : "qemu", device ? device : "kernel model only");

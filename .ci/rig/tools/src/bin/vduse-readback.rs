@@ -8,6 +8,11 @@
 //! through the device's own mapping, must equal the VMM's memory at the
 //! planned host address (the GPA tag the adapter wrote). Last, private
 //! anonymous memory must be refused before anything is sent.
+//!
+//! `vduse-readback --exec PROGRAM [ARGS...]` checks a VMM in another process
+//! the same way (see `run_external`): the C API's example VMM, which writes
+//! every message to the device itself.
+//!
 //! Prints `READBACK-OK` on success; any difference is printed and exits 1.
 
 use std::ffi::c_void;
@@ -234,16 +239,24 @@ fn read_back(dev: &std::fs::File) -> Result<Vec<ReadBack>, String> {
 }
 
 fn main() -> ExitCode {
-    let Some(path) = std::env::args().nth(1) else {
-        return fail("usage: vduse-readback SCENARIO".into());
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => return fail(format!("{path}: {e}")),
-    };
-    let scn = match Scenario::parse(&text, &path) {
-        Ok(s) => s,
-        Err(e) => return fail(e.to_string()),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let what = match args.first().map(String::as_str) {
+        Some("--exec") if args.len() > 1 => Check::Exec(&args[1..]),
+        Some(path) if args.len() == 1 && !path.starts_with('-') => {
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => return fail(format!("{path}: {e}")),
+            };
+            match Scenario::parse(&text, path) {
+                Ok(s) => Check::Scenario(path, Box::new(s)),
+                Err(e) => return fail(e.to_string()),
+            }
+        }
+        _ => {
+            return fail(
+                "usage: vduse-readback SCENARIO | vduse-readback --exec PROGRAM [ARGS...]".into(),
+            )
+        }
     };
     destroy_device();
     let vduse = match create_device() {
@@ -267,27 +280,46 @@ fn main() -> ExitCode {
         return fail("no vhost-vdpa device for the VDUSE device".into());
     };
     let dev_path = format!("/dev/{node}");
-    // The source's steps, then (on a fresh open of the device, which starts
-    // empty) the destination's, when the scenario migrates.
-    let r = run(&scn, &path, &dev_path, &vduse, Host::Source).and_then(|n| {
-        let d = if scn.hosts.contains(&Host::Destination) {
-            let d = run(&scn, &path, &dev_path, &vduse, Host::Destination)?;
-            println!("READBACK destination: {d} steps, every guest page reached at identity");
-            d
-        } else {
-            0
-        };
-        reset_probe(&dev_path, &vduse)?;
-        Ok(n + d)
-    });
+    let r = match &what {
+        // The source's steps, then (on a fresh open of the device, which
+        // starts empty) the destination's, when the scenario migrates.
+        Check::Scenario(path, scn) => {
+            run(scn, path, &dev_path, &vduse, Host::Source).and_then(|n| {
+                let d = if scn.hosts.contains(&Host::Destination) {
+                    let d = run(scn, path, &dev_path, &vduse, Host::Destination)?;
+                    println!(
+                        "READBACK destination: {d} steps, every guest page reached at identity"
+                    );
+                    d
+                } else {
+                    0
+                };
+                reset_probe(&dev_path, &vduse)?;
+                Ok(n + d)
+            })
+        }
+        Check::Exec(cmd) => run_external(cmd, &dev_path, &vduse),
+    };
     destroy_device();
+    let name = match &what {
+        Check::Scenario(path, _) => path.to_string(),
+        Check::Exec(cmd) => cmd.join(" "),
+    };
     match r {
         Ok(n) => {
-            println!("READBACK-OK {path}: {n} steps, every entry and page tag as planned");
+            println!("READBACK-OK {name}: {n} steps, every entry and page tag as planned");
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
     }
+}
+
+/// What to play on the device.
+enum Check<'a> {
+    /// A scenario file, through the adapter's `Applier`.
+    Scenario(&'a str, Box<Scenario>),
+    /// Another program that writes to the device itself (`--exec`).
+    Exec(&'a [String]),
 }
 
 /// The scenario's device as far as this device can play it: its IOVA range
@@ -319,6 +351,161 @@ fn on_this_device(dev: DeviceCaps, scn: &DeviceCaps) -> Result<DeviceCaps, Strin
         address_spaces: scn.address_spaces,
         desc_asid: scn.desc_asid,
         ..dev
+    })
+}
+
+/// The device's table (`have`, read back) against the planned one (`want`,
+/// sorted by IOVA): the same entries with the same perms, and every page of
+/// every entry reads, through the device's mapping, the 16 bytes `tag_at`
+/// gives for the page's planned host address.
+fn compare(
+    what: &str,
+    want: &[Entry],
+    have: &[ReadBack],
+    tag_at: impl Fn(u64) -> [u8; 16],
+) -> Result<(), String> {
+    if have.len() != want.len() {
+        return Err(format!(
+            "{what}: the device has {} entries, the plan {}",
+            have.len(),
+            want.len()
+        ));
+    }
+    for ((e, tags), w) in have.iter().zip(want) {
+        let (f, l) = w.iova.bounds();
+        let perm = match w.perm {
+            Perm::Ro => 1,
+            Perm::Wo => 2,
+            Perm::Rw => 3,
+        };
+        if (e.start, e.last, e.perm) != (f, l, perm) {
+            return Err(format!(
+                "{what}: expected entry [{f:#x}, {l:#x}] perm {perm}, device has [{:#x}, {:#x}] perm {}",
+                e.start, e.last, e.perm
+            ));
+        }
+        for (k, t) in tags.iter().enumerate() {
+            let hva = w.hva.0 + k as u64 * PAGE;
+            let mine = tag_at(hva);
+            if *t != mine {
+                return Err(format!(
+                    "{what}: page at iova {:#x}: device reads {:02x?}, the VMM has {:02x?} at hva {hva:#x}",
+                    f + k as u64 * PAGE,
+                    t,
+                    mine
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--exec PROGRAM ARGS...`: a VMM in another process (the C API's
+/// `capi/c/vmm.c`) drives the device itself, run with `--device NODE
+/// --readback`. It tags the first 16 bytes of each host page with the
+/// page's address and its complement, prints its planner's table after
+/// every step (`READBACK step`, `ENTRY asid iova size perm uaddr` lines,
+/// `END`) and waits for "go"; the table and every page's tag are checked
+/// against the device's IOTLB in between. Returns the steps checked.
+fn run_external(cmd: &[String], dev_path: &str, vduse: &std::fs::File) -> Result<usize, String> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    let mut child = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .args(["--device", dev_path, "--readback"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", cmd[0]))?;
+    let mut to_vmm = child.stdin.take().expect("piped stdin");
+    let mut from_vmm = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let tag = |hva: u64| {
+        let mut t = [0u8; 16];
+        t[..8].copy_from_slice(&hva.to_le_bytes());
+        t[8..].copy_from_slice(&(!hva).to_le_bytes());
+        t
+    };
+    let mut next = || -> Result<Option<String>, String> {
+        let mut line = String::new();
+        match from_vmm.read_line(&mut line) {
+            Ok(0) => Ok(None),
+            Ok(_) => Ok(Some(line.trim_end().to_owned())),
+            Err(e) => Err(format!("reading the program's output: {e}")),
+        }
+    };
+    let mut steps = 0;
+    let checked = (|| {
+        while let Some(line) = next()? {
+            println!("  | {line}");
+            let Some(step) = line.strip_prefix("READBACK step ") else {
+                continue;
+            };
+            let mut want = Vec::new();
+            loop {
+                let l = next()?.ok_or_else(|| format!("{step}: the table ends without END"))?;
+                if l == "END" {
+                    break;
+                }
+                want.push(parse_entry(&l).map_err(|e| format!("{step}: {l:?}: {e}"))?);
+            }
+            want.sort();
+            compare(&format!("step {step}"), &want, &read_back(vduse)?, tag)?;
+            println!(
+                "step {step}: {} entries read back, every page as planned",
+                want.len()
+            );
+            writeln!(to_vmm, "go")
+                .map_err(|e| format!("{step}: telling the program to go on: {e}"))?;
+            steps += 1;
+        }
+        Ok::<_, String>(())
+    })();
+    if checked.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    checked?;
+    if !status.success() {
+        return Err(format!("{} failed ({status})", cmd[0]));
+    }
+    if steps == 0 {
+        return Err(format!("{} asked for no read-back", cmd[0]));
+    }
+    Ok(steps)
+}
+
+/// `ENTRY asid iova size perm uaddr`, hex: one entry of address space 0
+/// (VDUSE has no other).
+fn parse_entry(line: &str) -> Result<Entry, String> {
+    let f: Vec<u64> = line
+        .strip_prefix("ENTRY ")
+        .ok_or("not an ENTRY line")?
+        .split(' ')
+        .map(|x| u64::from_str_radix(x, 16).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let [asid, iova, size, perm, uaddr] = f[..] else {
+        return Err("want 5 fields".into());
+    };
+    if asid != 0 {
+        return Err(format!("address space {asid}: VDUSE has one"));
+    }
+    let perm = match perm {
+        1 => Perm::Ro,
+        2 => Perm::Wo,
+        3 => Perm::Rw,
+        p => return Err(format!("perm {p}")),
+    };
+    let iova = vdpa_iova_planner::Span::new(
+        vdpa_iova_planner::Iova(iova),
+        size,
+        vdpa_iova_planner::PageSize::SIZE_4K,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Entry {
+        iova,
+        hva: vdpa_iova_planner::Hva(uaddr),
+        perm,
     })
 }
 
@@ -372,47 +559,18 @@ fn run(
         let mut want: Vec<Entry> = a.committed().device_entries(0).copied().collect();
         want.sort();
         let have = read_back(vduse)?;
-        if have.len() != want.len() {
-            return Err(format!(
-                "step {i} ({}): the device has {} entries, the plan {}",
-                ev.name(),
-                have.len(),
-                want.len()
-            ));
-        }
-        for ((e, tags), w) in have.iter().zip(&want) {
-            let (f, l) = w.iova.bounds();
-            let perm = match w.perm {
-                Perm::Ro => 1,
-                Perm::Wo => 2,
-                Perm::Rw => 3,
-            };
-            if (e.start, e.last, e.perm) != (f, l, perm) {
-                return Err(format!(
-                    "step {i} ({}): expected entry [{f:#x}, {l:#x}] perm {perm}, device has [{:#x}, {:#x}] perm {}",
-                    ev.name(),
-                    e.start,
-                    e.last,
-                    e.perm
-                ));
-            }
-            for (k, t) in tags.iter().enumerate() {
-                let hva = w.hva.0 + k as u64 * PAGE;
+        // SAFETY: every planned `hva` lies in a mapping `mem` owns (the plan
+        // mapped it, and the model accepted it), at least a page long.
+        compare(
+            &format!("step {i} ({})", ev.name()),
+            &want,
+            &have,
+            |hva| unsafe {
                 let mut mine = [0u8; 16];
-                // SAFETY: `hva` lies in a mapping `mem` owns (the plan mapped
-                // it, and the model accepted it), at least 16 bytes long.
-                unsafe { std::ptr::copy_nonoverlapping(hva as *const u8, mine.as_mut_ptr(), 16) };
-                if *t != mine {
-                    return Err(format!(
-                        "step {i} ({}): page at iova {:#x}: device reads {:02x?}, the VMM has {:02x?} at hva {hva:#x}",
-                        ev.name(),
-                        f + k as u64 * PAGE,
-                        t,
-                        mine
-                    ));
-                }
-            }
-        }
+                std::ptr::copy_nonoverlapping(hva as *const u8, mine.as_mut_ptr(), 16);
+                mine
+            },
+        )?;
         println!(
             "step {i} {:<12} {} entries read back, every page as planned",
             ev.name(),
