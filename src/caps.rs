@@ -22,6 +22,17 @@ pub struct DeviceCaps {
     /// `VHOST_BACKEND_F_DESC_ASID` negotiated: vring descriptors can live in
     /// an address space of their own.
     pub desc_asid: bool,
+    /// The control virtqueue is alone in its virtqueue group
+    /// (`VHOST_VDPA_GET_VRING_GROUP` of the CVQ differs from every data
+    /// queue's) and the device has a second address space: the VMM binds
+    /// that group to address space 1 (`VHOST_VDPA_SET_GROUP_ASID`, at every
+    /// device start: a reset binds every group to 0 again) and shadows the
+    /// control queue alone there, for the VM's whole life. Its shadow vring
+    /// and buffers are then declared as host buffers
+    /// ([`Event::HostBuffers`](crate::Event::HostBuffers)) and mapped in
+    /// address space 1, where guest memory never is; the SVQ config counts
+    /// the data queues only.
+    pub cvq_isolated: bool,
     /// `VHOST_BACKEND_F_IOTLB_PERSIST` negotiated: maps survive a device reset.
     pub persist: bool,
     /// Mapping pins host pages (`use_va == false`: real NICs behind an IOMMU,
@@ -74,6 +85,7 @@ impl Default for DeviceCaps {
             batching: true,
             address_spaces: 1,
             desc_asid: false,
+            cvq_isolated: false,
             persist: false,
             pinning: true,
             map_style: MapStyle::SetMap,
@@ -87,10 +99,17 @@ impl DeviceCaps {
     /// # Errors
     /// [`PlanError::NoAddressSpaces`] when `address_spaces == 0`;
     /// [`PlanError::BadDeviceRange`] when the range is narrower than one page
-    /// once aligned (nothing could ever be mapped).
+    /// once aligned (nothing could ever be mapped);
+    /// [`PlanError::Unsupported`] for an isolated control virtqueue on a
+    /// device with one address space.
     pub fn validate(&self) -> Result<(), PlanError> {
         if self.address_spaces == 0 {
             return Err(PlanError::NoAddressSpaces);
+        }
+        if self.cvq_isolated && self.address_spaces <= crate::vocab::CVQ_ASID {
+            return Err(PlanError::Unsupported {
+                what: "an isolated control virtqueue needs two address spaces",
+            });
         }
         let first = self.page_size.align_up(self.range.first());
         let ok = match first {

@@ -93,4 +93,4 @@ pub use strategy::qemu::QemuPlanner;
 pub use strategy::{Piece, Placement, Segment, Segments, Strategy};
 pub use svq::{AreaKind, SvqConfig, VringArea};
 pub use verify::{layout, GuestUnit, GuestView};
-pub use vocab::{Mode, Perm, Phase, GUEST_ASID, VRING_ASID};
+pub use vocab::{Mode, Perm, Phase, CVQ_ASID, GUEST_ASID, VRING_ASID};

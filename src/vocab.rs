@@ -7,6 +7,10 @@ use core::fmt;
 pub const GUEST_ASID: u32 = 0;
 /// The address space the vrings go to when the device can put them apart.
 pub const VRING_ASID: u32 = 1;
+/// The address space of an isolated control virtqueue
+/// ([`DeviceCaps::cvq_isolated`](crate::DeviceCaps::cvq_isolated)): its
+/// shadow vring and buffers, and nothing else.
+pub const CVQ_ASID: u32 = 1;
 
 /// Access the device is given to a mapping (the kernel's `VHOST_ACCESS_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -185,9 +185,19 @@ struct vdpa_iova_caps {
      */
     uint8_t pinning;
     /**
+     * 1: the control virtqueue is alone in its virtqueue group and the
+     * device has two address spaces (what QEMU's
+     * `vhost_vdpa_probe_cvq_isolation` finds). The control queue is then
+     * shadowed alone in address space 1 for the VM's life: declare its
+     * buffers and shadow vring areas with `vdpa_iova_host_buffers`, bind
+     * its group to address space 1 with `VHOST_VDPA_SET_GROUP_ASID` at
+     * every device start, and count only the data queues in the SVQ config.
+     */
+    uint8_t cvq_isolated;
+    /**
      * Must be zero.
      */
-    uint8_t reserved[4];
+    uint8_t reserved[3];
 };
 
 /**

@@ -66,6 +66,7 @@ pub(crate) fn caps_from(c: &vdpa_iova_caps) -> Result<DeviceCaps, Error> {
         batching: flag(c.batching, "caps->batching")?,
         address_spaces: c.address_spaces,
         desc_asid: flag(c.desc_asid, "caps->desc_asid")?,
+        cvq_isolated: flag(c.cvq_isolated, "caps->cvq_isolated")?,
         persist: flag(c.persist, "caps->persist")?,
         pinning: flag(c.pinning, "caps->pinning")?,
         map_style,
@@ -192,7 +193,8 @@ pub unsafe extern "C" fn vdpa_iova_caps_default(caps: *mut vdpa_iova_caps) -> c_
             desc_asid: d.desc_asid.into(),
             persist: d.persist.into(),
             pinning: d.pinning.into(),
-            reserved: [0; 4],
+            cvq_isolated: d.cvq_isolated.into(),
+            reserved: [0; 3],
         };
         // SAFETY: the caller promises a non-NULL caps is writable.
         unsafe { write(caps, "caps", c) }?;

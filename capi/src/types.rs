@@ -85,8 +85,16 @@ pub struct vdpa_iova_caps {
     pub persist: u8,
     /// 1: mapping pins host pages (real NICs; 0 for VDUSE and `use_va` devices).
     pub pinning: u8,
+    /// 1: the control virtqueue is alone in its virtqueue group and the
+    /// device has two address spaces (what QEMU's
+    /// `vhost_vdpa_probe_cvq_isolation` finds). The control queue is then
+    /// shadowed alone in address space 1 for the VM's life: declare its
+    /// buffers and shadow vring areas with `vdpa_iova_host_buffers`, bind
+    /// its group to address space 1 with `VHOST_VDPA_SET_GROUP_ASID` at
+    /// every device start, and count only the data queues in the SVQ config.
+    pub cvq_isolated: u8,
     /// Must be zero.
-    pub reserved: [u8; 4],
+    pub reserved: [u8; 3],
 }
 
 /// How the planner is built. `vdpa_iova_options_default()` (or a

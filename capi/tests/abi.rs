@@ -368,10 +368,25 @@ fn bad_caps_and_options_are_refused() {
         ),
         (
             vdpa_iova_caps {
-                reserved: [0, 0, 1, 0],
+                reserved: [0, 1, 0],
                 ..good
             },
             libc::EINVAL,
+        ),
+        (
+            vdpa_iova_caps {
+                cvq_isolated: 2,
+                ..good
+            },
+            libc::EINVAL,
+        ),
+        // An isolated control queue needs a second address space.
+        (
+            vdpa_iova_caps {
+                cvq_isolated: 1,
+                ..good
+            },
+            libc::EOPNOTSUPP,
         ),
     ];
     for (c, errno) in cases {

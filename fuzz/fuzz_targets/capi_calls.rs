@@ -345,7 +345,8 @@ fn caps_of(r: &RawCaps) -> (vdpa_iova_caps, vdpa_iova_options) {
         desc_asid: (r.flags >> 1) & 1,
         persist: (r.flags >> 2) & 1,
         pinning: (r.flags >> 3) & 1,
-        reserved: [0, 0, 0, if r.flags == 0xff { 1 } else { 0 }],
+        cvq_isolated: (r.flags >> 4) & 1,
+        reserved: [0, 0, if r.flags == 0xff { 1 } else { 0 }],
     };
     let opts = vdpa_iova_options {
         strategy: u32::from(r.strategy % 3),

@@ -37,6 +37,8 @@ pub fn setup(range: u8, flags: u16, max_gpa: (u8, u64), viommu: (u8, u64)) -> Se
             1 => MapStyle::DmaMap,
             _ => MapStyle::Platform,
         },
+        // An isolated control queue (its buffers in address space 1).
+        cvq_isolated: flags & 2048 != 0 && flags & 2 != 0,
         ..DeviceCaps::default()
     };
     let separate_asid = flags & 256 != 0 && caps.desc_asid && caps.address_spaces == 2;

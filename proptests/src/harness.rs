@@ -359,11 +359,14 @@ impl Harness {
                 for q in areas.chunks(3) {
                     blocks.push((q[0].iova.first().0, q[2].iova.last().0));
                 }
-                // Host buffers live beside the vrings and move with them.
+                // Host buffers live beside the vrings and move with them
+                // (unless an isolated control queue keeps them in address
+                // space 1).
                 blocks.extend(
                     self.planner
                         .buffer_entries()
                         .into_iter()
+                        .filter(|(asid, _)| *asid == vdpa_iova_planner::GUEST_ASID)
                         .map(|(_, e)| (e.iova.first().0, e.iova.last().0)),
                 );
             }
@@ -414,8 +417,12 @@ impl Harness {
             let Ok(layout) = c.layout(caps.page_size) else {
                 return;
             };
-            let mut total =
-                u64::from(c.queues) * layout.total() + self.model.buffers.iter().sum::<u64>();
+            let buffers = if caps.cvq_isolated {
+                0
+            } else {
+                self.model.buffers.iter().sum::<u64>()
+            };
+            let mut total = u64::from(c.queues) * layout.total() + buffers;
             for p in self.planner.placements() {
                 let (_, outs) = split(p.gpa.first().0, p.gpa.size());
                 total += outs.iter().sum::<u64>();

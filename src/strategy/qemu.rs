@@ -51,8 +51,26 @@
 //!   unmapped at each stop after the guest memory batch
 //!   (`vhost_vdpa_net_cvq_stop`).
 //!
-//! Not modelled: the shadowing of an isolated CVQ alone in address space 1
-//! even in passthrough.
+//! * An isolated control virtqueue ([`DeviceCaps::cvq_isolated`], found by
+//!   `vhost_vdpa_probe_cvq_isolation`): at every passthrough start
+//!   (`vhost_vdpa_net_cvq_start`, after `VHOST_VDPA_SET_GROUP_ASID` binds
+//!   the CVQ's group to address space 1) QEMU shadows the control queue
+//!   alone there: its buffers (`vhost_vdpa_cvq_map_buf`) and its rings
+//!   (`vhost_vdpa_svq_map_rings`), declared here as host buffers, one
+//!   unbatched UPDATE each in address space 1, at first-fit IOVAs of an
+//!   IOVA tree that holds no guest memory in passthrough; guest memory
+//!   stays in address space 0 (`vhost_vdpa_listener_region_add`). Every
+//!   stop (`vhost_vdpa_svqs_stop`, `vhost_vdpa_net_cvq_stop`) unmaps them,
+//!   one INVALIDATE each. So the switch to SVQ unmaps them (the shadowed
+//!   control queue then moves to address space 0 with the data queues,
+//!   after their rings: `shadow_data`), and the failback, a reset and the
+//!   destination's start map them again (the start inside the downtime,
+//!   before DRIVER_OK: `vhost_vdpa_net_load` replays the device state
+//!   through the control queue). The SVQ config then counts the data
+//!   queues only. One simplification: QEMU unmaps the control queue's
+//!   rings before the guest memory batch and its buffers after; the
+//!   baseline unmaps all of them after it (the same messages and bytes).
+//!   With a vIOMMU the shadow start fails (`vhost_vdpa_dev_start`).
 
 use std::collections::BTreeMap;
 
@@ -71,7 +89,7 @@ use crate::strategy::shared::{
 use crate::strategy::xlate::{translate_map, xlate_entry, XlateMap};
 use crate::strategy::{Piece, Placement, Segments, Strategy};
 use crate::svq::{areas, AreaKind, QueueLayout, SvqConfig, VringArea};
-use crate::vocab::{Mode, Perm, Phase};
+use crate::vocab::{Mode, Perm, Phase, CVQ_ASID};
 
 const ASID: u32 = 0;
 
@@ -114,6 +132,9 @@ pub struct QemuPlanner {
     viommu: Option<GuestMemory>,
     /// Host buffers: with a control virtqueue, its command and status buffers.
     buffers: Vec<HostBuffer>,
+    /// With an isolated control virtqueue in passthrough: where each host
+    /// buffer is mapped in address space 1 (empty while stopped or in SVQ).
+    cvq_alone: Vec<Span<Iova>>,
     /// Whether a plan has sent an UPDATE or BATCH_BEGIN, which creates the
     /// kernel's address space: an INVALIDATE before that is refused (EINVAL).
     space_created: bool,
@@ -136,6 +157,7 @@ impl QemuPlanner {
             tree: BTreeMap::new(),
             viommu: None,
             buffers: Vec::new(),
+            cvq_alone: Vec::new(),
             space_created: false,
         })
     }
@@ -280,6 +302,47 @@ impl QemuPlanner {
         }
     }
 
+    /// `vhost_vdpa_net_cvq_start` in passthrough with an isolated control
+    /// queue: its buffers and rings (the host buffers), one UPDATE each in
+    /// address space 1, first fit from an empty tree (guest memory is not
+    /// in it in passthrough). Returns their IOVAs.
+    fn cvq_alone_maps(
+        &self,
+        ops: &mut Vec<Op>,
+        phase: Phase,
+    ) -> Result<Vec<Span<Iova>>, PlanError> {
+        let mut iovas = Vec::new();
+        if !self.caps.cvq_isolated {
+            return Ok(iovas);
+        }
+        let mut tree = BTreeMap::new();
+        for b in &self.buffers {
+            let i = Self::first_fit(&self.caps, &tree, b.size, "the control virtqueue")?;
+            tree.insert(i.first().raw(), i.last().raw());
+            ops.push(Op {
+                phase,
+                asid: CVQ_ASID,
+                kind: OpKind::Update {
+                    iova: i,
+                    hva: b.hva,
+                    perm: b.perm,
+                },
+            });
+            iovas.push(i);
+        }
+        Ok(iovas)
+    }
+
+    /// `vhost_vdpa_svqs_stop` and `vhost_vdpa_net_cvq_stop` of a control
+    /// queue shadowed alone: one INVALIDATE each, in address space 1.
+    fn cvq_alone_unmaps(&self, ops: &mut Vec<Op>, phase: Phase) {
+        ops.extend(self.cvq_alone.iter().map(|&iova| Op {
+            phase,
+            asid: CVQ_ASID,
+            kind: OpKind::Invalidate { iova },
+        }));
+    }
+
     fn ring_unmaps(&self, ops: &mut Vec<Op>, phase: Phase) {
         if let Some(s) = &self.svq {
             for (d, u) in &s.rings {
@@ -420,9 +483,15 @@ impl Strategy for QemuPlanner {
         let mut bufs = Vec::with_capacity(self.buffers.len());
         // vhost_vdpa_net_cvq_start maps the control queue's buffers after the
         // data queues' rings and before its own: with buffers, the last
-        // queue is the control queue.
-        let cvq = (!self.buffers.is_empty()).then(|| cfg.queues.saturating_sub(1));
-        for vq in 0..cfg.queues {
+        // queue is the control queue. An isolated control queue's rings are
+        // host buffers themselves, declared after its buffers: all of them
+        // come after every data queue.
+        let cvq = if self.caps.cvq_isolated {
+            Some(cfg.queues)
+        } else {
+            (!self.buffers.is_empty()).then(|| cfg.queues.saturating_sub(1))
+        };
+        for vq in 0..=cfg.queues {
             if Some(vq) == cvq {
                 for b in &self.buffers {
                     let i = Self::first_fit(&self.caps, &tree, b.size, "host buffers")?;
@@ -438,6 +507,9 @@ impl Strategy for QemuPlanner {
                     });
                     bufs.push(i);
                 }
+            }
+            if vq == cfg.queues {
+                break;
             }
             let [desc, _, dev] = areas(&cfg, &layout, ASID, vq, 0);
             let d = Self::first_fit(&self.caps, &tree, layout.ro(), "shadow vrings")?;
@@ -481,8 +553,10 @@ impl Strategy for QemuPlanner {
         }
         let mut ops = Vec::new();
         self.batch(&mut ops, phase, self.unmap_guest());
+        self.cvq_alone_unmaps(&mut ops, phase);
         ops.extend(ring_ops);
         self.batch(&mut ops, phase, maps);
+        self.cvq_alone.clear();
         self.tree = tree;
         self.svq = Some(QSvq {
             cfg,
@@ -514,6 +588,7 @@ impl Strategy for QemuPlanner {
                 self.ring_unmaps(&mut ops, phase);
                 self.batch(&mut ops, phase, self.unmap_guest());
                 self.buffer_unmaps(&mut ops, phase);
+                let cvq_alone = self.cvq_alone_maps(&mut ops, phase)?;
                 let maps: Vec<OpKind> = self
                     .regions
                     .values()
@@ -525,6 +600,7 @@ impl Strategy for QemuPlanner {
                     })
                     .collect();
                 self.batch(&mut ops, phase, maps);
+                self.cvq_alone = cvq_alone;
                 self.svq = None;
                 self.tree.clear();
                 let keys: Vec<u64> = self.regions.keys().copied().collect();
@@ -569,8 +645,14 @@ impl Strategy for QemuPlanner {
         // QEMU never acks IOTLB_PERSIST and unregisters the listener at every
         // device stop or reset, whatever the device is: every map is
         // invalidated (one batch) and mapped again at the next start.
+        // An isolated control queue shadowed alone is stopped and started
+        // with the device: its address space 1 maps go too, one message each.
         let phase = reset_phase(self.mode);
-        let mapped = self.mapped();
+        let mapped: Vec<(u32, Entry)> = self
+            .mapped()
+            .into_iter()
+            .filter(|(asid, _)| *asid == ASID)
+            .collect();
         let mut ops = Vec::new();
         self.batch(
             &mut ops,
@@ -580,6 +662,10 @@ impl Strategy for QemuPlanner {
                 .map(|(_, e)| OpKind::Invalidate { iova: e.iova })
                 .collect(),
         );
+        self.cvq_alone_unmaps(&mut ops, phase);
+        if !self.cvq_alone.is_empty() {
+            self.cvq_alone_maps(&mut ops, phase)?;
+        }
         self.batch(
             &mut ops,
             phase,
@@ -597,20 +683,38 @@ impl Strategy for QemuPlanner {
 
     fn host_buffers(&mut self, bufs: &[HostBuffer]) -> Result<Plan, PlanError> {
         valid_buffers(&self.caps, self.mode, bufs)?;
-        self.buffers.extend_from_slice(bufs);
-        Ok(Plan::default())
+        if !self.caps.cvq_isolated || bufs.is_empty() {
+            self.buffers.extend_from_slice(bufs);
+            return Ok(Plan::default());
+        }
+        self.no_svq_with_viommu()?;
+        // The control queue is shadowed alone from the device's start: in
+        // passthrough its maps are (re)made now, the old ones unmapped
+        // first (a stop and start); a destination waiting for the stream
+        // maps them at its start.
+        let mut next = self.clone();
+        next.buffers.extend_from_slice(bufs);
+        let mut ops = Vec::new();
+        if next.mode == Mode::Passthrough {
+            next.cvq_alone_unmaps(&mut ops, Phase::Prepare);
+            next.cvq_alone = next.cvq_alone_maps(&mut ops, Phase::Prepare)?;
+        }
+        let plan = next.finish(ops);
+        *self = next;
+        Ok(plan)
     }
 
     fn buffer_entries(&self) -> Vec<(u32, Entry)> {
-        let Some(s) = &self.svq else {
-            return Vec::new();
+        let (asid, iovas) = match &self.svq {
+            Some(s) => (ASID, &s.bufs),
+            None => (CVQ_ASID, &self.cvq_alone),
         };
-        s.bufs
+        iovas
             .iter()
             .zip(&self.buffers)
             .map(|(&iova, b)| {
                 (
-                    ASID,
+                    asid,
                     Entry {
                         iova,
                         hva: b.hva,
@@ -635,12 +739,14 @@ impl Strategy for QemuPlanner {
         // vhost_vdpa_reset_device) unregisters it again: one batch of
         // INVALIDATEs. Nothing stays mapped until vhost_vdpa_dev_start at
         // switchover.
+        // The control queue shadowed alone stops with it: mapped again at start.
+        let mut ops = Vec::new();
+        self.cvq_alone_unmaps(&mut ops, Phase::Prepare);
         let sections: Vec<Span<Gpa>> = specs
             .iter()
             .map(|(g, _)| *g)
             .filter(|g| self.in_range(g))
             .collect();
-        let mut ops = Vec::new();
         self.batch(
             &mut ops,
             Phase::Prepare,
@@ -674,6 +780,7 @@ impl Strategy for QemuPlanner {
             self.set_xlate(&r);
             self.regions.insert(g.first().raw(), r);
         }
+        self.cvq_alone.clear();
         self.mode = Mode::Incoming;
         Ok(self.finish(ops))
     }
@@ -702,7 +809,11 @@ impl Strategy for QemuPlanner {
                 )
             })
             .collect();
+        // vhost_vdpa_net_cvq_start before the listener: an isolated control
+        // queue's maps in address space 1 (the state it replays after
+        // DRIVER_OK needs them), inside the downtime too.
         let mut ops = Vec::new();
+        self.cvq_alone = self.cvq_alone_maps(&mut ops, Phase::Critical)?;
         self.batch(
             &mut ops,
             Phase::Critical,

@@ -83,6 +83,11 @@ impl Probe {
                 1
             },
             desc_asid: has(backend::DESC_ASID),
+            // Whether the control queue's group is its own needs the
+            // device's features negotiated first (its index depends on
+            // VIRTIO_NET_F_MQ; QEMU's vhost_vdpa_probe_cvq_isolation sets
+            // them and resets the device): the VMM knows, a scenario says.
+            cvq_isolated: false,
             persist: has(backend::IOTLB_PERSIST),
             pinning,
             map_style: self.map_style,

@@ -148,6 +148,7 @@ struct DeviceSection {
     batching: Option<bool>,
     address_spaces: Option<u32>,
     desc_asid: Option<bool>,
+    cvq_isolated: Option<bool>,
     persist: Option<bool>,
     pinning: Option<bool>,
     map_style: Option<String>,
@@ -220,6 +221,7 @@ impl Scenario {
             batching: d.batching.unwrap_or(defaults.batching),
             address_spaces: d.address_spaces.unwrap_or(defaults.address_spaces),
             desc_asid: d.desc_asid.unwrap_or(defaults.desc_asid),
+            cvq_isolated: d.cvq_isolated.unwrap_or(defaults.cvq_isolated),
             persist: d.persist.unwrap_or(defaults.persist),
             pinning: d.pinning.unwrap_or(defaults.pinning),
             map_style: match d.map_style.as_deref() {
@@ -283,7 +285,7 @@ impl Scenario {
             let allowed: &[&str] = match e.kind.as_str() {
                 "svq_prepare" | "svq_switch" => &["queues", "queue_size", "hva"],
                 "hotplug" => &["gpa", "size", "hva", "readonly"],
-                "cvq_buffers" => &["hva"],
+                "cvq_buffers" => &["hva", "queue_size"],
                 "unplug" => &["gpa"],
                 "viommu_map" => &["giova", "size", "gpa", "perm"],
                 "viommu_unmap" => &["giova", "size"],
@@ -341,22 +343,47 @@ impl Scenario {
                 "incoming" => Event::Incoming(memory.clone()),
                 // The control virtqueue's two one-page buffers, as QEMU lays
                 // them out: command out (the device reads it), then status
-                // (the device writes it).
+                // (the device writes it). With an isolated control queue,
+                // shadowed alone for the VM's life, its shadow vring
+                // follows: the driver area (descriptors and available ring,
+                // read-only) and the device area (used ring, read-write) of
+                // `queue_size` descriptors (default 64), page rounded.
                 "cvq_buffers" => {
                     let hva = need(e.hva, "hva")?;
-                    let page = caps.page_size.get();
-                    Event::HostBuffers(vec![
-                        HostBuffer {
-                            hva: Hva(hva),
-                            size: page,
-                            perm: Perm::Ro,
-                        },
-                        HostBuffer {
-                            hva: Hva(hva.checked_add(page).ok_or_else(|| at("hva", "wraps"))?),
-                            size: page,
-                            perm: Perm::Rw,
-                        },
-                    ])
+                    let page = caps.page_size;
+                    let mut sizes = vec![(page.get(), Perm::Ro), (page.get(), Perm::Rw)];
+                    match (caps.cvq_isolated, e.queue_size) {
+                        (true, n) => {
+                            let n = u64::from(n.unwrap_or(64));
+                            if !n.is_power_of_two() || n > 32768 {
+                                return Err(at(
+                                    "queue_size",
+                                    "must be a power of two of at most 32768",
+                                ));
+                            }
+                            let up = |b: u64| page.align_up(b).expect("at most a few hundred KiB");
+                            sizes.push((up(16 * n + 6 + 2 * n), Perm::Ro));
+                            sizes.push((up(6 + 8 * n), Perm::Rw));
+                        }
+                        (false, Some(_)) => {
+                            return Err(at(
+                                "queue_size",
+                                "only with [device] cvq_isolated (the control queue's own vring)",
+                            ))
+                        }
+                        (false, None) => {}
+                    }
+                    let mut bufs = Vec::new();
+                    let mut at_hva = hva;
+                    for (size, perm) in sizes {
+                        bufs.push(HostBuffer {
+                            hva: Hva(at_hva),
+                            size,
+                            perm,
+                        });
+                        at_hva = at_hva.checked_add(size).ok_or_else(|| at("hva", "wraps"))?;
+                    }
+                    Event::HostBuffers(bufs)
                 }
                 "start" => Event::Start,
                 other => {

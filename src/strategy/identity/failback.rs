@@ -70,6 +70,9 @@ impl IdentityPlanner {
             }
         }
         Self::teardown_svq(s, &mut b, Phase::Background, &BTreeMap::new());
+        if let Some(c) = &mut self.cvq {
+            c.teardown(&mut b, Phase::Background);
+        }
         let plan = b.finish(&self.caps);
         self.svq = None;
         for r in self.regions.values_mut() {

@@ -66,12 +66,14 @@ use crate::strategy::xlate::{translate_with, Flat, Xlate};
 use crate::strategy::{Piece, Placement, Segments, Strategy};
 use crate::svq::{areas, QueueLayout, SvqConfig, VringArea};
 
+mod cvq;
 mod failback;
 mod hotplug;
 mod viommu;
 mod window;
 
 use crate::vocab::{Mode, Perm, Phase, GUEST_ASID, VRING_ASID};
+use cvq::CvqSpace;
 use window::{SvqEntry, SvqState};
 
 /// The address space of guest memory (and of the vrings, unless they have
@@ -109,6 +111,9 @@ pub struct IdentityPlanner {
     viommu: Option<GuestMemory>,
     /// Host buffers mapped with the shadow vrings.
     buffers: Vec<HostBuffer>,
+    /// With an isolated control virtqueue: address space 1, where the host
+    /// buffers live instead (mapped when declared, for the VM's life).
+    cvq: Option<CvqSpace>,
     mode: Mode,
     /// What the guest's device addresses map, by first address: guest
     /// regions, or with a vIOMMU the guest's maps.
@@ -193,6 +198,10 @@ impl IdentityPlannerBuilder {
             },
             viommu: self.viommu_last.map(GuestMemory::new),
             buffers: Vec::new(),
+            cvq: caps
+                .cvq_isolated
+                .then(|| CvqSpace::new(first, last, p))
+                .flatten(),
             mode: Mode::Passthrough,
             regions: BTreeMap::new(),
             xlate: RangeInclusiveMap::new(),
@@ -487,15 +496,23 @@ impl Strategy for IdentityPlanner {
 
     fn host_buffers(&mut self, bufs: &[HostBuffer]) -> Result<Plan, PlanError> {
         valid_buffers(&self.caps, self.mode, bufs)?;
+        if let Some(cvq) = &mut self.cvq {
+            return cvq.declare(bufs, &self.caps);
+        }
         self.buffers.extend_from_slice(bufs);
         Ok(Plan::default())
     }
 
     fn buffer_entries(&self) -> Vec<(u32, Entry)> {
-        self.svq
+        let mut v: Vec<(u32, Entry)> = self
+            .svq
             .as_ref()
             .map(|s| s.buffer_entries().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(c) = &self.cvq {
+            v.extend(c.entries());
+        }
+        v
     }
 
     fn mapped(&self) -> Vec<(u32, Entry)> {
@@ -517,6 +534,9 @@ impl Strategy for IdentityPlanner {
                 v.extend(s.queue_entries(vq as u32, q).map(|e| (s.ring_asid, e)));
             }
             v.extend(s.buffer_entries());
+        }
+        if let Some(c) = &self.cvq {
+            v.extend(c.entries());
         }
         v
     }

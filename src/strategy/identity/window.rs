@@ -429,7 +429,15 @@ impl IdentityPlanner {
                 ring_asid: self.ring_asid,
                 rings: (self.ring_asid != GUEST_ASID)
                     .then(|| IovaAllocator::new(uf, ul, p))
-                    .flatten(),
+                    .flatten()
+                    .map(|mut a| {
+                        // An isolated control queue's buffers share the
+                        // vrings' address space.
+                        if let Some(c) = &self.cvq {
+                            c.carve_from(&mut a);
+                        }
+                        a
+                    }),
                 alloc,
                 rest,
                 claims: BTreeMap::new(),

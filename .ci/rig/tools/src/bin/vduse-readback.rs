@@ -559,18 +559,13 @@ fn run(
         let mut want: Vec<Entry> = a.committed().device_entries(0).copied().collect();
         want.sort();
         let have = read_back(vduse)?;
-        // SAFETY: every planned `hva` lies in a mapping `mem` owns (the plan
-        // mapped it, and the model accepted it), at least a page long.
-        compare(
-            &format!("step {i} ({})", ev.name()),
-            &want,
-            &have,
-            |hva| unsafe {
-                let mut mine = [0u8; 16];
-                std::ptr::copy_nonoverlapping(hva as *const u8, mine.as_mut_ptr(), 16);
-                mine
-            },
-        )?;
+        compare(&format!("step {i} ({})", ev.name()), &want, &have, |hva| {
+            let mut mine = [0u8; 16];
+            // SAFETY: every planned `hva` lies in a mapping `mem` owns (the
+            // plan mapped it, and the model accepted it), at least a page long.
+            unsafe { std::ptr::copy_nonoverlapping(hva as *const u8, mine.as_mut_ptr(), 16) };
+            mine
+        })?;
         println!(
             "step {i} {:<12} {} entries read back, every page as planned",
             ev.name(),
