@@ -351,6 +351,30 @@ mod tests {
 
     const P: PageSize = PageSize::SIZE_4K;
 
+    /// Address arithmetic never wraps silently: past `2^64 - 1` is `None`.
+    #[test]
+    fn addresses_add_and_subtract_without_wrapping() {
+        assert_eq!(Gpa(0x1000).checked_add(0x1000), Some(Gpa(0x2000)));
+        assert_eq!(Iova(u64::MAX - 1).checked_add(1), Some(Iova(u64::MAX)));
+        assert_eq!(Iova(u64::MAX).checked_add(1), None);
+        assert_eq!(Hva(0x3000).offset_from(Hva(0x1000)), Some(0x2000));
+        assert_eq!(Hva(0x1000).offset_from(Hva(0x3000)), None);
+    }
+
+    /// What error messages and test failures print: the kind and the
+    /// inclusive bounds in hex.
+    #[test]
+    fn debug_output_names_kind_and_bounds() {
+        assert_eq!(format!("{P:?}"), "PageSize(0x1000)");
+        let s = Span::new(Iova(0x1000), 0x2000, P).unwrap();
+        assert_eq!(format!("{s:?}"), "iova[0x1000, 0x2fff]");
+        let g = Span::new(Gpa(0), 0x1000, P).unwrap();
+        assert_eq!(format!("{g:?}"), "gpa[0x0, 0xfff]");
+        let r = DeviceRange::new(0x1000, 0xffff).unwrap();
+        assert_eq!(format!("{r:?}"), "DeviceRange[0x1000, 0xffff]");
+        assert_eq!(format!("{r}"), "[0x1000, 0xffff]");
+    }
+
     #[test]
     fn span_checks_size_wrap_and_alignment() {
         assert!(matches!(

@@ -127,3 +127,37 @@ impl DeviceCaps {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_styles_have_their_scenario_names() {
+        assert_eq!(MapStyle::SetMap.as_str(), "set_map");
+        assert_eq!(MapStyle::DmaMap.as_str(), "dma_map");
+        assert_eq!(MapStyle::Platform.as_str(), "platform");
+    }
+
+    /// A device with no address space, or a range without one whole page
+    /// once aligned, is refused; a range of exactly one page is enough.
+    #[test]
+    fn validate_refuses_devices_nothing_could_be_mapped_on() {
+        let caps = |first, last, address_spaces| DeviceCaps {
+            range: DeviceRange::new(first, last).unwrap(),
+            address_spaces,
+            ..DeviceCaps::default()
+        };
+        assert_eq!(caps(0, u64::MAX, 0).validate(), Err(PlanError::NoAddressSpaces));
+        assert_eq!(caps(0x1000, 0x1fff, 1).validate(), Ok(()));
+        assert_eq!(caps(0x1001, 0x2fff, 1).validate(), Ok(()));
+        assert_eq!(caps(u64::MAX - 0xfff, u64::MAX, 1).validate(), Ok(()));
+        for (first, last) in [(0x1001, 0x2ffe), (0x1000, 0x1ffe), (u64::MAX - 0xffe, u64::MAX)] {
+            assert_eq!(
+                caps(first, last, 1).validate(),
+                Err(PlanError::BadDeviceRange { first, last }),
+                "[{first:#x}, {last:#x}]"
+            );
+        }
+    }
+}
