@@ -148,11 +148,18 @@ mod tests {
             address_spaces,
             ..DeviceCaps::default()
         };
-        assert_eq!(caps(0, u64::MAX, 0).validate(), Err(PlanError::NoAddressSpaces));
+        assert_eq!(
+            caps(0, u64::MAX, 0).validate(),
+            Err(PlanError::NoAddressSpaces)
+        );
         assert_eq!(caps(0x1000, 0x1fff, 1).validate(), Ok(()));
         assert_eq!(caps(0x1001, 0x2fff, 1).validate(), Ok(()));
         assert_eq!(caps(u64::MAX - 0xfff, u64::MAX, 1).validate(), Ok(()));
-        for (first, last) in [(0x1001, 0x2ffe), (0x1000, 0x1ffe), (u64::MAX - 0xffe, u64::MAX)] {
+        for (first, last) in [
+            (0x1001, 0x2ffe),
+            (0x1000, 0x1ffe),
+            (u64::MAX - 0xffe, u64::MAX),
+        ] {
             assert_eq!(
                 caps(first, last, 1).validate(),
                 Err(PlanError::BadDeviceRange { first, last }),

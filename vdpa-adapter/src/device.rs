@@ -59,6 +59,24 @@ impl Probe {
         MsgFormat::from_features(self.acked)
     }
 
+    /// Whether a net device's control virtqueue is alone in its virtqueue
+    /// group, as QEMU's `vhost_vdpa_probe_cvq_isolation` asks: the group of
+    /// the control queue differs from every other queue's. Asked before
+    /// any feature is negotiated, when parents place the control queue at
+    /// index 2 (`VIRTIO_NET_F_MQ` not negotiated: vdpa_sim_net, mlx5), so
+    /// the device's state is not touched. A second address space is the
+    /// planner's condition ([`Probe::caps`]).
+    pub fn cvq_isolated(&self) -> bool {
+        const CVQ: usize = 2;
+        self.device_id == 1
+            && self.vq_groups.len() > CVQ
+            && self
+                .vq_groups
+                .iter()
+                .enumerate()
+                .all(|(i, &g)| i == CVQ || g != self.vq_groups[CVQ])
+    }
+
     /// The planner's view of the device. `pinning` is whether the parent
     /// pins memory (not visible through the uAPI: vdpa_sim's `use_va`
     /// module parameter, VDUSE never pins).
@@ -73,21 +91,18 @@ impl Probe {
                 what: format!("IOVA range: {e}"),
                 source: None,
             })?;
+        let address_spaces = if has(backend::IOTLB_ASID) {
+            self.address_spaces.max(1)
+        } else {
+            1
+        };
         Ok(DeviceCaps {
             range,
             page_size: PageSize::SIZE_4K,
             batching: has(backend::IOTLB_BATCH),
-            address_spaces: if has(backend::IOTLB_ASID) {
-                self.address_spaces.max(1)
-            } else {
-                1
-            },
+            address_spaces,
             desc_asid: has(backend::DESC_ASID),
-            // Whether the control queue's group is its own needs the
-            // device's features negotiated first (its index depends on
-            // VIRTIO_NET_F_MQ; QEMU's vhost_vdpa_probe_cvq_isolation sets
-            // them and resets the device): the VMM knows, a scenario says.
-            cvq_isolated: false,
+            cvq_isolated: address_spaces >= 2 && self.cvq_isolated(),
             persist: has(backend::IOTLB_PERSIST),
             pinning,
             map_style: self.map_style,
@@ -239,6 +254,43 @@ impl MsgSink for VhostVdpa {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn probe(device_id: u32, vq_groups: Vec<u32>, address_spaces: u32) -> Probe {
+        Probe {
+            path: "/dev/vhost-vdpa-0".into(),
+            device_id,
+            offered: 0,
+            acked: (1 << backend::IOTLB_MSG_V2) | (1 << backend::IOTLB_ASID),
+            range: (0, u64::MAX),
+            address_spaces,
+            vqs: vq_groups.len() as u32,
+            groups: vq_groups.iter().max().map_or(0, |g| g + 1),
+            vq_groups,
+            parent: None,
+            max_entries: None,
+            map_style: MapStyle::SetMap,
+        }
+    }
+
+    /// vdpa_sim_net: RX 0, TX 1 in group 0, the control queue (2) in group
+    /// 1, two address spaces. mlx5 before MQ is negotiated: the same at
+    /// indexes 0 to 2, and more data queues in group 0.
+    #[test]
+    fn the_control_queue_is_isolated_when_its_group_is_its_own() {
+        let isolated = |p: Probe| p.caps(true).unwrap().cvq_isolated;
+        assert!(isolated(probe(1, vec![0, 0, 1], 2)));
+        assert!(isolated(probe(1, vec![0, 0, 1, 0, 0], 2)));
+        // Shared with a data queue, too few queues, one address space, not a NIC.
+        assert!(!isolated(probe(1, vec![0, 1, 1], 2)));
+        assert!(!isolated(probe(1, vec![0, 0, 1, 1], 2)));
+        assert!(!isolated(probe(1, vec![0, 0, 0], 2)));
+        assert!(!isolated(probe(1, vec![0, 1], 2)));
+        assert!(!isolated(probe(1, vec![0, 0, 1], 1)));
+        assert!(!isolated(probe(2, vec![0, 0, 1], 2)));
+        let mut no_asid = probe(1, vec![0, 0, 1], 2);
+        no_asid.acked &= !(1 << backend::IOTLB_ASID);
+        assert!(!isolated(no_asid));
+    }
 
     #[test]
     fn map_styles_follow_the_parent_driver() {

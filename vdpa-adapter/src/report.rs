@@ -65,7 +65,7 @@ fn ratio(ours: u64, theirs: u64) -> String {
 /// One line describing the device.
 pub fn describe(caps: &DeviceCaps) -> String {
     format!(
-        "IOVA range {}, {} pages, {}, {} address space{}, {}{}{}",
+        "IOVA range {}, {} pages, {}, {} address space{}{}, {}{}{}",
         caps.range,
         bytes(caps.page_size.get()),
         if caps.batching {
@@ -75,6 +75,11 @@ pub fn describe(caps: &DeviceCaps) -> String {
         },
         caps.address_spaces,
         if caps.address_spaces == 1 { "" } else { "s" },
+        if caps.cvq_isolated {
+            " (control queue isolated)"
+        } else {
+            ""
+        },
         if caps.pinning {
             "pins memory"
         } else {
