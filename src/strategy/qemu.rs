@@ -311,17 +311,28 @@ impl QemuPlanner {
         ops: &mut Vec<Op>,
         phase: Phase,
     ) -> Result<Vec<Span<Iova>>, PlanError> {
-        let mut iovas = Vec::new();
         if !self.caps.cvq_isolated {
-            return Ok(iovas);
+            return Ok(Vec::new());
         }
-        let mut tree = BTreeMap::new();
+        self.map_buffers(&mut BTreeMap::new(), CVQ_ASID, phase, ops)
+    }
+
+    /// Every host buffer at a first-fit IOVA of `tree` (`vhost_vdpa_cvq_map_buf`,
+    /// `vhost_iova_tree_map_alloc`), one UPDATE each in `asid`. Returns their IOVAs.
+    fn map_buffers(
+        &self,
+        tree: &mut BTreeMap<u64, u64>,
+        asid: u32,
+        phase: Phase,
+        ops: &mut Vec<Op>,
+    ) -> Result<Vec<Span<Iova>>, PlanError> {
+        let mut iovas = Vec::with_capacity(self.buffers.len());
         for b in &self.buffers {
-            let i = Self::first_fit(&self.caps, &tree, b.size, "the control virtqueue")?;
+            let i = Self::first_fit(&self.caps, tree, b.size, "host buffers")?;
             tree.insert(i.first().raw(), i.last().raw());
             ops.push(Op {
                 phase,
-                asid: CVQ_ASID,
+                asid,
                 kind: OpKind::Update {
                     iova: i,
                     hva: b.hva,
@@ -480,7 +491,7 @@ impl Strategy for QemuPlanner {
         let mut tree = BTreeMap::new();
         let mut rings = Vec::with_capacity(cfg.queues as usize);
         let mut ring_ops = Vec::new();
-        let mut bufs = Vec::with_capacity(self.buffers.len());
+        let mut bufs = Vec::new();
         // vhost_vdpa_net_cvq_start maps the control queue's buffers after the
         // data queues' rings and before its own: with buffers, the last
         // queue is the control queue. An isolated control queue's rings are
@@ -493,20 +504,7 @@ impl Strategy for QemuPlanner {
         };
         for vq in 0..=cfg.queues {
             if Some(vq) == cvq {
-                for b in &self.buffers {
-                    let i = Self::first_fit(&self.caps, &tree, b.size, "host buffers")?;
-                    tree.insert(i.first().raw(), i.last().raw());
-                    ring_ops.push(Op {
-                        phase,
-                        asid: ASID,
-                        kind: OpKind::Update {
-                            iova: i,
-                            hva: b.hva,
-                            perm: b.perm,
-                        },
-                    });
-                    bufs.push(i);
-                }
+                bufs = self.map_buffers(&mut tree, ASID, phase, &mut ring_ops)?;
             }
             if vq == cfg.queues {
                 break;
