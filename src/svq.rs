@@ -251,4 +251,24 @@ mod tests {
         .layout(p)
         .is_err());
     }
+
+    /// The largest allowed values are allowed: 65536 queues (vhost's 16-bit
+    /// queue index), 32768 descriptors (virtio's split ring limit); one more
+    /// is refused.
+    #[test]
+    fn the_limits_are_inclusive() {
+        let p = PageSize::SIZE_4K;
+        let c = |queues, queue_size| SvqConfig {
+            queues,
+            queue_size,
+            hva: Hva(0x1000),
+        };
+        assert!(c(MAX_QUEUES, 256).layout(p).is_ok());
+        assert!(matches!(
+            c(MAX_QUEUES + 1, 256).layout(p),
+            Err(PlanError::BadSvqConfig { .. })
+        ));
+        let l = c(1, MAX_QUEUE_SIZE).layout(p).unwrap();
+        assert_eq!(l.desc, 16 * u64::from(MAX_QUEUE_SIZE));
+    }
 }
