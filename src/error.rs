@@ -249,14 +249,18 @@ mod tests {
     /// Out of IOVA names at most eight free ranges, then how many more.
     #[test]
     fn out_of_iova_lists_eight_free_ranges_then_counts_the_rest() {
-        let err = |n: u64| PlanError::OutOfIova {
-            needed: 0x3000,
-            purpose: "shadow vrings",
-            window: Some((0x1000, 0xffff_ffff)),
-            largest_free: 0x2000,
-            considered: (0..n).map(|i| (i * 0x10000, i * 0x10000 + 0x1fff)).collect(),
-        }
-        .to_string();
+        let err = |n: u64| {
+            PlanError::OutOfIova {
+                needed: 0x3000,
+                purpose: "shadow vrings",
+                window: Some((0x1000, 0xffff_ffff)),
+                largest_free: 0x2000,
+                considered: (0..n)
+                    .map(|i| (i * 0x10000, i * 0x10000 + 0x1fff))
+                    .collect(),
+            }
+            .to_string()
+        };
         let eight = err(8);
         assert!(eight.ends_with("[0x70000, 0x71fff]"), "{eight}");
         assert!(!eight.contains("more"), "{eight}");

@@ -269,6 +269,14 @@ mod tests {
             Err(PlanError::BadSvqConfig { .. })
         ));
         let l = c(1, MAX_QUEUE_SIZE).layout(p).unwrap();
-        assert_eq!(l.desc, 16 * u64::from(MAX_QUEUE_SIZE));
+        // 512 KiB of descriptors; 6 + 2 * 32768 bytes of driver area and
+        // 6 + 8 * 32768 of device area, each rounded up to the next page.
+        assert_eq!((l.desc, l.driver, l.device), (0x8_0000, 0x1_1000, 0x4_1000));
+        assert_eq!(
+            c(3, MAX_QUEUE_SIZE).queue_bytes(p),
+            Ok(0x8_0000 + 0x1_1000 + 0x4_1000)
+        );
+        assert_eq!(c(2, 256).queue_bytes(p), Ok(3 * 4096));
+        assert!(c(0, 256).queue_bytes(p).is_err());
     }
 }

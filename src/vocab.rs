@@ -121,3 +121,35 @@ impl fmt::Display for Mode {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names the JSON output, the tables and error messages use.
+    #[test]
+    fn names_as_printed() {
+        let perms = [(Perm::Ro, "ro"), (Perm::Wo, "wo"), (Perm::Rw, "rw")];
+        for (p, name) in perms {
+            assert_eq!(p.as_str(), name);
+        }
+        for (p, name) in [
+            (Phase::Prepare, "prepare"),
+            (Phase::Critical, "critical"),
+            (Phase::Background, "background"),
+        ] {
+            assert_eq!(p.as_str(), name);
+            assert_eq!(p.to_string(), name);
+        }
+        let modes = [
+            (Mode::Passthrough, "passthrough"),
+            (Mode::Prepared, "prepared"),
+            (Mode::Svq, "svq"),
+            (Mode::Completed, "completed"),
+            (Mode::Incoming, "incoming"),
+        ];
+        for (m, name) in modes {
+            assert_eq!(m.to_string(), name);
+        }
+    }
+}

@@ -40,6 +40,11 @@ fn separate_asid_vrings_never_meet_guest_memory() {
     };
     let mut id = separate(caps);
     assert_eq!(id.s.name(), "identity-asid");
+    assert_eq!(id.s.vring_asid(), VRING_ASID);
+    assert_eq!(
+        IdentityPlanner::new(caps, None).unwrap().vring_asid(),
+        GUEST_ASID
+    );
     id.step(Event::Boot(vec![ram(0, 2 * GIB), ram(3 * GIB, GIB)]));
     let (prep, _) = id.step(Event::SvqPrepare(svq(9)));
     assert!(prep.ops().iter().all(|o| o.asid == VRING_ASID));
