@@ -122,3 +122,17 @@ fn reset_restore_takes_the_last_page_or_remaps_the_smallest_entry() {
         vec![(0x6000, 0x2000, 0x7100_0000_0000)]
     );
 }
+
+/// Rule: `region_count` counts the guest regions the planner holds, as
+/// regions come and go (and not the pieces they are mapped in).
+#[test]
+fn region_count_follows_boot_hotplug_and_unplug() {
+    let mut id = identity(DeviceCaps::default(), Some(64 * GIB));
+    assert_eq!(id.s.region_count(), 0);
+    id.step(Event::Boot(vec![ram(0, 2 * GIB), ram(4 * GIB, 2 * GIB)]));
+    assert_eq!(id.s.region_count(), 2);
+    id.step(Event::Hotplug(ram(8 * GIB, GIB)));
+    assert_eq!(id.s.region_count(), 3);
+    id.step(Event::Unplug(Gpa(0)));
+    assert_eq!(id.s.region_count(), 2);
+}
