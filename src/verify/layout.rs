@@ -256,11 +256,16 @@ pub fn check<S: Strategy + ?Sized>(
     Ok(rep)
 }
 
+/// The first IOVA where two flattened views `(first, last, (delta, perm))`
+/// differ: where one run starts before the other, where the same runs map
+/// differently, or right after the shorter of two runs that agree so far.
 fn first_difference(a: &[(u64, u64, (u64, Perm))], b: &[(u64, u64, (u64, Perm))]) -> u64 {
     for (x, y) in a.iter().zip(b) {
         if x != y {
             return if x.0 != y.0 {
                 x.0.min(y.0)
+            } else if x.2 != y.2 {
+                x.0
             } else {
                 x.1.min(y.1) + 1
             };

@@ -184,3 +184,53 @@ impl Target for KernelIotlb {
         self.device_tables()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::{Hva, Span};
+    use crate::caps::DeviceCaps;
+    use crate::plan::{Op, OpKind};
+    use crate::vocab::Perm;
+
+    /// Rule: the model as a replay target forgets the device's own maps at
+    /// a reset (a `set_map` device without `persist`), while the kernel's
+    /// table keeps them.
+    #[test]
+    fn a_reset_target_forgets_the_device_maps() {
+        let caps = DeviceCaps::default();
+        let mut k = KernelIotlb::new(&caps);
+        let map = Op {
+            phase: Phase::Prepare,
+            asid: 0,
+            kind: OpKind::Update {
+                iova: Span::trusted(0x1000, 0x1000),
+                hva: Hva(0x7000_0000),
+                perm: Perm::Rw,
+            },
+        };
+        k.apply(&map).unwrap();
+        assert!(!k.device_stale(0));
+        Target::reset(&mut k).unwrap();
+        assert!(k.device_stale(0));
+        assert_eq!(k.entries(0).count(), 1);
+    }
+
+    #[test]
+    fn errors_say_what_failed() {
+        let r = Refusal {
+            op: 3,
+            violation: Violation::ZeroSize,
+        };
+        assert!(r.to_string().starts_with("operation 3: "), "{r}");
+        let e: StepError<Refusal> = StepError::Target(r.clone());
+        assert_eq!(e.to_string(), format!("not applied: {r}"));
+        let e: StepError<Refusal> = StepError::Plan(PlanError::MissingSvqConfig);
+        assert!(e.to_string().starts_with("refused: "));
+        let e: StepError<Refusal> = StepError::Shape(ShapeError::UnclosedBatch);
+        assert_eq!(
+            e.to_string(),
+            "malformed plan: the plan ends with a batch open"
+        );
+    }
+}

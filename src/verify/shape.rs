@@ -137,3 +137,148 @@ pub fn check(plan: &Plan, caps: &DeviceCaps) -> Result<(), ShapeError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::{Hva, Span};
+    use crate::plan::{plan_from_ops, Op};
+    use crate::vocab::Perm;
+    use Phase::{Background, Critical, Prepare};
+
+    fn op(phase: Phase, asid: u32, kind: OpKind) -> Op {
+        Op { phase, asid, kind }
+    }
+
+    fn map() -> OpKind {
+        OpKind::Update {
+            iova: Span::trusted(0x1000, 0x1000),
+            hva: Hva(0x7000_0000),
+            perm: Perm::Rw,
+        }
+    }
+
+    fn shape(ops: Vec<Op>, caps: &DeviceCaps) -> Result<(), ShapeError> {
+        check(&plan_from_ops(ops, caps), caps)
+    }
+
+    /// Rule: prepare, then critical, then background; never back.
+    #[test]
+    fn phases_never_go_back() {
+        let caps = DeviceCaps::default();
+        let ops = vec![
+            op(Prepare, 0, map()),
+            op(Critical, 0, map()),
+            op(Critical, 0, map()),
+            op(Background, 0, map()),
+        ];
+        assert_eq!(shape(ops, &caps), Ok(()));
+        let back = vec![
+            op(Prepare, 0, map()),
+            op(Critical, 0, map()),
+            op(Prepare, 0, map()),
+        ];
+        assert_eq!(
+            shape(back, &caps),
+            Err(ShapeError::PhasesOutOfOrder { index: 2 })
+        );
+    }
+
+    /// Rule: batch markers only on a device that batches; a batch opens
+    /// once, closes in its own phase and address space, holds nothing of
+    /// another, and is closed by the end of the plan.
+    #[test]
+    fn batches_are_well_formed() {
+        let caps = DeviceCaps::default();
+        let (b, e) = (OpKind::BatchBegin, OpKind::BatchEnd);
+        let good = vec![op(Prepare, 0, b), op(Prepare, 0, map()), op(Prepare, 0, e)];
+        assert_eq!(shape(good.clone(), &caps), Ok(()));
+        let single = DeviceCaps {
+            batching: false,
+            ..caps
+        };
+        assert_eq!(
+            shape(good, &single),
+            Err(ShapeError::BatchWithoutBatching { index: 0 })
+        );
+        let cases = [
+            (
+                vec![op(Prepare, 0, b), op(Prepare, 0, b)],
+                ShapeError::BadBatchMarker { index: 1 },
+            ),
+            (
+                vec![op(Prepare, 0, e)],
+                ShapeError::BadBatchMarker { index: 0 },
+            ),
+            (
+                vec![op(Prepare, 0, b), op(Prepare, 1, e)],
+                ShapeError::BadBatchMarker { index: 1 },
+            ),
+            (
+                vec![op(Prepare, 0, b), op(Prepare, 1, map()), op(Prepare, 0, e)],
+                ShapeError::BatchSpans { index: 1 },
+            ),
+            (
+                vec![
+                    op(Prepare, 0, b),
+                    op(Critical, 0, map()),
+                    op(Critical, 0, e),
+                ],
+                ShapeError::BatchSpans { index: 1 },
+            ),
+            (
+                vec![op(Prepare, 0, b), op(Prepare, 0, map())],
+                ShapeError::UnclosedBatch,
+            ),
+        ];
+        for (ops, want) in cases {
+            assert_eq!(shape(ops.clone(), &caps), Err(want), "{ops:?}");
+        }
+    }
+
+    /// Rule: the reported cost is what the ops add up to: a plan costed for
+    /// a device that does not pin reports nothing pinned, which is wrong for
+    /// one that does.
+    #[test]
+    fn the_cost_must_add_up() {
+        let pins = DeviceCaps::default();
+        let no_pin = DeviceCaps {
+            pinning: false,
+            ..pins
+        };
+        let plan = plan_from_ops(vec![op(Critical, 0, map())], &no_pin);
+        assert_eq!(check(&plan, &no_pin), Ok(()));
+        match check(&plan, &pins) {
+            Err(ShapeError::CostMismatch {
+                reported,
+                recounted,
+            }) => {
+                assert_eq!(reported.pinned_bytes, 0);
+                assert_eq!(recounted.pinned_bytes, 0x1000);
+                assert_eq!(recounted.critical_pinned_bytes, 0x1000);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_say_which_operation() {
+        assert_eq!(
+            ShapeError::PhasesOutOfOrder { index: 3 }.to_string(),
+            "operation 3 runs in an earlier phase than the one before"
+        );
+        assert!(ShapeError::BatchWithoutBatching { index: 1 }
+            .to_string()
+            .contains("device that does not batch"));
+        assert!(ShapeError::BadBatchMarker { index: 2 }
+            .to_string()
+            .starts_with("operation 2 is a batch marker"));
+        assert!(ShapeError::BatchSpans { index: 4 }
+            .to_string()
+            .starts_with("operation 4 lies in a batch"));
+        assert_eq!(
+            ShapeError::UnclosedBatch.to_string(),
+            "the plan ends with a batch open"
+        );
+    }
+}
