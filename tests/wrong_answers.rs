@@ -173,3 +173,45 @@ fn qemu_skips_unmaps_past_the_device_range() {
     assert_eq!(u.cost().unpinned_bytes, 0);
     let _ = (Mode::Passthrough, Hva(0), IdentityPlanner::builder(caps));
 }
+
+/// Where greedy placement (best fit, window first, largest piece first)
+/// cannot place every piece of a new region but a placement exists, the
+/// exact search finds it; the hotplug goes through, every byte reachable.
+/// Layouts found by searching small devices for such cases: a 16-page
+/// device range, RAM around a small window, one shadow queue; the DIMM
+/// hits the vrings (prepared: they move) or the window (SVQ: the DIMM is
+/// displaced) and runs past the range's end (that part displaced too).
+#[test]
+fn the_exact_search_places_what_greedy_placement_cannot() {
+    const P: u64 = 4096;
+    let region = |gpa: u64, pages: u64, hva: u64| vdpa_iova_planner::RegionSpec {
+        gpa: Gpa(gpa * P),
+        size: pages * P,
+        hva: Hva(hva),
+        readonly: false,
+    };
+    let queue = vdpa_iova_planner::SvqConfig {
+        queues: 1,
+        queue_size: 64,
+        hva: Hva(0x7000_0000),
+    };
+    for (ram2, max_gpa, switch, dimm) in [
+        ((8, 2), 12, false, (13, 7)),
+        ((8, 2), 12, false, (14, 8)),
+        ((10, 3), 8, true, (15, 8)),
+    ] {
+        let mut id = identity(range(16 * P - 1), Some(max_gpa * P));
+        id.step(Event::Boot(vec![
+            region(0, 2, 0x1000_0000),
+            region(ram2.0, ram2.1, 0x3000_0000),
+        ]));
+        id.step(Event::SvqPrepare(queue));
+        if switch {
+            id.step(Event::SvqSwitch(None));
+        }
+        let (_, rep) = id.step(Event::Hotplug(region(dimm.0, dimm.1, 0x2000_0000)));
+        assert_eq!(rep.unreachable_bytes, 0, "{dimm:?}");
+        let total: u64 = (2 + ram2.1 + dimm.1) * P;
+        assert_eq!(rep.identity_bytes + rep.displaced_bytes, total, "{dimm:?}");
+    }
+}
