@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use vdpa_iova_planner::{
     DeviceCaps, DeviceRange, Event, Gpa, Hva, IdentityPlanner, Iova, KernelIotlb, Mode, OpKind,
-    Perm, PlanError, QemuPlanner,
+    Perm, PlanError, QemuPlanner, Strategy,
 };
 
 fn range(last: u64) -> DeviceCaps {
@@ -213,5 +213,104 @@ fn the_exact_search_places_what_greedy_placement_cannot() {
         assert_eq!(rep.unreachable_bytes, 0, "{dimm:?}");
         let total: u64 = (2 + ram2.1 + dimm.1) * P;
         assert_eq!(rep.identity_bytes + rep.displaced_bytes, total, "{dimm:?}");
+    }
+}
+
+/// The last resort of placement: a piece that fits in no single allocator's
+/// free range but in the union of touching ones (the window's free space
+/// next to a displaced DIMM's claimed identity range), best fit, the lowest
+/// address among equals. Layouts found by search, as above.
+#[test]
+fn a_piece_fits_where_free_ranges_of_the_window_and_a_claim_touch() {
+    const P: u64 = 4096;
+    let region = |gpa: u64, pages: u64, hva: u64| vdpa_iova_planner::RegionSpec {
+        gpa: Gpa(gpa * P),
+        size: pages * P,
+        hva: Hva(hva),
+        readonly: false,
+    };
+    // (device pages, second RAM region, max_gpa, queues, DIMM b, DIMM c,
+    // then every region's pieces as (gpa, iova, pages), all in pages).
+    type Pieces = Vec<(u64, Vec<(u64, u64, u64)>)>;
+    type Case = (
+        u64,
+        Option<(u64, u64)>,
+        Option<u64>,
+        u32,
+        (u64, u64),
+        (u64, u64),
+        Pieces,
+    );
+    let cases: [Case; 3] = [
+        (
+            12,
+            None,
+            None,
+            1,
+            (2, 1),
+            (3, 6),
+            vec![
+                (0, vec![(0, 0, 2)]),
+                (2, vec![(2, 5, 1)]),
+                (3, vec![(3, 6, 6)]),
+            ],
+        ),
+        (
+            16,
+            None,
+            Some(8),
+            2,
+            (7, 4),
+            (13, 2),
+            vec![
+                (0, vec![(0, 0, 2)]),
+                (7, vec![(7, 2, 4)]),
+                (13, vec![(13, 6, 2)]),
+            ],
+        ),
+        (
+            16,
+            Some((8, 2)),
+            None,
+            1,
+            (11, 3),
+            (3, 3),
+            vec![
+                (0, vec![(0, 0, 2)]),
+                (3, vec![(3, 5, 3)]),
+                (8, vec![(8, 8, 2)]),
+                (11, vec![(11, 2, 3)]),
+            ],
+        ),
+    ];
+    for (pages, ram2, max_gpa, queues, b, c, want) in cases {
+        let mut id = identity(range(pages * P - 1), max_gpa.map(|m| m * P));
+        let mut boot = vec![region(0, 2, 0x1000_0000)];
+        if let Some((g, n)) = ram2 {
+            boot.push(region(g, n, 0x3000_0000));
+        }
+        id.step(Event::Boot(boot));
+        id.step(Event::SvqSwitch(Some(vdpa_iova_planner::SvqConfig {
+            queues,
+            queue_size: 64,
+            hva: Hva(0x7000_0000),
+        })));
+        id.step(Event::Hotplug(region(b.0, b.1, 0x2000_0000)));
+        let (_, rep) = id.step(Event::Hotplug(region(c.0, c.1, 0x4000_0000)));
+        assert_eq!(rep.unreachable_bytes, 0);
+        let placed: Pieces =
+            id.s.placements()
+                .iter()
+                .map(|p| {
+                    (
+                        p.gpa.first().0 / P,
+                        p.pieces
+                            .iter()
+                            .map(|x| (x.gpa.first().0 / P, x.iova.first().0 / P, x.iova.size() / P))
+                            .collect(),
+                    )
+                })
+                .collect();
+        assert_eq!(placed, want, "{pages} pages, DIMM {c:?}");
     }
 }
