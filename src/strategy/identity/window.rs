@@ -694,6 +694,22 @@ mod tests {
         assert!(pack(&[(0, u64::MAX)], &[u64::MAX]).is_some());
     }
 
+    /// The exact search gives up after its budget of steps: a hopeless
+    /// instance (one page more than the holes hold, holes of ten distinct
+    /// sizes, so little is pruned) answers `None` at once instead of
+    /// walking an exponential tree.
+    #[test]
+    fn pack_gives_up_within_its_budget() {
+        let free: Vec<(u64, u64)> = (1..=10u64)
+            .map(|k| (k << 32, (k << 32) + k * 0x1000 - 1))
+            .collect();
+        let sizes = vec![0x1000; 56];
+        assert!(pack(&free, &sizes).is_none());
+        // One page fewer fits exactly: every hole full.
+        let got = pack(&free, &sizes[..55]).unwrap();
+        assert_eq!(got.len(), 55);
+    }
+
     #[test]
     fn claims_in_finds_the_claim_reaching_in_from_below() {
         let claims: BTreeMap<u64, u64> = [(0x1000, 0x4fff), (0x8000, 0x8fff)].into();
