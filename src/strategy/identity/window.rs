@@ -455,17 +455,10 @@ impl IdentityPlanner {
             let rest = s.rest.take();
             match self.fill_svq(&mut s, phase) {
                 Ok((plan, staged)) => {
+                    // Memory displaced at setup went to the window too
+                    // (the rest was taken out above), which lies above the
+                    // rest: nothing of the rest is mapped.
                     s.rest = rest;
-                    if let Some(staged_rest) = &mut s.rest {
-                        // Displaced at setup: mapped in the window, but
-                        // never let the rest hand out their bytes either.
-                        for r in staged.values() {
-                            for piece in r.pieces.iter().filter(|p| !p.is_identity()) {
-                                staged_rest
-                                    .carve(piece.iova.first().raw(), piece.iova.last().raw());
-                            }
-                        }
-                    }
                     return Ok((plan, s, staged));
                 }
                 Err(e) => last_err = e,
