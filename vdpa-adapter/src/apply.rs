@@ -603,6 +603,155 @@ mod tests {
         assert_eq!(a.device().inner.received, 1);
     }
 
+    /// The memlock pre-check counts the plan's peak: bytes an INVALIDATE
+    /// drops first make room for the maps after it, and a peak exactly at
+    /// the limit is allowed.
+    #[test]
+    fn the_memlock_precheck_counts_the_peak_and_allows_the_limit() {
+        // A dma_map device's reset restore unmaps each entry and maps it
+        // again: 1 GiB pinned at every point of the plan.
+        let caps = DeviceCaps {
+            map_style: vdpa_iova_planner::MapStyle::DmaMap,
+            ..DeviceCaps::default()
+        };
+        let mut p = IdentityPlanner::new(caps, None).unwrap();
+        let mut a = applier(caps);
+        let boot = p.apply(&Event::Boot(vec![ram(0, GIB)])).unwrap();
+        // SAFETY: a model device never touches host memory.
+        unsafe { a.apply(&boot, &NO_LIMIT, None) }.unwrap();
+        let both = p.apply(&Event::Reset).unwrap();
+        assert!(matches!(
+            both.ops()
+                .iter()
+                .find(|o| !matches!(o.kind, OpKind::BatchBegin))
+                .map(|o| o.kind),
+            Some(OpKind::Invalidate { .. })
+        ));
+        let exact = Limits {
+            memlock: Some(GIB),
+            pinned_now: GIB,
+            max_entries: None,
+        };
+        a.precheck(&both, &exact, None).unwrap();
+        let under = Limits {
+            memlock: Some(GIB - 4096),
+            ..exact
+        };
+        let e = a.precheck(&both, &under, None).unwrap_err();
+        assert!(
+            matches!(e, ApplyError::Memlock { needed, .. } if needed == GIB),
+            "{e}"
+        );
+    }
+
+    /// A reset makes the mirror forget what the device forgets (a set_map
+    /// device without persist: its own maps), like the device.
+    #[test]
+    fn a_device_reset_resets_the_mirror() {
+        let caps = DeviceCaps::default();
+        let mut p = IdentityPlanner::new(caps, None).unwrap();
+        let mut a = applier(caps);
+        let boot = p.apply(&Event::Boot(vec![ram(0, GIB)])).unwrap();
+        // SAFETY: a model device never touches host memory.
+        unsafe { a.apply(&boot, &NO_LIMIT, None) }.unwrap();
+        assert!(!a.committed().device_stale(0));
+        a.device_reset().unwrap();
+        assert!(a.committed().device_stale(0));
+        assert!(a.device().inner.kernel.device_stale(0));
+    }
+
+    fn refusal_cause(caps: DeviceCaps, setup: &[Event], ev: Event, at: usize) -> String {
+        let mut p = IdentityPlanner::new(caps, None).unwrap();
+        let mut a = applier(caps);
+        for e in setup {
+            let plan = p.apply(e).unwrap();
+            // SAFETY: a model device never touches host memory.
+            unsafe { a.apply(&plan, &NO_LIMIT, None) }.unwrap();
+        }
+        let plan = p.apply(&ev).unwrap();
+        a.dev.fail_at = Some(a.dev.inner.received + at);
+        // SAFETY: as above.
+        match unsafe { a.apply(&plan, &NO_LIMIT, None) } {
+            Err(ApplyError::Refused { cause, .. }) => cause,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// What a refusal the model did not predict is blamed on: the message
+    /// kind and the device decide.
+    #[test]
+    fn a_refusal_names_its_likely_cause() {
+        let pins = DeviceCaps::default();
+        let use_va = DeviceCaps {
+            pinning: false,
+            ..pins
+        };
+        // Two regions: BATCH_BEGIN, two UPDATEs, BATCH_END.
+        let boot = Event::Boot(vec![ram(0, GIB), ram(2 * GIB, GIB)]);
+        // The first UPDATE of a use_va device.
+        assert_eq!(
+            refusal_cause(use_va, &[], boot.clone(), 1),
+            "the parent driver refused the map (use_va device)"
+        );
+        // A pinning device's UPDATE: pinning or its limits, never use_va.
+        let c = refusal_cause(pins, &[], boot.clone(), 1);
+        assert!(
+            c.starts_with("RLIMIT_MEMLOCK")
+                || c.starts_with("pinning failed")
+                || c.starts_with("the entry limit"),
+            "{c}"
+        );
+        // A batch marker on an empty table: the table changed under us.
+        assert!(refusal_cause(pins, &[], boot.clone(), 0).ends_with("(another writer, or a reset)"));
+        // An INVALIDATE (the unplug's only message) with entries there.
+        let c = refusal_cause(pins, &[boot], Event::Unplug(Gpa(0)), 0);
+        assert!(c.ends_with("or the parent driver failed"), "{c}");
+    }
+
+    /// Past `RLIMIT_MEMLOCK` as the process sees it at the refusal, the
+    /// limit is blamed, with the numbers; below it, it is not.
+    #[test]
+    fn a_pinned_map_past_the_memlock_limit_blames_it() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let orig = getrlimit(Resource::Memlock);
+        let pins = DeviceCaps::default();
+        let boot = Event::Boot(vec![ram(0, GIB)]);
+        // Lowering the soft limit is always allowed; it is put back below.
+        let tight = orig.maximum.map_or(1 << 20, |m| m.min(1 << 20));
+        setrlimit(
+            Resource::Memlock,
+            Rlimit {
+                current: Some(tight),
+                maximum: orig.maximum,
+            },
+        )
+        .unwrap();
+        let low = refusal_cause(pins, &[], boot, 0);
+        // A one-page map, within the limit (the hard limit, at most).
+        setrlimit(
+            Resource::Memlock,
+            Rlimit {
+                current: orig.maximum,
+                maximum: orig.maximum,
+            },
+        )
+        .unwrap();
+        let small = Event::Boot(vec![RegionSpec {
+            size: 4096,
+            ..ram(0, GIB)
+        }]);
+        let within = refusal_cause(pins, &[], small, 0);
+        setrlimit(Resource::Memlock, orig).unwrap();
+        assert!(low.starts_with("RLIMIT_MEMLOCK:"), "{low}");
+        assert!(
+            low.contains(&format!("{GIB} more needed, limit {tight}")),
+            "{low}"
+        );
+        if Limits::current().pinned_now + 4096 <= orig.maximum.unwrap_or(u64::MAX) {
+            assert!(!within.starts_with("RLIMIT_MEMLOCK"), "{within}");
+        }
+    }
+
     #[test]
     fn an_address_space_over_the_entry_limit_is_refused_up_front() {
         let caps = DeviceCaps::default();
