@@ -708,47 +708,105 @@ mod tests {
         assert!(c.ends_with("or the parent driver failed"), "{c}");
     }
 
-    /// Past `RLIMIT_MEMLOCK` as the process sees it at the refusal, the
-    /// limit is blamed, with the numbers; below it, it is not.
+    /// A pinned map the kernel refused is blamed on what the process sees
+    /// at that moment: past `RLIMIT_MEMLOCK`, the limit (with the numbers);
+    /// within it, vhost-vdpa's entry limit when the map's physically
+    /// contiguous runs would pass it, else pinning itself. One test, in
+    /// order: it changes the process's memlock limit for a moment.
     #[test]
-    fn a_pinned_map_past_the_memlock_limit_blames_it() {
+    fn a_refused_pinned_map_blames_memlock_then_the_entry_limit() {
         use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let caps = DeviceCaps::default();
+        let mut mem =
+            crate::memory::Mem::new(16 * 4096, crate::memory::Backing::Memfd, "cause").unwrap();
+        mem.tag_pages(0, 4096, 0x5eed);
+        let region = |pages: u64| RegionSpec {
+            gpa: Gpa(0),
+            size: pages * 4096,
+            hva: Hva(mem.addr()),
+            readonly: false,
+        };
+        let cause = |pages: u64, max_entries: Option<u64>| {
+            let mut p = IdentityPlanner::new(caps, None).unwrap();
+            let mut a = applier(caps);
+            let plan = p.apply(&Event::Boot(vec![region(pages)])).unwrap();
+            a.dev.fail_at = Some(0);
+            let limits = Limits {
+                max_entries,
+                ..NO_LIMIT
+            };
+            // SAFETY: a model device never touches host memory.
+            match unsafe { a.apply(&plan, &limits, None) } {
+                Err(ApplyError::Refused { cause, .. }) => cause,
+                other => panic!("{other:?}"),
+            }
+        };
         let orig = getrlimit(Resource::Memlock);
-        let pins = DeviceCaps::default();
-        let boot = Event::Boot(vec![ram(0, GIB)]);
-        // Lowering the soft limit is always allowed; it is put back below.
-        let tight = orig.maximum.map_or(1 << 20, |m| m.min(1 << 20));
-        setrlimit(
-            Resource::Memlock,
-            Rlimit {
-                current: Some(tight),
-                maximum: orig.maximum,
-            },
-        )
-        .unwrap();
-        let low = refusal_cause(pins, &[], boot, 0);
-        // A one-page map, within the limit (the hard limit, at most).
-        setrlimit(
-            Resource::Memlock,
-            Rlimit {
-                current: orig.maximum,
-                maximum: orig.maximum,
-            },
-        )
-        .unwrap();
-        let small = Event::Boot(vec![RegionSpec {
-            size: 4096,
-            ..ram(0, GIB)
-        }]);
-        let within = refusal_cause(pins, &[], small, 0);
+        let set = |current: Option<u64>| {
+            setrlimit(
+                Resource::Memlock,
+                Rlimit {
+                    current,
+                    maximum: orig.maximum,
+                },
+            )
+        };
+        let pinned = Limits::current().pinned_now;
+        let page = 4096;
+        // Soft limits at, and one byte under, what 16 pages need (if the
+        // hard limit allows), then the hard limit itself.
+        let at = pinned + 16 * page;
+        let fits = orig.maximum.map_or(true, |m| at <= m);
+        let mut got = Vec::new();
+        if fits {
+            set(Some(at)).unwrap();
+            got.push(("at", cause(16, Some(1 << 20))));
+            set(Some(at - 1)).unwrap();
+            got.push(("under", cause(16, Some(1 << 20))));
+        }
+        set(orig.maximum).unwrap();
+        let runs = crate::host::physmem::contiguous_runs(mem.addr(), 16 * page)
+            .unwrap()
+            .filter(|_| orig.maximum.map_or(true, |m| at <= m));
+        let entry_causes = runs.map(|r| (r, cause(16, Some(r)), cause(16, Some(r - 1))));
         setrlimit(Resource::Memlock, orig).unwrap();
-        assert!(low.starts_with("RLIMIT_MEMLOCK:"), "{low}");
-        assert!(
-            low.contains(&format!("{GIB} more needed, limit {tight}")),
-            "{low}"
-        );
-        if Limits::current().pinned_now + 4096 <= orig.maximum.unwrap_or(u64::MAX) {
-            assert!(!within.starts_with("RLIMIT_MEMLOCK"), "{within}");
+
+        for (what, c) in &got {
+            match *what {
+                "at" => assert!(!c.starts_with("RLIMIT_MEMLOCK"), "{c}"),
+                _ => assert_eq!(
+                    c,
+                    &format!(
+                        "RLIMIT_MEMLOCK: {pinned} bytes pinned now, {} more needed, limit {}",
+                        16 * page,
+                        at - 1
+                    )
+                ),
+            }
+        }
+        match entry_causes {
+            // Page frames visible (CAP_SYS_ADMIN): the runs are counted.
+            Some((r, room, over)) => {
+                assert!(
+                    room.starts_with("pinning failed")
+                        && room
+                            .contains(&format!("not the entry limit (0 + {r} entries, limit {r})")),
+                    "{room}"
+                );
+                assert!(
+                    over.starts_with(&format!("the entry limit: the address space holds 0 entries and this map's memory lies in {r} physically contiguous runs")),
+                    "{over}"
+                );
+            }
+            // Hidden: both causes are named.
+            None => {
+                let c = cause(16, Some(1));
+                assert!(
+                    c.starts_with("RLIMIT_MEMLOCK")
+                        || c.contains("run as root to have the runs counted"),
+                    "{c}"
+                );
+            }
         }
     }
 
