@@ -726,6 +726,31 @@ mod tests {
             hva: Hva(mem.addr()),
             readonly: false,
         };
+        // The last 8 pages as a second region (a DIMM plugged after boot).
+        let dimm = RegionSpec {
+            gpa: Gpa(GIB),
+            size: 8 * 4096,
+            hva: Hva(mem.addr() + 8 * 4096),
+            readonly: false,
+        };
+        let dimm_cause = |max_entries: u64| {
+            let mut p = IdentityPlanner::new(caps, None).unwrap();
+            let mut a = applier(caps);
+            let boot = p.apply(&Event::Boot(vec![region(8)])).unwrap();
+            // SAFETY: a model device never touches host memory.
+            unsafe { a.apply(&boot, &NO_LIMIT, None) }.unwrap();
+            let plug = p.apply(&Event::Hotplug(dimm)).unwrap();
+            a.dev.fail_at = Some(a.dev.inner.received);
+            let limits = Limits {
+                max_entries: Some(max_entries),
+                ..NO_LIMIT
+            };
+            // SAFETY: as above.
+            match unsafe { a.apply(&plug, &limits, None) } {
+                Err(ApplyError::Refused { cause, .. }) => cause,
+                other => panic!("{other:?}"),
+            }
+        };
         let cause = |pages: u64, max_entries: Option<u64>| {
             let mut p = IdentityPlanner::new(caps, None).unwrap();
             let mut a = applier(caps);
@@ -769,7 +794,32 @@ mod tests {
             .unwrap()
             .filter(|_| orig.maximum.map_or(true, |m| at <= m));
         let entry_causes = runs.map(|r| (r, cause(16, Some(r)), cause(16, Some(r - 1))));
+        // With 8 pages mapped already: their runs count too.
+        let run = |hva: u64| {
+            crate::host::physmem::contiguous_runs(hva, 8 * page)
+                .unwrap()
+                .unwrap_or(0)
+        };
+        let (ra, rb) = (run(mem.addr()), run(mem.addr() + 8 * page));
+        let dimm_causes = entry_causes
+            .as_ref()
+            .map(|_| (dimm_cause(ra + rb), dimm_cause(ra + rb - 1)));
         setrlimit(Resource::Memlock, orig).unwrap();
+        if let Some((room, over)) = dimm_causes {
+            assert!(
+                room.contains(&format!(
+                    "not the entry limit ({ra} + {rb} entries, limit {})",
+                    ra + rb
+                )),
+                "{room}"
+            );
+            assert!(
+                over.starts_with(&format!(
+                    "the entry limit: the address space holds {ra} entries and this map's memory lies in {rb} physically"
+                )),
+                "{over}"
+            );
+        }
 
         for (what, c) in &got {
             match *what {

@@ -292,6 +292,20 @@ mod tests {
         assert!(!isolated(no_asid));
     }
 
+    /// VDUSE never pins, a NIC's parent does; the probe says which.
+    #[test]
+    fn pinning_follows_the_parent_driver() {
+        let with = |parent: &str| Probe {
+            parent: Some(parent.into()),
+            ..probe(1, vec![0, 0, 1], 2)
+        };
+        assert!(!with("vduse").pins_memory());
+        assert!(with("mlx5_vdpa").pins_memory());
+        assert!(!with("vduse").caps(false).unwrap().pinning);
+        let caps = with("mlx5_vdpa").caps(true).unwrap();
+        assert!(caps.pinning && !caps.batching && caps.address_spaces == 2);
+    }
+
     #[test]
     fn map_styles_follow_the_parent_driver() {
         assert_eq!(map_style_of("vp_vdpa"), MapStyle::Platform);
