@@ -515,15 +515,36 @@ mod tests {
             batching: false,
             ..small
         };
+        // An isolated control queue: its buffers in address space 1, so
+        // the completion unmaps in both address spaces in one plan.
+        let cvq = DeviceCaps {
+            address_spaces: 2,
+            cvq_isolated: true,
+            ..small
+        };
         let mut checked = 0;
-        for (caps, separate) in [(small, false), (asid, true), (unbatched, false)] {
+        for (caps, separate) in [
+            (small, false),
+            (asid, true),
+            (unbatched, false),
+            (cvq, false),
+        ] {
             let mut p = IdentityPlanner::builder(caps)
                 .separate_vring_asid(separate)
                 .build()
                 .unwrap();
             let mut a = applier(caps);
+            let buffer = |at: u64, perm| vdpa_iova_planner::HostBuffer {
+                hva: Hva(0x7d00_0000_0000 + at),
+                size: 4096,
+                perm,
+            };
             let events = [
                 Event::Boot(vec![ram(0, 2 * GIB), ram(3 * GIB, GIB)]),
+                Event::HostBuffers(vec![
+                    buffer(0, vdpa_iova_planner::Perm::Ro),
+                    buffer(4096, vdpa_iova_planner::Perm::Rw),
+                ]),
                 Event::SvqPrepare(svq(3)),
                 Event::Hotplug(ram(4 * GIB, GIB)),
                 Event::SvqSwitch(None),
@@ -531,6 +552,9 @@ mod tests {
                 Event::Reset,
                 Event::Failback,
                 Event::Unplug(Gpa(2 * GIB)),
+                Event::SvqPrepare(svq(3)),
+                Event::SvqSwitch(None),
+                Event::Complete,
             ];
             for ev in events {
                 let plan = p.apply(&ev).unwrap();
