@@ -318,6 +318,46 @@ pub fn negotiate(offered: u64) -> u64 {
 mod tests {
     use super::*;
 
+    /// The acked backend features pick the message layout.
+    #[test]
+    fn the_format_follows_the_acked_features() {
+        let v2 = 1 << backend::IOTLB_MSG_V2;
+        let asid = 1 << backend::IOTLB_ASID;
+        assert_eq!(MsgFormat::from_features(0), MsgFormat::V1);
+        assert_eq!(MsgFormat::from_features(asid), MsgFormat::V1);
+        assert_eq!(MsgFormat::from_features(v2), MsgFormat::V2 { asid: false });
+        assert_eq!(
+            MsgFormat::from_features(v2 | asid),
+            MsgFormat::V2 { asid: true }
+        );
+        assert_eq!(
+            MsgFormat::from_features(v2 | (1 << backend::IOTLB_BATCH)),
+            MsgFormat::V2 { asid: false }
+        );
+    }
+
+    #[test]
+    fn codec_errors_say_what_was_wrong() {
+        let e = CodecError::AsidNotNegotiated {
+            asid: 1,
+            format: MsgFormat::V1,
+        };
+        assert!(
+            e.to_string()
+                .starts_with("asid 1 cannot be sent in V1 messages"),
+            "{e}"
+        );
+        assert!(CodecError::Length { found: 10 }.to_string().contains("10"));
+        let t = CodecError::IotlbType { found: 9 }.to_string();
+        assert!(t.contains('9'), "{t}");
+        let o = CodecError::OuterType {
+            found: 3,
+            expected: VHOST_IOTLB_MSG_V2,
+        }
+        .to_string();
+        assert!(o.contains('3'), "{o}");
+    }
+
     fn msg(asid: u32, kind: MsgType) -> RawMsg {
         RawMsg {
             asid,
