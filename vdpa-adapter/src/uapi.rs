@@ -441,5 +441,11 @@ mod tests {
         );
         assert_eq!(MsgFormat::from_features(0), MsgFormat::V1);
         assert_eq!(negotiate(u64::MAX) & !0x1be, 0);
+        // With ASID, DESC_ASID is acked; everything the adapter uses at once.
+        assert_eq!(
+            negotiate(bit(1) | bit(3) | bit(7)),
+            bit(1) | bit(3) | bit(7)
+        );
+        assert_eq!(negotiate(u64::MAX), 0x1be);
     }
 }
