@@ -241,7 +241,7 @@ fn a_piece_fits_where_free_ranges_of_the_window_and_a_claim_touch() {
         (u64, u64),
         Pieces,
     );
-    let cases: [Case; 3] = [
+    let cases: [Case; 4] = [
         (
             12,
             None,
@@ -280,6 +280,22 @@ fn a_piece_fits_where_free_ranges_of_the_window_and_a_claim_touch() {
                 (3, vec![(3, 5, 3)]),
                 (8, vec![(8, 8, 2)]),
                 (11, vec![(11, 2, 3)]),
+            ],
+        ),
+        // Where best fit over the union and the exact search would differ:
+        // the DIMM's in-range part takes the 2-page fit at 2, its part past
+        // the range the 4 pages after it.
+        (
+            16,
+            None,
+            Some(8),
+            1,
+            (5, 4),
+            (14, 6),
+            vec![
+                (0, vec![(0, 0, 2)]),
+                (5, vec![(5, 11, 4)]),
+                (14, vec![(14, 2, 2), (16, 4, 4)]),
             ],
         ),
     ];
