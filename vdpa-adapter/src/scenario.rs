@@ -522,6 +522,59 @@ mod tests {
         assert_eq!(parse_num(""), None);
     }
 
+    /// `cvq_buffers`: the two buffers, and on a device with an isolated
+    /// control queue its shadow vring after them (`queue_size`
+    /// descriptors, default 64: driver area `16n + 6 + 2n` and device area
+    /// `6 + 8n` bytes, each page rounded), back to back from `hva`.
+    #[test]
+    fn cvq_buffers_add_the_control_queue_vring_when_isolated() {
+        let parse = |isolated: bool, queue_size: Option<&str>| {
+            let text = format!(
+                "[device]\naddress_spaces = 2\ncvq_isolated = {isolated}\n\
+                 [[events]]\nkind = \"cvq_buffers\"\nhva = 0x10000\n{}",
+                queue_size.map_or(String::new(), |q| format!("queue_size = {q}\n"))
+            );
+            Scenario::parse(&text, "cvq.toml").map(|s| match &s.events[..] {
+                [Event::HostBuffers(b)] => b
+                    .iter()
+                    .map(|b| (b.hva.0, b.size, b.perm))
+                    .collect::<Vec<_>>(),
+                other => panic!("{other:?}"),
+            })
+        };
+        let (ro, rw) = (Perm::Ro, Perm::Rw);
+        assert_eq!(
+            parse(false, None).unwrap(),
+            vec![(0x10000, 0x1000, ro), (0x11000, 0x1000, rw)]
+        );
+        let two_buffers_then = |driver: u64, device: u64| {
+            vec![
+                (0x10000, 0x1000, ro),
+                (0x11000, 0x1000, rw),
+                (0x12000, driver, ro),
+                (0x12000 + driver, device, rw),
+            ]
+        };
+        // 64 descriptors: 1158 and 518 bytes, a page each.
+        assert_eq!(parse(true, None).unwrap(), two_buffers_then(0x1000, 0x1000));
+        // 1024: 18438 bytes (5 pages) and 8198 (3 pages).
+        assert_eq!(
+            parse(true, Some("1024")).unwrap(),
+            two_buffers_then(0x5000, 0x3000)
+        );
+        // 32768, the largest: 589830 bytes (145 pages) and 262150 (65 pages).
+        assert_eq!(
+            parse(true, Some("32768")).unwrap(),
+            two_buffers_then(145 * 0x1000, 65 * 0x1000)
+        );
+        for bad in ["100", "65536", "0"] {
+            let e = parse(true, Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("power of two"), "{bad}: {e}");
+        }
+        let e = parse(false, Some("64")).unwrap_err().to_string();
+        assert!(e.contains("only with [device] cvq_isolated"), "{e}");
+    }
+
     #[test]
     fn default_scenario_parses() {
         let s = Scenario::parse(DEFAULT_SCENARIO, "default").unwrap();
