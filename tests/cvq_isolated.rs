@@ -307,3 +307,27 @@ fn qemu_refuses_an_isolated_control_queue_with_a_viommu() {
     let e = q.refuse(Event::HostBuffers(cvq_alone()));
     assert!(matches!(e, PlanError::Unsupported { .. }), "{e}");
 }
+
+/// An empty declaration changes nothing (no restart of the control queue),
+/// and without isolation buffers only wait for the shadow start, vIOMMU or
+/// not.
+#[test]
+fn qemu_buffers_declared_empty_or_without_isolation_send_nothing() {
+    let mut q = qemu(caps());
+    q.step(Event::Boot(guest()));
+    q.step(Event::HostBuffers(cvq_alone()));
+    let (p, _) = q.step(Event::HostBuffers(Vec::new()));
+    assert!(p.ops().is_empty());
+    let plain = DeviceCaps {
+        cvq_isolated: false,
+        ..caps()
+    };
+    let s = vdpa_iova_planner::QemuPlanner::with_viommu(plain, (1 << 40) - 1).unwrap();
+    let mut q = Rig::new(s, true);
+    let (p, _) = q.step(Event::HostBuffers(cvq_alone()[..2].to_vec()));
+    assert!(p.ops().is_empty());
+    let s = vdpa_iova_planner::QemuPlanner::with_viommu(caps(), (1 << 40) - 1).unwrap();
+    let mut q = Rig::new(s, true);
+    let (p, _) = q.step(Event::HostBuffers(Vec::new()));
+    assert!(p.ops().is_empty());
+}
