@@ -389,7 +389,7 @@ fn a_placement_over_touching_ranges_takes_its_bytes_and_the_smallest_range() {
     // (gpa, iova, pages) after a third DIMM of 2 pages at GPA 40 pages).
     type Pieces = Vec<Vec<(u64, u64, u64)>>;
     type Case = (u64, Option<u64>, (u64, u64), (u64, u64), Pieces);
-    let cases: [Case; 2] = [
+    let cases: [Case; 3] = [
         (
             12,
             None,
@@ -412,6 +412,18 @@ fn a_placement_over_touching_ranges_takes_its_bytes_and_the_smallest_range() {
                 vec![(5, 11, 4)],
                 vec![(13, 15, 4)],
                 vec![(40, 2, 2)],
+            ],
+        ),
+        (
+            20,
+            Some(8),
+            (6, 3),
+            (9, 6),
+            vec![
+                vec![(0, 0, 2)],
+                vec![(6, 11, 3)],
+                vec![(9, 2, 6)],
+                vec![(40, 15, 2)],
             ],
         ),
     ];
