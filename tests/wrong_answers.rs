@@ -17,6 +17,43 @@ fn range(last: u64) -> DeviceCaps {
     }
 }
 
+/// The small layouts of the placement tests are written in 4 KiB pages.
+const P: u64 = 4096;
+
+/// `n` pages of guest memory at page `gpa`, backed at `hva`.
+fn pages(gpa: u64, n: u64, hva: u64) -> vdpa_iova_planner::RegionSpec {
+    vdpa_iova_planner::RegionSpec {
+        gpa: Gpa(gpa * P),
+        size: n * P,
+        hva: Hva(hva),
+        readonly: false,
+    }
+}
+
+/// `queues` shadow queues of 64 descriptors: 3 pages each.
+fn small_queues(queues: u32) -> vdpa_iova_planner::SvqConfig {
+    vdpa_iova_planner::SvqConfig {
+        queues,
+        queue_size: 64,
+        hva: Hva(0x7000_0000),
+    }
+}
+
+/// Every region's pieces as (gpa, iova, size), in pages, by GPA.
+type Pieces = Vec<Vec<(u64, u64, u64)>>;
+
+fn pieces(s: &IdentityPlanner) -> Pieces {
+    s.placements()
+        .iter()
+        .map(|p| {
+            p.pieces
+                .iter()
+                .map(|x| (x.gpa.first().0 / P, x.iova.first().0 / P, x.iova.size() / P))
+                .collect()
+        })
+        .collect()
+}
+
 /// The case and variants: RAM below and above a PCI hole, no
 /// `max_gpa`, so the window is what lies above RAM; during SVQ a DIMM lands
 /// on the vrings, bigger than what the window has left. The hole takes it.
@@ -183,18 +220,6 @@ fn qemu_skips_unmaps_past_the_device_range() {
 /// displaced) and runs past the range's end (that part displaced too).
 #[test]
 fn the_exact_search_places_what_greedy_placement_cannot() {
-    const P: u64 = 4096;
-    let region = |gpa: u64, pages: u64, hva: u64| vdpa_iova_planner::RegionSpec {
-        gpa: Gpa(gpa * P),
-        size: pages * P,
-        hva: Hva(hva),
-        readonly: false,
-    };
-    let queue = vdpa_iova_planner::SvqConfig {
-        queues: 1,
-        queue_size: 64,
-        hva: Hva(0x7000_0000),
-    };
     for (ram2, max_gpa, switch, dimm) in [
         ((8, 2), 12, false, (13, 7)),
         ((8, 2), 12, false, (14, 8)),
@@ -202,14 +227,14 @@ fn the_exact_search_places_what_greedy_placement_cannot() {
     ] {
         let mut id = identity(range(16 * P - 1), Some(max_gpa * P));
         id.step(Event::Boot(vec![
-            region(0, 2, 0x1000_0000),
-            region(ram2.0, ram2.1, 0x3000_0000),
+            pages(0, 2, 0x1000_0000),
+            pages(ram2.0, ram2.1, 0x3000_0000),
         ]));
-        id.step(Event::SvqPrepare(queue));
+        id.step(Event::SvqPrepare(small_queues(1)));
         if switch {
             id.step(Event::SvqSwitch(None));
         }
-        let (_, rep) = id.step(Event::Hotplug(region(dimm.0, dimm.1, 0x2000_0000)));
+        let (_, rep) = id.step(Event::Hotplug(pages(dimm.0, dimm.1, 0x2000_0000)));
         assert_eq!(rep.unreachable_bytes, 0, "{dimm:?}");
         let total: u64 = (2 + ram2.1 + dimm.1) * P;
         assert_eq!(rep.identity_bytes + rep.displaced_bytes, total, "{dimm:?}");
@@ -222,16 +247,8 @@ fn the_exact_search_places_what_greedy_placement_cannot() {
 /// address among equals. Layouts found by search, as above.
 #[test]
 fn a_piece_fits_where_free_ranges_of_the_window_and_a_claim_touch() {
-    const P: u64 = 4096;
-    let region = |gpa: u64, pages: u64, hva: u64| vdpa_iova_planner::RegionSpec {
-        gpa: Gpa(gpa * P),
-        size: pages * P,
-        hva: Hva(hva),
-        readonly: false,
-    };
     // (device pages, second RAM region, max_gpa, queues, DIMM b, DIMM c,
-    // then every region's pieces as (gpa, iova, pages), all in pages).
-    type Pieces = Vec<(u64, Vec<(u64, u64, u64)>)>;
+    // then every region's pieces as (gpa, iova, pages)).
     type Case = (
         u64,
         Option<(u64, u64)>,
@@ -249,11 +266,7 @@ fn a_piece_fits_where_free_ranges_of_the_window_and_a_claim_touch() {
             1,
             (2, 1),
             (3, 6),
-            vec![
-                (0, vec![(0, 0, 2)]),
-                (2, vec![(2, 5, 1)]),
-                (3, vec![(3, 6, 6)]),
-            ],
+            vec![vec![(0, 0, 2)], vec![(2, 5, 1)], vec![(3, 6, 6)]],
         ),
         (
             16,
@@ -262,11 +275,7 @@ fn a_piece_fits_where_free_ranges_of_the_window_and_a_claim_touch() {
             2,
             (7, 4),
             (13, 2),
-            vec![
-                (0, vec![(0, 0, 2)]),
-                (7, vec![(7, 2, 4)]),
-                (13, vec![(13, 6, 2)]),
-            ],
+            vec![vec![(0, 0, 2)], vec![(7, 2, 4)], vec![(13, 6, 2)]],
         ),
         (
             16,
@@ -276,10 +285,10 @@ fn a_piece_fits_where_free_ranges_of_the_window_and_a_claim_touch() {
             (11, 3),
             (3, 3),
             vec![
-                (0, vec![(0, 0, 2)]),
-                (3, vec![(3, 5, 3)]),
-                (8, vec![(8, 8, 2)]),
-                (11, vec![(11, 2, 3)]),
+                vec![(0, 0, 2)],
+                vec![(3, 5, 3)],
+                vec![(8, 8, 2)],
+                vec![(11, 2, 3)],
             ],
         ),
         // Where best fit over the union and the exact search would differ:
@@ -293,41 +302,25 @@ fn a_piece_fits_where_free_ranges_of_the_window_and_a_claim_touch() {
             (5, 4),
             (14, 6),
             vec![
-                (0, vec![(0, 0, 2)]),
-                (5, vec![(5, 11, 4)]),
-                (14, vec![(14, 2, 2), (16, 4, 4)]),
+                vec![(0, 0, 2)],
+                vec![(5, 11, 4)],
+                vec![(14, 2, 2), (16, 4, 4)],
             ],
         ),
     ];
-    for (pages, ram2, max_gpa, queues, b, c, want) in cases {
-        let mut id = identity(range(pages * P - 1), max_gpa.map(|m| m * P));
-        let mut boot = vec![region(0, 2, 0x1000_0000)];
+    for (device, ram2, max_gpa, queues, b, c, want) in cases {
+        let mut id = identity(range(device * P - 1), max_gpa.map(|m| m * P));
+        let mut boot = vec![pages(0, 2, 0x1000_0000)];
         if let Some((g, n)) = ram2 {
-            boot.push(region(g, n, 0x3000_0000));
+            boot.push(pages(g, n, 0x3000_0000));
         }
         id.step(Event::Boot(boot));
-        id.step(Event::SvqSwitch(Some(vdpa_iova_planner::SvqConfig {
-            queues,
-            queue_size: 64,
-            hva: Hva(0x7000_0000),
-        })));
-        id.step(Event::Hotplug(region(b.0, b.1, 0x2000_0000)));
-        let (_, rep) = id.step(Event::Hotplug(region(c.0, c.1, 0x4000_0000)));
+        id.step(Event::SvqSwitch(Some(small_queues(queues))));
+        id.step(Event::Hotplug(pages(b.0, b.1, 0x2000_0000)));
+        let (_, rep) = id.step(Event::Hotplug(pages(c.0, c.1, 0x4000_0000)));
         assert_eq!(rep.unreachable_bytes, 0);
-        let placed: Pieces =
-            id.s.placements()
-                .iter()
-                .map(|p| {
-                    (
-                        p.gpa.first().0 / P,
-                        p.pieces
-                            .iter()
-                            .map(|x| (x.gpa.first().0 / P, x.iova.first().0 / P, x.iova.size() / P))
-                            .collect(),
-                    )
-                })
-                .collect();
-        assert_eq!(placed, want, "{pages} pages, DIMM {c:?}");
+        let placed = pieces(&id.s);
+        assert_eq!(placed, want, "{device} pages, DIMM {c:?}");
     }
 }
 
@@ -337,37 +330,17 @@ fn a_piece_fits_where_free_ranges_of_the_window_and_a_claim_touch() {
 /// (Found by comparing every small layout with and without the release.)
 #[test]
 fn an_unplugged_displaced_dimm_gives_its_claim_back() {
-    const P: u64 = 4096;
-    let region = |gpa: u64, pages: u64, hva: u64| vdpa_iova_planner::RegionSpec {
-        gpa: Gpa(gpa * P),
-        size: pages * P,
-        hva: Hva(hva),
-        readonly: false,
-    };
     let mut id = identity(range(16 * P - 1), None);
-    id.step(Event::Boot(vec![region(0, 2, 0x1000_0000)]));
-    id.step(Event::SvqSwitch(Some(vdpa_iova_planner::SvqConfig {
-        queues: 1,
-        queue_size: 64,
-        hva: Hva(0x7000_0000),
-    })));
-    id.step(Event::Hotplug(region(2, 4, 0x2000_0000)));
+    id.step(Event::Boot(vec![pages(0, 2, 0x1000_0000)]));
+    id.step(Event::SvqSwitch(Some(small_queues(1))));
+    id.step(Event::Hotplug(pages(2, 4, 0x2000_0000)));
     assert!(
         !id.s.displaced().is_empty(),
         "the first DIMM collides with the vrings"
     );
     id.step(Event::Unplug(Gpa(2 * P)));
-    id.step(Event::Hotplug(region(2, 2, 0x4000_0000)));
-    let pieces: Vec<(u64, u64)> =
-        id.s.placements()
-            .iter()
-            .flat_map(|p| {
-                p.pieces
-                    .iter()
-                    .map(|q| (q.gpa.first().0 / P, q.iova.first().0 / P))
-            })
-            .collect();
-    assert_eq!(pieces, vec![(0, 0), (2, 5)]);
+    id.step(Event::Hotplug(pages(2, 2, 0x4000_0000)));
+    assert_eq!(pieces(&id.s), vec![vec![(0, 0, 2)], vec![(2, 5, 2)]]);
     let (fb, _) = id.step(Event::Failback);
     assert!(!fb.ops().is_empty());
 }
@@ -378,16 +351,8 @@ fn an_unplugged_displaced_dimm_gives_its_claim_back() {
 /// placements of every small layout against planted variants of the rule.
 #[test]
 fn a_placement_over_touching_ranges_takes_its_bytes_and_the_smallest_range() {
-    const P: u64 = 4096;
-    let region = |gpa: u64, pages: u64, hva: u64| vdpa_iova_planner::RegionSpec {
-        gpa: Gpa(gpa * P),
-        size: pages * P,
-        hva: Hva(hva),
-        readonly: false,
-    };
     // (device pages, max_gpa, DIMM b, DIMM c, every region's pieces as
     // (gpa, iova, pages) after a third DIMM of 2 pages at GPA 40 pages).
-    type Pieces = Vec<Vec<(u64, u64, u64)>>;
     type Case = (u64, Option<u64>, (u64, u64), (u64, u64), Pieces);
     let cases: [Case; 3] = [
         (
@@ -427,27 +392,14 @@ fn a_placement_over_touching_ranges_takes_its_bytes_and_the_smallest_range() {
             ],
         ),
     ];
-    for (pages, max_gpa, b, c, want) in cases {
-        let mut id = identity(range(pages * P - 1), max_gpa.map(|m| m * P));
-        id.step(Event::Boot(vec![region(0, 2, 0x1000_0000)]));
-        id.step(Event::SvqSwitch(Some(vdpa_iova_planner::SvqConfig {
-            queues: 1,
-            queue_size: 64,
-            hva: Hva(0x7000_0000),
-        })));
-        id.step(Event::Hotplug(region(b.0, b.1, 0x2000_0000)));
-        id.step(Event::Hotplug(region(c.0, c.1, 0x4000_0000)));
-        id.step(Event::Hotplug(region(40, 2, 0x6000_0000)));
-        let placed: Pieces =
-            id.s.placements()
-                .iter()
-                .map(|p| {
-                    p.pieces
-                        .iter()
-                        .map(|x| (x.gpa.first().0 / P, x.iova.first().0 / P, x.iova.size() / P))
-                        .collect()
-                })
-                .collect();
-        assert_eq!(placed, want, "{pages} pages, DIMMs {b:?} {c:?}");
+    for (device, max_gpa, b, c, want) in cases {
+        let mut id = identity(range(device * P - 1), max_gpa.map(|m| m * P));
+        id.step(Event::Boot(vec![pages(0, 2, 0x1000_0000)]));
+        id.step(Event::SvqSwitch(Some(small_queues(1))));
+        id.step(Event::Hotplug(pages(b.0, b.1, 0x2000_0000)));
+        id.step(Event::Hotplug(pages(c.0, c.1, 0x4000_0000)));
+        id.step(Event::Hotplug(pages(40, 2, 0x6000_0000)));
+        let placed = pieces(&id.s);
+        assert_eq!(placed, want, "{device} pages, DIMMs {b:?} {c:?}");
     }
 }
