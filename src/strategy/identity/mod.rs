@@ -533,11 +533,8 @@ impl Strategy for IdentityPlanner {
             for (vq, &q) in s.queues.iter().enumerate() {
                 v.extend(s.queue_entries(vq as u32, q).map(|e| (s.ring_asid, e)));
             }
-            v.extend(s.buffer_entries());
         }
-        if let Some(c) = &self.cvq {
-            v.extend(c.entries());
-        }
+        v.extend(self.buffer_entries());
         v
     }
 
