@@ -74,6 +74,12 @@ pub enum Event {
     /// created with these regions and waits for the migration stream. The
     /// identity strategy maps them now, outside any downtime.
     Incoming(Vec<RegionSpec>),
+    /// On a migration's destination waiting for the stream: the source has
+    /// stopped (its [`Event::Complete`] began), the guest is paused, and the
+    /// rest of the stream (the devices' state, a vIOMMU's maps) arrives now.
+    /// From here to [`Event::Start`] everything a strategy sends is inside
+    /// the downtime, whatever event sends it.
+    Switchover,
     /// On a migration's destination: the stream has ended and the guest
     /// starts (the device gets DRIVER_OK). What a strategy sends here is
     /// inside the downtime.
@@ -118,6 +124,7 @@ impl Event {
             Event::Failback => "failback",
             Event::Complete => "complete",
             Event::Incoming(_) => "incoming",
+            Event::Switchover => "switchover",
             Event::Start => "start",
             Event::Reset => "reset",
             Event::HostBuffers(_) => "host_buffers",

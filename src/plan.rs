@@ -172,6 +172,27 @@ impl Plan {
     pub fn into_ops(self) -> Vec<Op> {
         self.ops
     }
+
+    /// The same operations, every one in [`Phase::Critical`]: for a plan
+    /// sent while the guest is paused anyway (a destination between the
+    /// source's stop and its own start), where no phase is outside the
+    /// downtime. The cost moves with the ops; what each INVALIDATE unpins
+    /// is kept as the plan counted it.
+    pub(crate) fn in_downtime(mut self) -> Plan {
+        for op in &mut self.ops {
+            op.phase = Phase::Critical;
+        }
+        let c = &mut self.cost;
+        c.critical_pinned_bytes = c.pinned_bytes;
+        c.critical_unpinned_bytes = c.unpinned_bytes;
+        c.critical_messages = c.messages;
+        c.critical_batch_ends = self
+            .ops
+            .iter()
+            .filter(|o| o.kind == OpKind::BatchEnd)
+            .count() as u64;
+        self
+    }
 }
 
 /// Collects the map and unmap operations of one event, then orders them by

@@ -106,8 +106,14 @@ pub enum Mode {
     Completed,
     /// A migration's destination waiting for the stream: guest memory is
     /// known (and, for the identity strategy, mapped), the guest is not
-    /// running yet; [`crate::Event::Start`] ends it at switchover.
+    /// running yet; [`crate::Event::Switchover`] or [`crate::Event::Start`]
+    /// ends it.
     Incoming,
+    /// A migration's destination after the source stopped
+    /// ([`crate::Event::Switchover`]): the guest is paused until
+    /// [`crate::Event::Start`], so everything sent now is inside the
+    /// downtime.
+    Switchover,
 }
 
 impl fmt::Display for Mode {
@@ -118,6 +124,7 @@ impl fmt::Display for Mode {
             Mode::Svq => "svq",
             Mode::Completed => "completed",
             Mode::Incoming => "incoming",
+            Mode::Switchover => "switchover",
         })
     }
 }
@@ -147,6 +154,7 @@ mod tests {
             (Mode::Svq, "svq"),
             (Mode::Completed, "completed"),
             (Mode::Incoming, "incoming"),
+            (Mode::Switchover, "switchover"),
         ];
         for (m, name) in modes {
             assert_eq!(m.to_string(), name);

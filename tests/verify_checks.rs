@@ -162,6 +162,9 @@ impl Strategy for Skewed {
     fn incoming(&mut self, r: &[RegionSpec]) -> Result<Plan, PlanError> {
         self.s.incoming(r)
     }
+    fn switchover(&mut self) -> Result<Plan, PlanError> {
+        self.s.switchover()
+    }
     fn start(&mut self) -> Result<Plan, PlanError> {
         self.s.start()
     }

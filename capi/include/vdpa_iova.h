@@ -119,9 +119,16 @@
 
 /**
  * A migration's destination waiting for the stream: guest memory is known
- * (and, with the identity strategy, mapped); `vdpa_iova_start` ends it.
+ * (and, with the identity strategy, mapped); `vdpa_iova_switchover` or
+ * `vdpa_iova_start` ends it.
  */
 #define VDPA_IOVA_MODE_INCOMING 4
+
+/**
+ * A migration's destination after the source stopped: the guest is paused
+ * until `vdpa_iova_start`, and every plan is inside the downtime.
+ */
+#define VDPA_IOVA_MODE_SWITCHOVER 5
 
 /**
  * The kernel's vhost-vdpa IOTLB for one device, as a model (strict: it also
@@ -647,11 +654,30 @@ int vdpa_iova_incoming(struct vdpa_iova_planner *planner,
                        struct vdpa_iova_plan **out);
 
 /**
- * On a migration's destination: the guest starts at switchover (write the
- * plan before the device's DRIVER_OK). The planner is then in passthrough.
+ * On a migration's destination waiting for the stream: the source has
+ * stopped and the rest of the stream (device state, a vIOMMU's maps)
+ * arrives now (QEMU: the switchover, when the source enters
+ * stop-and-copy). Every plan from now until [`vdpa_iova_start`] is inside
+ * the downtime and is booked so: a vIOMMU's maps replayed with
+ * [`vdpa_iova_viommu_map`], a reset's restore. The planner is then in
+ * `VDPA_IOVA_MODE_SWITCHOVER`.
  *
  * # Errors
  * `-EPROTO` unless in `VDPA_IOVA_MODE_INCOMING`. Nothing changes on error.
+ *
+ * # Safety
+ * As [`vdpa_iova_failback`].
+ */
+int vdpa_iova_switchover(struct vdpa_iova_planner *planner, struct vdpa_iova_plan **out);
+
+/**
+ * On a migration's destination: the guest starts at switchover (write the
+ * plan before the device's DRIVER_OK). The planner is then in passthrough:
+ * the host runs the VM, and can be the source of the next migration.
+ *
+ * # Errors
+ * `-EPROTO` unless in `VDPA_IOVA_MODE_INCOMING` or
+ * `VDPA_IOVA_MODE_SWITCHOVER`. Nothing changes on error.
  *
  * # Safety
  * As [`vdpa_iova_failback`].

@@ -300,6 +300,7 @@ pub unsafe extern "C" fn vdpa_iova_mode(planner: *const vdpa_iova_planner) -> c_
             Mode::Svq => VDPA_IOVA_MODE_SVQ,
             Mode::Completed => VDPA_IOVA_MODE_COMPLETED,
             Mode::Incoming => VDPA_IOVA_MODE_INCOMING,
+            Mode::Switchover => VDPA_IOVA_MODE_SWITCHOVER,
         } as c_int)
     })
 }
@@ -426,11 +427,35 @@ pub unsafe extern "C" fn vdpa_iova_incoming(
     unsafe { event("vdpa_iova_incoming", planner, out, f) }
 }
 
-/// On a migration's destination: the guest starts at switchover (write the
-/// plan before the device's DRIVER_OK). The planner is then in passthrough.
+/// On a migration's destination waiting for the stream: the source has
+/// stopped and the rest of the stream (device state, a vIOMMU's maps)
+/// arrives now (QEMU: the switchover, when the source enters
+/// stop-and-copy). Every plan from now until [`vdpa_iova_start`] is inside
+/// the downtime and is booked so: a vIOMMU's maps replayed with
+/// [`vdpa_iova_viommu_map`], a reset's restore. The planner is then in
+/// `VDPA_IOVA_MODE_SWITCHOVER`.
 ///
 /// # Errors
 /// `-EPROTO` unless in `VDPA_IOVA_MODE_INCOMING`. Nothing changes on error.
+///
+/// # Safety
+/// As [`vdpa_iova_failback`].
+#[no_mangle]
+pub unsafe extern "C" fn vdpa_iova_switchover(
+    planner: *mut vdpa_iova_planner,
+    out: *mut *mut vdpa_iova_plan,
+) -> c_int {
+    // SAFETY: the caller's promises, as documented.
+    unsafe { event("vdpa_iova_switchover", planner, out, |s| Ok(s.switchover()?)) }
+}
+
+/// On a migration's destination: the guest starts at switchover (write the
+/// plan before the device's DRIVER_OK). The planner is then in passthrough:
+/// the host runs the VM, and can be the source of the next migration.
+///
+/// # Errors
+/// `-EPROTO` unless in `VDPA_IOVA_MODE_INCOMING` or
+/// `VDPA_IOVA_MODE_SWITCHOVER`. Nothing changes on error.
 ///
 /// # Safety
 /// As [`vdpa_iova_failback`].

@@ -58,8 +58,12 @@ pub const VDPA_IOVA_MODE_SVQ: u32 = 2;
 /// Migration completed: nothing is mapped any more.
 pub const VDPA_IOVA_MODE_COMPLETED: u32 = 3;
 /// A migration's destination waiting for the stream: guest memory is known
-/// (and, with the identity strategy, mapped); `vdpa_iova_start` ends it.
+/// (and, with the identity strategy, mapped); `vdpa_iova_switchover` or
+/// `vdpa_iova_start` ends it.
 pub const VDPA_IOVA_MODE_INCOMING: u32 = 4;
+/// A migration's destination after the source stopped: the guest is paused
+/// until `vdpa_iova_start`, and every plan is inside the downtime.
+pub const VDPA_IOVA_MODE_SWITCHOVER: u32 = 5;
 
 /// What the device can do (`VHOST_VDPA_GET_IOVA_RANGE`, the negotiated
 /// backend features, `VHOST_VDPA_GET_AS_NUM`). `vdpa_iova_caps_default()`

@@ -216,6 +216,8 @@ pub const UNGUIDED_ONE_IN: u8 = 8;
 enum Pick {
     Boot,
     Incoming,
+    /// The source stopped: the destination's guest is paused until start.
+    Switchover,
     Start,
     Hotplug,
     /// Hot-plug where the shadow vrings, the window or displaced memory are
@@ -309,12 +311,23 @@ pub fn guided_event(s: &Setup, m: &PageModel, p: &IdentityPlanner, r: &RawEvent)
         ],
         M::Completed => &[(70, Reset), (30, Unguided)],
         M::Incoming => &[
-            (40, Start),
+            (20, Start),
+            (25, Switchover),
             (15, Hotplug),
             (15, Map),
             (15, Reset),
             (10, Unplug),
             (5, Unmap),
+            (4, Buffers),
+        ],
+        // Between the source's stop and the start: the vIOMMU's maps
+        // arriving with the stream, and resets (booked in the downtime).
+        M::Switchover => &[
+            (30, Start),
+            (25, Map),
+            (25, Reset),
+            (5, Unmap),
+            (5, Hotplug),
             (4, Buffers),
         ],
     };
@@ -338,6 +351,7 @@ pub fn guided_event(s: &Setup, m: &PageModel, p: &IdentityPlanner, r: &RawEvent)
     match pick {
         Boot => Event::Boot(new_regions(s, m, p, r)),
         Incoming => Event::Incoming(new_regions(s, m, p, r)),
+        Switchover => Event::Switchover,
         Start => Event::Start,
         Hotplug => Event::Hotplug(new_region(s, m, p, r, false)),
         HotplugColliding => Event::Hotplug(new_region(s, m, p, r, true)),

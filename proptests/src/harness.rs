@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use vdpa_iova_planner::verify::replay::{self, StepError};
 use vdpa_iova_planner::{
-    DeviceCaps, Entry, Event, Gpa, GuestView, IdentityPlanner, KernelIotlb, Mode, Perm, Placement,
-    PlanError, Strategy, VringArea, GUEST_ASID,
+    DeviceCaps, Entry, Event, Gpa, GuestView, IdentityPlanner, KernelIotlb, Mode, Perm, Phase,
+    Placement, PlanError, Strategy, VringArea, GUEST_ASID,
 };
 
 use crate::model::{Expect, ModelMode, PageModel, PAGE};
@@ -92,6 +92,7 @@ impl Harness {
         let before = self.snapshot();
         let prepared_switch =
             matches!(ev, Event::SvqSwitch(_)) && self.model.mode == ModelMode::Prepared;
+        let paused = self.model.mode == ModelMode::Switchover;
         let step = replay::step(&mut self.planner, &mut self.kernel, &mut self.guest, ev);
         match (step, expect) {
             (Err(StepError::Plan(e)), Expect::Refuse) => self.refused(ev, e, before, false),
@@ -126,6 +127,14 @@ impl Harness {
                 if prepared_switch {
                     assert!(plan.is_empty(), "a prepared switch must be free: {plan:?}");
                 }
+                // Between the source's stop and the start the guest is
+                // paused: whatever is sent is inside the downtime.
+                if paused {
+                    assert!(
+                        plan.ops().iter().all(|o| o.phase == Phase::Critical),
+                        "{ev:?} while the guest is paused must be booked in the downtime: {plan:?}"
+                    );
+                }
                 self.check();
             }
         }
@@ -156,7 +165,7 @@ impl Harness {
             match (s.translate(Gpa(g), PAGE), m.mode) {
                 (
                     Err(PlanError::Unreachable { .. }),
-                    ModelMode::Passthrough | ModelMode::Prepared | ModelMode::Incoming,
+                    ModelMode::Passthrough | ModelMode::Prepared | ModelMode::Incoming | ModelMode::Switchover,
                 ) if !in_range => {}
                 (Ok(seg), ModelMode::Prepared) if !in_range => {
                     assert_eq!(seg.len(), 1);
@@ -165,7 +174,7 @@ impl Harness {
                     assert!(range.contains_bounds(iova, iova + (PAGE - 1)));
                     assert!(want.insert((GUEST_ASID, iova), (hva, perm)).is_none());
                 }
-                (Ok(seg), ModelMode::Passthrough | ModelMode::Prepared | ModelMode::Incoming)
+                (Ok(seg), ModelMode::Passthrough | ModelMode::Prepared | ModelMode::Incoming | ModelMode::Switchover)
                     if in_range =>
                 {
                     assert_eq!(seg.len(), 1);

@@ -23,6 +23,8 @@ pub enum ModelMode {
     Completed,
     /// A destination waiting for the stream.
     Incoming,
+    /// A destination after the source stopped: paused until start.
+    Switchover,
 }
 
 /// What the planner must answer to an event.
@@ -142,15 +144,25 @@ impl PageModel {
                     Refuse
                 }
             }
-            Event::Start => {
+            Event::Switchover => {
                 if self.mode == ModelMode::Incoming {
                     Accept
                 } else {
                     Refuse
                 }
             }
+            Event::Start => {
+                if matches!(self.mode, ModelMode::Incoming | ModelMode::Switchover) {
+                    Accept
+                } else {
+                    Refuse
+                }
+            }
             Event::HostBuffers(bs) => {
-                let waiting = matches!(self.mode, ModelMode::Passthrough | ModelMode::Incoming);
+                let waiting = matches!(
+                    self.mode,
+                    ModelMode::Passthrough | ModelMode::Incoming | ModelMode::Switchover
+                );
                 if waiting && bs.iter().all(|b| span_ok(b.hva.0, b.size)) {
                     Accept
                 } else {
@@ -277,6 +289,7 @@ impl PageModel {
                 self.apply(&Event::Boot(rs.clone()));
                 self.mode = ModelMode::Incoming;
             }
+            Event::Switchover => self.mode = ModelMode::Switchover,
             Event::Start => self.mode = ModelMode::Passthrough,
             Event::HostBuffers(bs) => self.buffers.extend(bs.iter().map(|b| b.size)),
             Event::Unplug(g) => {

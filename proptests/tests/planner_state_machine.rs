@@ -100,7 +100,7 @@ struct Sut {
 }
 
 /// Deep states, as bits of `Sut::reached`, with their names for the stats.
-const DEEP: [&str; 11] = [
+const DEEP: [&str; 16] = [
     "svq+displaced",
     "viommu-map-prepared",
     "viommu-map-svq",
@@ -112,14 +112,20 @@ const DEEP: [&str; 11] = [
     "incoming",
     "start",
     "host-buffers",
+    "switchover",
+    "reset-switchover",
+    "viommu-map-switchover",
+    "start-after-switchover",
+    "migrated-again",
 ];
 
-const MODES: [ModelMode; 5] = [
+const MODES: [ModelMode; 6] = [
     ModelMode::Passthrough,
     ModelMode::Prepared,
     ModelMode::Svq,
     ModelMode::Completed,
     ModelMode::Incoming,
+    ModelMode::Switchover,
 ];
 
 fn mode_index(m: ModelMode) -> usize {
@@ -143,17 +149,17 @@ const DEPTHS: [(u64, &str); 7] = [
 struct Stats {
     events: [AtomicU64; 3],
     cases: AtomicU64,
-    modes: [AtomicU64; 5],
+    modes: [AtomicU64; 6],
     depths: [AtomicU64; 7],
-    deep: [AtomicU64; 11],
+    deep: [AtomicU64; 16],
 }
 
 static STATS: Stats = Stats {
     events: [const { AtomicU64::new(0) }; 3],
     cases: AtomicU64::new(0),
-    modes: [const { AtomicU64::new(0) }; 5],
+    modes: [const { AtomicU64::new(0) }; 6],
     depths: [const { AtomicU64::new(0) }; 7],
-    deep: [const { AtomicU64::new(0) }; 11],
+    deep: [const { AtomicU64::new(0) }; 16],
 };
 
 fn print_stats() {
@@ -203,6 +209,8 @@ impl StateMachineTest for PlannerTest {
         let accepted = sut.h.stats.0;
         sut.h.step(&t);
         if sut.h.stats.0 > accepted {
+            let started = 1 << DEEP.iter().position(|&d| d == "start").expect("listed");
+            let was_started = sut.reached & started != 0;
             let mut bit = |name: &str| {
                 sut.reached |= 1 << DEEP.iter().position(|&d| d == name).expect("listed");
             };
@@ -214,8 +222,20 @@ impl StateMachineTest for PlannerTest {
                 (Event::Reset, ModelMode::Svq) => bit("reset-svq"),
                 (Event::Reset, ModelMode::Completed) => bit("reset-completed"),
                 (Event::Reset, ModelMode::Incoming) => bit("reset-incoming"),
+                (Event::Reset, ModelMode::Switchover) => bit("reset-switchover"),
+                (Event::ViommuMap { .. }, ModelMode::Switchover) => bit("viommu-map-switchover"),
                 (Event::Incoming(_), _) => bit("incoming"),
+                (Event::Switchover, _) => bit("switchover"),
+                (Event::Start, ModelMode::Switchover) => {
+                    bit("start");
+                    bit("start-after-switchover");
+                }
                 (Event::Start, _) => bit("start"),
+                // A destination that started runs the VM: its own
+                // migration's switch, after an earlier `start`.
+                (Event::SvqSwitch(_) | Event::Complete, _) if was_started => {
+                    bit("migrated-again")
+                }
                 (Event::HostBuffers(_), _) => bit("host-buffers"),
                 _ => {}
             }

@@ -142,11 +142,21 @@ pub trait Strategy {
     /// Bad or overlapping regions; an event out of order (anything was
     /// mapped or declared before).
     fn incoming(&mut self, regions: &[RegionSpec]) -> Result<Plan, PlanError>;
-    /// On a migration's destination: the guest starts at switchover. Leaves
-    /// the strategy in [`Mode::Passthrough`].
+    /// On a migration's destination waiting for the stream: the source
+    /// stopped, and the guest stays paused until [`Strategy::start`].
+    /// Leaves the strategy in [`Mode::Switchover`], where everything it
+    /// plans (a reset's restore, a vIOMMU's maps arriving with the stream)
+    /// is inside the downtime.
     ///
     /// # Errors
     /// An event out of order (not [`Mode::Incoming`]).
+    fn switchover(&mut self) -> Result<Plan, PlanError>;
+    /// On a migration's destination: the guest starts, after the stream
+    /// ended. Leaves the strategy in [`Mode::Passthrough`]: the host runs
+    /// the VM now, and can be the source of the next migration.
+    ///
+    /// # Errors
+    /// An event out of order (not [`Mode::Incoming`] or [`Mode::Switchover`]).
     fn start(&mut self) -> Result<Plan, PlanError>;
     /// Where each region is mapped now, by GPA.
     fn placements(&self) -> Vec<Placement>;
@@ -216,6 +226,7 @@ pub trait Strategy {
             Event::Failback => self.failback(),
             Event::Complete => self.complete(),
             Event::Incoming(r) => self.incoming(r),
+            Event::Switchover => self.switchover(),
             Event::Start => self.start(),
             Event::Reset => self.reset(),
             Event::HostBuffers(b) => self.host_buffers(b),

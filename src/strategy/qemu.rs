@@ -83,7 +83,8 @@ use crate::error::PlanError;
 use crate::event::{HostBuffer, RegionSpec};
 use crate::plan::{plan_from_ops, plan_with_unpins, Op, OpKind, Plan};
 use crate::strategy::shared::{
-    fresh, guest_map, guest_unmap, new_regions, removed_region, reset_phase, valid_buffers,
+    fresh, guest_map, guest_unmap, in_mode, new_regions, removed_region, reset_phase,
+    start_from, switchover_from, valid_buffers,
     validate_regions, GuestMemory, UnitSpan,
 };
 use crate::strategy::xlate::{translate_map, xlate_entry, XlateMap};
@@ -190,7 +191,49 @@ impl QemuPlanner {
         self.space_created |= ops
             .iter()
             .any(|o| matches!(o.kind, OpKind::Update { .. } | OpKind::BatchBegin));
-        plan_from_ops(ops, &self.caps)
+        in_mode(self.mode, plan_from_ops(ops, &self.caps))
+    }
+
+    /// Whether the listener is unregistered on a destination waiting for
+    /// the stream (the machine-creation reset unregistered it, and
+    /// `vhost_vdpa_dev_start` registers it again only at start): nothing
+    /// the guest's memory or vIOMMU does reaches the device before then.
+    fn listener_off(&self) -> bool {
+        matches!(self.mode, Mode::Incoming | Mode::Switchover)
+    }
+
+    /// `start` with a guest vIOMMU: vhost_vdpa_dev_start registers the
+    /// listener, whose region_add for the IOMMU region registers the
+    /// notifier and replays the guest's live maps
+    /// (vhost_vdpa_iommu_region_add -> memory_region_iommu_replay ->
+    /// vhost_vdpa_iommu_map_notify): one unbatched UPDATE per map (the
+    /// listener's batch opens only for RAM sections), inside the downtime.
+    fn start_viommu(&mut self) -> Result<Plan, PlanError> {
+        let mut ops = Vec::new();
+        let mut mapped = Vec::new();
+        for (&k, r) in &self.regions {
+            if self.caps.range.contains_span(&r.gpa) {
+                let iova = Span::trusted(r.gpa.first().raw(), r.gpa.size());
+                ops.push(Op {
+                    phase: Phase::Critical,
+                    asid: ASID,
+                    kind: OpKind::Update {
+                        iova,
+                        hva: r.hva,
+                        perm: r.perm,
+                    },
+                });
+                mapped.push((k, iova));
+            }
+        }
+        for (k, iova) in mapped {
+            let r = self.regions.get_mut(&k).expect("present");
+            r.iova = Some(iova);
+            let r = r.clone();
+            self.set_xlate(&r);
+        }
+        self.mode = Mode::Passthrough;
+        Ok(self.finish(ops))
     }
 
     fn out_of_order(&self, event: &'static str) -> PlanError {
@@ -409,7 +452,7 @@ impl Strategy for QemuPlanner {
             // A destination waiting for the stream has no listener (the
             // machine-creation reset unregistered it): memory plugged then
             // is mapped at start with the rest.
-            if self.in_range(&g) && self.mode != Mode::Incoming {
+            if self.in_range(&g) && !self.listener_off() {
                 let iova = if self.mode == Mode::Svq {
                     let i = Self::first_fit(&self.caps, &tree, g.size(), "guest memory")?;
                     tree.insert(i.first().raw(), i.last().raw());
@@ -783,17 +826,26 @@ impl Strategy for QemuPlanner {
         Ok(self.finish(ops))
     }
 
+    fn switchover(&mut self) -> Result<Plan, PlanError> {
+        switchover_from(self.mode)?;
+        // QEMU's destination does nothing for the device until
+        // vhost_vdpa_dev_start: the stream's last sections only load state.
+        self.mode = Mode::Switchover;
+        Ok(Plan::default())
+    }
+
     fn start(&mut self) -> Result<Plan, PlanError> {
-        if self.mode != Mode::Incoming {
-            return Err(self.out_of_order("start"));
-        }
+        start_from(self.mode)?;
         // vhost_vdpa_dev_start on the last device registers the listener
         // again, after the stream has ended: every section mapped (pinned)
         // inside the downtime.
+        if self.viommu.is_some() {
+            return self.start_viommu();
+        }
         let maps: Vec<(u64, Span<Iova>, OpKind)> = self
             .regions
             .values()
-            .filter(|r| self.viommu.is_none() && self.in_range(&r.gpa))
+            .filter(|r| self.in_range(&r.gpa))
             .map(|r| {
                 let iova = Span::trusted(r.gpa.first().raw(), r.gpa.size());
                 (
@@ -851,10 +903,9 @@ impl Strategy for QemuPlanner {
             perm,
             // Outside the device range the kernel refuses it: lost.
             // vhost_vdpa_iommu_map_notify checks the inclusive end: no off-by-one.
-            iova: self
-                .caps
-                .range
-                .contains_span(&gi)
+            // A destination waiting for the stream has no IOMMU notifier
+            // (the listener registers it): mapped by the replay at start.
+            iova: (self.caps.range.contains_span(&gi) && !self.listener_off())
                 .then(|| Span::trusted(f, size)),
         };
         let mut ops = Vec::new();
@@ -894,7 +945,9 @@ impl Strategy for QemuPlanner {
             .filter_map(|k| self.regions[k].iova)
             .map(|i| i.size())
             .sum();
-        let send = self.space_created && (self.caps.range.contains_span(&span) || unpinned > 0);
+        let send = self.space_created
+            && !self.listener_off()
+            && (self.caps.range.contains_span(&span) || unpinned > 0);
         let ops = if send {
             vec![Op {
                 phase: Phase::Prepare,

@@ -161,12 +161,19 @@ pub(crate) fn validate_regions(
 /// IOMMU; on a `set_map` device an empty batch per address space (a table
 /// push, nothing pinned again) or, without batching, a one-page map of
 /// memory already mapped at a free IOVA and its unmap (each unbatched
-/// message pushes the whole table; only when no page is free, the smallest
-/// entry unmapped and mapped again); on a
+/// message pushes the whole table; only when no page is free, or the
+/// address space already holds the device's `max_entries`, the smallest
+/// entry unmapped and mapped again: the table never holds more entries than
+/// before); on a
 /// `dma_map` device every entry unmapped and mapped again. The ops run in
 /// `phase`: critical for a running device, prepare on a destination waiting
 /// for the stream (no guest runs, no downtime has begun).
-pub(crate) fn reset_plan(caps: &DeviceCaps, mapped: &[(u32, Entry)], phase: Phase) -> Plan {
+pub(crate) fn reset_plan(
+    caps: &DeviceCaps,
+    max_entries: Option<u64>,
+    mapped: &[(u32, Entry)],
+    phase: Phase,
+) -> Plan {
     if caps.persist || caps.map_style == MapStyle::Platform {
         return Plan::default();
     }
@@ -196,14 +203,18 @@ pub(crate) fn reset_plan(caps: &DeviceCaps, mapped: &[(u32, Entry)], phase: Phas
                     .map(|(_, e)| e.iova)
                     .collect();
                 taken.sort_unstable();
-                match free_page(caps, &taken) {
+                // A one-page map beside the others needs one entry more
+                // than the table holds: not where the table is full.
+                let full = max_entries.is_some_and(|n| taken.len() as u64 >= n);
+                match free_page(caps, &taken).filter(|_| !full) {
                     // A one-page read-only map of memory already pinned,
                     // and its unmap: two table pushes, one page pinned.
                     Some(page) => {
                         b.update(phase, asid, page, e.hva, Perm::Ro);
                         b.invalidate(phase, asid, page);
                     }
-                    // The whole range is mapped: re-map the smallest entry.
+                    // The whole range is mapped, or the table is full:
+                    // re-map the smallest entry.
                     None => {
                         b.invalidate(phase, asid, e.iova);
                         b.update(phase, asid, e.iova, e.hva, e.perm);
@@ -257,7 +268,7 @@ pub(crate) fn valid_buffers(
     mode: Mode,
     bufs: &[crate::event::HostBuffer],
 ) -> Result<(), PlanError> {
-    if !matches!(mode, Mode::Passthrough | Mode::Incoming) {
+    if !matches!(mode, Mode::Passthrough | Mode::Incoming | Mode::Switchover) {
         return Err(PlanError::OutOfOrder {
             event: "host_buffers",
             mode,
@@ -285,11 +296,45 @@ pub(crate) fn fresh<U>(
 }
 
 /// The phase of what a reset's plan sends: prepare on a destination still
-/// waiting for the stream, critical everywhere else.
+/// waiting for the stream, critical everywhere else (a destination after
+/// the source stopped included: the guest is paused).
 pub(crate) fn reset_phase(mode: Mode) -> Phase {
     match mode {
         Mode::Incoming => Phase::Prepare,
         _ => Phase::Critical,
+    }
+}
+
+/// `plan` as sent in `mode`: on a destination after the source stopped
+/// ([`Mode::Switchover`]) the guest is paused, so every operation is inside
+/// the downtime, whatever phase the event would give it on a running guest.
+pub(crate) fn in_mode(mode: Mode, plan: Plan) -> Plan {
+    match mode {
+        Mode::Switchover => plan.in_downtime(),
+        _ => plan,
+    }
+}
+
+/// The guard of `switchover`: a destination waiting for the stream.
+pub(crate) fn switchover_from(mode: Mode) -> Result<(), PlanError> {
+    match mode {
+        Mode::Incoming => Ok(()),
+        _ => Err(PlanError::OutOfOrder {
+            event: "switchover",
+            mode,
+        }),
+    }
+}
+
+/// The guard of `start`: a destination waiting for the stream, or after
+/// the source stopped.
+pub(crate) fn start_from(mode: Mode) -> Result<(), PlanError> {
+    match mode {
+        Mode::Incoming | Mode::Switchover => Ok(()),
+        _ => Err(PlanError::OutOfOrder {
+            event: "start",
+            mode,
+        }),
     }
 }
 

@@ -163,7 +163,7 @@ pub fn check<S: Strategy + ?Sized>(
     let range = strategy.caps().range;
     let passthrough = matches!(
         strategy.mode(),
-        Mode::Passthrough | Mode::Prepared | Mode::Incoming
+        Mode::Passthrough | Mode::Prepared | Mode::Incoming | Mode::Switchover
     );
     let g = view(&mut expected, GUEST_ASID);
     for pl in &placements {

@@ -200,8 +200,8 @@ enum HostArg {
 impl From<HostArg> for Host {
     fn from(h: HostArg) -> Host {
         match h {
-            HostArg::Source => Host::Source,
-            HostArg::Destination => Host::Destination,
+            HostArg::Source => Host::SOURCE,
+            HostArg::Destination => Host::DESTINATION,
         }
     }
 }

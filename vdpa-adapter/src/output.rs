@@ -84,7 +84,7 @@ pub fn apply_json(
         "device": device,
         "device_view": describe(caps),
         "strategy": format!("{kind:?}").to_lowercase(),
-        "host": host.as_str(),
+        "host": host.name(),
         "steps": steps.iter().map(|o| json!({
             "event": o.event,
             "messages": o.messages,

@@ -121,11 +121,7 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
         .max_by_key(|r| r.steps.len())
         .expect("at least one run");
     for (i, step) in longest.steps.iter().enumerate() {
-        let host = match step.host {
-            Host::Source => "src",
-            Host::Destination => "dst",
-        };
-        let mut line = format!("{:<4} {:<4} {:<12}", i, host, step.event);
+        let mut line = format!("{:<4} {:<4} {:<12}", i, step.host.short(), step.event);
         for r in runs {
             match r.steps.get(i) {
                 Some(s) => {
@@ -184,7 +180,9 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
             .filter(|s| {
                 !matches!(
                     s.mode,
-                    vdpa_iova_planner::Mode::Completed | vdpa_iova_planner::Mode::Incoming
+                    vdpa_iova_planner::Mode::Completed
+                        | vdpa_iova_planner::Mode::Incoming
+                        | vdpa_iova_planner::Mode::Switchover
                 )
             })
             .map(|s| s.unreachable_bytes)
@@ -219,50 +217,76 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
     out
 }
 
-/// The migration's downtime windows, where the guest is paused: the
-/// source's stop-and-copy (its `complete` step) and the destination's start.
-/// Per window and strategy, what is sent while the guest waits; empty when
-/// the scenario has neither.
-fn downtime_table(runs: &[RunReport]) -> String {
-    let windows: [(&str, Host, &str); 2] = [
-        ("source stop-and-copy", Host::Source, "complete"),
-        ("destination start", Host::Destination, "start"),
-    ];
-    let cost = |r: &RunReport, host: Host, event: &str| -> Option<vdpa_iova_planner::Cost> {
-        let mut hit = r
-            .steps
-            .iter()
-            .filter(|s| s.host == host && s.event == event)
-            .peekable();
-        hit.peek()?;
-        Some(
-            hit.fold(Default::default(), |a: vdpa_iova_planner::Cost, s| {
+/// What a run sends on `host` while the guest is paused for a migration:
+/// on the source its `complete` (stop-and-copy), on the destination every
+/// step from its `switchover` (the source stopped) to its `start`, a reset
+/// or a vIOMMU's maps in between included. `None` when the run has no such
+/// step.
+fn window_cost(r: &RunReport, host: Host, source: bool) -> Option<vdpa_iova_planner::Cost> {
+    let on_host = r.steps.iter().filter(|s| s.host == host);
+    let mut hit: Vec<&crate::runner::StepReport> = if source {
+        on_host.filter(|s| s.event == "complete").collect()
+    } else {
+        on_host
+            .skip_while(|s| s.event != "switchover" && s.event != "start")
+            .scan(false, |done, s| {
+                (!*done).then(|| {
+                    *done = s.event == "start";
+                    s
+                })
+            })
+            .collect()
+    };
+    // A destination whose start was never reached has no start window.
+    if !source && !hit.iter().any(|s| s.event == "start") {
+        hit.clear();
+    }
+    if hit.is_empty() {
+        return None;
+    }
+    Some(
+        hit.iter()
+            .fold(Default::default(), |a: vdpa_iova_planner::Cost, s| {
                 a.add(&s.cost)
             }),
-        )
-    };
+    )
+}
+
+/// The migrations' downtime windows, where the guest is paused: per
+/// migration the source's stop-and-copy (its `complete` step) and the
+/// destination's start (from the source's stop to the destination's
+/// start, see [`window_cost`]). Per window and strategy, what is sent while
+/// the guest waits; empty when the scenario has no migration.
+fn downtime_table(runs: &[RunReport]) -> String {
+    let migrations = &runs[0].migrations;
+    let mut windows: Vec<(String, Host, bool)> = Vec::new();
+    for m in migrations {
+        windows.push((format!("{} stop-and-copy", m.source), m.source, true));
+        windows.push((format!("{} start", m.destination), m.destination, false));
+    }
     let any = windows
         .iter()
-        .any(|(_, h, e)| runs.iter().any(|r| cost(r, *h, e).is_some()));
+        .any(|(_, h, src)| runs.iter().any(|r| window_cost(r, *h, *src).is_some()));
     if !any {
         return String::new();
     }
+    let width = windows.iter().map(|w| w.0.len()).max().unwrap_or(0).max(22);
     let mut out = String::new();
     let _ = writeln!(
         out,
         "migration downtime (guest paused), what each window sends while the guest waits:"
     );
-    let mut head = format!("{:<22}", "window");
+    let mut head = format!("{:<width$}", "window");
     for r in runs {
         head.push_str(&critical_head(r.strategy));
     }
     let _ = writeln!(out, "{head}");
     let _ = writeln!(out, "{}", "-".repeat(head.len()));
     let mut totals = vec![vdpa_iova_planner::Cost::default(); runs.len()];
-    for (label, host, event) in windows {
-        let mut line = format!("{label:<22}");
+    for (label, host, source) in windows {
+        let mut line = format!("{label:<width$}");
         for (r, t) in runs.iter().zip(totals.iter_mut()) {
-            match cost(r, host, event) {
+            match window_cost(r, host, source) {
                 Some(c) => {
                     *t = t.add(&c);
                     line.push_str(&critical_cell(&c));
@@ -274,7 +298,7 @@ fn downtime_table(runs: &[RunReport]) -> String {
         }
         let _ = writeln!(out, "{line}");
     }
-    let mut line = format!("{:<22}", "total");
+    let mut line = format!("{:<width$}", "total");
     for c in &totals {
         line.push_str(&critical_cell(c));
     }
@@ -293,10 +317,10 @@ pub fn detail_table(caps: &DeviceCaps, run: &RunReport) -> String {
         let _ = writeln!(
             out,
             "\nstep {i}: {}{} -> {} | {} messages ({} critical), pinned {} ({} critical)",
-            if s.host == Host::Destination {
-                "destination "
+            if s.host == Host::SOURCE {
+                String::new()
             } else {
-                ""
+                format!("{} ", s.host)
             },
             s.event,
             s.mode,
@@ -353,7 +377,12 @@ pub fn detail_table(caps: &DeviceCaps, run: &RunReport) -> String {
 
 /// Version of every JSON document the CLI prints (`"schema_version"`).
 /// Version 2: 64-bit quantities are strings (see [`hex`] and [`dec`]).
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version 3: `plan`'s steps name any number of hosts (`"destination 2"`),
+/// say whether the scenario wrote them (`"implied"` for a migration's
+/// `switchover` and the vIOMMU maps it carries), and list the host buffers
+/// mapped after each step (`"host_buffers"`: asid, iova, size, perm, hva);
+/// the document lists the migrations.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// An address or size as a JSON string, `"0x7f0000000000"`: 64-bit values
 /// above 2^53 do not survive JavaScript's numbers (nor `jq`'s), so every
@@ -396,8 +425,9 @@ pub fn json(run: &RunReport) -> Value {
                 .collect();
             let c = &s.cost;
             json!({
-                "host": s.host.as_str(),
+                "host": s.host.name(),
                 "event": s.event,
+                "implied": !s.written,
                 "mode": s.mode.to_string(),
                 "ops": ops,
                 "cost": {
@@ -413,6 +443,9 @@ pub fn json(run: &RunReport) -> Value {
                     "asid": a.asid, "vq": a.vq, "area": a.area.as_str(), "iova": hex(a.iova.first().0), "size": hex(a.iova.size()), "hva": hex(a.hva.0),
                 })).collect::<Vec<_>>(),
                 "displaced": s.displaced.iter().map(|d| json!({"gpa": hex(d.gpa), "iova": hex(d.iova), "size": hex(d.size)})).collect::<Vec<_>>(),
+                "host_buffers": s.buffers.iter().map(|(asid, e)| json!({
+                    "asid": asid, "iova": hex(e.iova.first().0), "size": hex(e.iova.size()), "perm": e.perm.as_str(), "hva": hex(e.hva.0),
+                })).collect::<Vec<_>>(),
                 "unreachable_bytes": dec(s.unreachable_bytes),
                 "peak_entries": s.peak_entries,
                 "kernel_quirks": s.quirks,
@@ -423,7 +456,12 @@ pub fn json(run: &RunReport) -> Value {
         .stopped
         .as_ref()
         .map(|st| json!({"step": st.step, "event": st.event, "reason": st.reason}));
-    json!({"schema_version": SCHEMA_VERSION, "name": run.name, "strategy": run.strategy, "steps": steps, "stopped": stopped})
+    let migrations: Vec<Value> = run
+        .migrations
+        .iter()
+        .map(|m| json!({"source": m.source.name(), "destination": m.destination.name()}))
+        .collect();
+    json!({"schema_version": SCHEMA_VERSION, "name": run.name, "strategy": run.strategy, "migrations": migrations, "steps": steps, "stopped": stopped})
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use vdpa_iova_planner::{
 };
 
 use crate::error::AdapterError;
-use crate::scenario::{layout_error, step_error, Host, Scenario};
+use crate::scenario::{layout_error, step_error, Host, Migration, Scenario};
 
 /// Which strategy plans.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -50,6 +50,9 @@ impl StrategyKind {
                 if let Some(l) = scn.viommu_last {
                     b = b.viommu(l);
                 }
+                if let Some(n) = scn.max_entries {
+                    b = b.max_entries(n);
+                }
                 b.build().map(|p| Box::new(p) as Box<dyn Strategy>)
             }
             StrategyKind::Qemu => match scn.viommu_last {
@@ -83,6 +86,8 @@ pub struct StepReport {
     pub host: Host,
     /// The event.
     pub event: &'static str,
+    /// Whether the scenario file wrote it (`false`: implied by a migration).
+    pub written: bool,
     /// The plan's operations.
     pub ops: Vec<Op>,
     /// The plan's cost.
@@ -130,6 +135,8 @@ pub struct RunReport {
     pub strategy: &'static str,
     /// Boot, then one per event, up to `stopped`.
     pub steps: Vec<StepReport>,
+    /// The scenario's migrations, in order.
+    pub migrations: Vec<Migration>,
     /// The step the strategy cannot plan (unsupported, as QEMU with a
     /// vIOMMU, or out of IOVA space), if any.
     pub stopped: Option<Stop>,
@@ -142,20 +149,18 @@ pub struct RunReport {
 /// The first step the planner refuses, or (a planner bug) a plan the kernel
 /// model refuses or a layout that does not match.
 pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, AdapterError> {
-    let mut source = Side::new(scn, file, kind)?;
-    // Created at `incoming`: a strategy of the same kind on its own device.
-    let mut destination: Option<Side> = None;
-    let name = source.s.name();
+    // One per host, each a strategy of the same kind on its own device;
+    // a destination's is created at its `incoming`.
+    let mut sides = vec![Side::new(scn, file, kind)?];
+    let name = sides[0].s.name();
     let mut steps = Vec::new();
     let mut stopped = None;
-    for (i, (host, ev)) in scn.host_steps().enumerate() {
-        let side = match host {
-            Host::Source => &mut source,
-            Host::Destination => match &mut destination {
-                Some(d) => d,
-                None => destination.insert(Side::new(scn, file, kind)?),
-            },
-        };
+    let written = std::iter::once(true).chain(scn.written.iter().copied());
+    for (i, ((host, ev), written)) in scn.host_steps().zip(written).enumerate() {
+        while sides.len() <= host.index() {
+            sides.push(Side::new(scn, file, kind)?);
+        }
+        let side = &mut sides[host.index()];
         let Side { s, k, guest } = side;
         let step = match replay::step(s.as_mut(), k, guest, &ev) {
             Ok(step) => step,
@@ -221,6 +226,7 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
         steps.push(StepReport {
             host,
             event: ev.name(),
+            written,
             cost: *plan.cost(),
             ops: plan.into_ops(),
             svq: s.vring_areas(),
@@ -238,6 +244,7 @@ pub fn run(scn: &Scenario, file: &str, kind: StrategyKind) -> Result<RunReport, 
         name: scn.name.clone(),
         strategy: name,
         steps,
+        migrations: scn.migrations.clone(),
         stopped,
     })
 }

@@ -52,28 +52,136 @@ pub struct Scenario {
     pub viommu_last: Option<u64>,
     /// Regions present at boot.
     pub boot: Vec<RegionSpec>,
-    /// Events after boot, in order.
+    /// Events after boot, in order, with the events each migration implies
+    /// on its destination (see [`Scenario::parse`]).
     pub events: Vec<Event>,
     /// The host of each event of `events` (same length).
     pub hosts: Vec<Host>,
+    /// Whether each event of `events` was written in the file (`false`:
+    /// implied by a migration, such as the destination's `switchover`).
+    pub written: Vec<bool>,
+    /// Every migration, in order: its source and its destination.
+    pub migrations: Vec<Migration>,
 }
 
-/// Which host of a migration an event happens on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Host {
-    /// The VM's host before the migration (and after a failed one).
-    Source,
-    /// The host the VM migrates to: from `incoming` on.
-    Destination,
-}
+/// One host of a scenario, each with a device of its own: the VM's first
+/// host ([`Host::SOURCE`]), then one per `incoming`, in order
+/// ([`Host::DESTINATION`] for the first migration's destination).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Host(u32);
 
 impl Host {
-    /// Name in the scenario format and the reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Host::Source => "source",
-            Host::Destination => "destination",
+    /// The VM's first host.
+    pub const SOURCE: Host = Host(0);
+    /// The first migration's destination.
+    pub const DESTINATION: Host = Host(1);
+
+    /// The `n`th host: 0 is the first host, `n` the `n`th migration's destination.
+    pub fn nth(n: u32) -> Host {
+        Host(n)
+    }
+
+    /// The position of the host in the scenario: 0 for the first host,
+    /// `n` for the `n`th migration's destination.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    /// Name in the scenario format and the reports: `source`,
+    /// `destination`, then `destination 2`, `destination 3`...
+    pub fn name(self) -> String {
+        match self.0 {
+            0 => "source".into(),
+            1 => "destination".into(),
+            n => format!("destination {n}"),
         }
+    }
+
+    /// The short name of the tables' host column: `src`, `dst`, `dst2`...
+    pub fn short(self) -> String {
+        match self.0 {
+            0 => "src".into(),
+            1 => "dst".into(),
+            n => format!("dst{n}"),
+        }
+    }
+
+    /// The host of a [`Host::name`] (`"destination 2"`), if it is one.
+    pub fn parse(name: &str) -> Option<Host> {
+        match name.trim() {
+            "source" => Some(Host::SOURCE),
+            "destination" => Some(Host::DESTINATION),
+            other => {
+                let n: u32 = other.strip_prefix("destination ")?.trim().parse().ok()?;
+                (n >= 2).then_some(Host(n))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// One migration of a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Migration {
+    /// The host the VM ran on when its `incoming` came.
+    pub source: Host,
+    /// The host its `incoming` created.
+    pub destination: Host,
+}
+
+/// The guest's live vIOMMU maps on one host, as its events change them:
+/// what a destination is given at switchover. Keyed by first guest IOVA:
+/// `(last guest IOVA, first GPA, perm)`.
+#[derive(Clone, Debug, Default)]
+struct GuestMaps(std::collections::BTreeMap<u64, (u64, u64, Perm)>);
+
+impl GuestMaps {
+    /// What a `viommu_map` the planner takes adds (one it refuses stops the
+    /// run, so a bad one is never carried to a destination).
+    fn map(&mut self, giova: u64, size: u64, gpa: u64, perm: Perm) {
+        if size > 0 {
+            if let Some(last) = giova.checked_add(size - 1) {
+                self.0.insert(giova, (last, gpa, perm));
+            }
+        }
+    }
+
+    /// What a `viommu_unmap` removes: every map in the range goes, the
+    /// parts of cut maps outside it stay (as the planners keep them).
+    fn unmap(&mut self, giova: u64, size: u64) {
+        let Some(last) = size.checked_sub(1).and_then(|s| giova.checked_add(s)) else {
+            return;
+        };
+        let hit: Vec<u64> = self
+            .0
+            .iter()
+            .filter(|(&f, &(l, _, _))| f <= last && l >= giova)
+            .map(|(&f, _)| f)
+            .collect();
+        for f in hit {
+            let (l, gpa, perm) = self.0.remove(&f).expect("listed above");
+            if f < giova {
+                self.0.insert(f, (giova - 1, gpa, perm));
+            }
+            if l > last {
+                self.0.insert(last + 1, (l, gpa + (last + 1 - f), perm));
+            }
+        }
+    }
+
+    /// The maps as the events that make them again.
+    fn events(&self) -> impl Iterator<Item = Event> + '_ {
+        self.0.iter().map(|(&f, &(l, gpa, perm))| Event::ViommuMap {
+            giova: Iova(f),
+            size: l - f + 1,
+            gpa: Gpa(gpa),
+            perm,
+        })
     }
 }
 
@@ -194,6 +302,22 @@ struct EventEntry {
 impl Scenario {
     /// Parses and validates a scenario; `origin` names the file in errors.
     ///
+    /// # Hosts and migrations
+    /// The VM boots on [`Host::SOURCE`]. Each `incoming` creates the next
+    /// host, the destination of a migration from the host that runs the
+    /// VM then, given that host's memory as it is then. Its `start` makes
+    /// it the host that runs the VM: it can be the source of the next
+    /// migration, and any number of migrations may follow one another.
+    /// An event without `host` happens where the VM runs (`start`: on the
+    /// destination waiting for it); `host` names another (`"source"`,
+    /// `"destination"`, `"destination 2"`...).
+    ///
+    /// A migration's source `complete` stops the guest: its destination is
+    /// then given a `switchover` event (everything it sends from then to
+    /// its `start` is inside the downtime) and, with a vIOMMU, the guest's
+    /// maps as they were on the source, which the migration stream carries.
+    /// These implied events follow the `complete` in [`Scenario::events`].
+    ///
     /// # Errors
     /// [`AdapterError::Scenario`] naming the file, and the event and field when
     /// the problem is in one.
@@ -258,10 +382,16 @@ impl Scenario {
             .collect();
         let mut events = Vec::with_capacity(f.events.len());
         let mut hosts = Vec::with_capacity(f.events.len());
-        // The source's memory as the events change it: what a destination
-        // created at `incoming` is given.
-        let mut memory: Vec<RegionSpec> = boot.clone();
-        let mut incoming = false;
+        let mut written = Vec::with_capacity(f.events.len());
+        let mut migrations: Vec<Migration> = Vec::new();
+        // Each host's memory and vIOMMU maps as its events change them:
+        // what a destination is given at `incoming` and at switchover.
+        let mut memory: Vec<Vec<RegionSpec>> = vec![boot.clone()];
+        let mut maps: Vec<GuestMaps> = vec![GuestMaps::default()];
+        // The host running the VM, and the destination waiting for the
+        // stream (the last migration's, until its `start`).
+        let mut running = Host::SOURCE;
+        let mut waiting: Option<Host> = None;
         for (i, e) in f.events.iter().enumerate() {
             let at = |field: &str, what: &str| {
                 err(format!(
@@ -306,7 +436,7 @@ impl Scenario {
                     hva: Hva(need(e.hva, "hva")?),
                 })
             };
-            let ev = match e.kind.as_str() {
+            let mut ev = match e.kind.as_str() {
                 "svq_prepare" => Event::SvqPrepare(svq(e)?),
                 "svq_switch" => {
                     if e.queues.is_none() && e.queue_size.is_none() && e.hva.is_none() {
@@ -340,7 +470,8 @@ impl Scenario {
                     giova: Iova(need(e.giova, "giova")?),
                     size: need(e.size, "size")?,
                 },
-                "incoming" => Event::Incoming(memory.clone()),
+                // Given the memory of the host running the VM below.
+                "incoming" => Event::Incoming(Vec::new()),
                 // The control virtqueue's two one-page buffers, as QEMU lays
                 // them out: command out (the device reads it), then status
                 // (the device writes it). With an isolated control queue,
@@ -398,34 +529,100 @@ impl Scenario {
             if viommu_event && !f.guest.viommu {
                 return Err(at("kind", "needs `[guest] viommu = true`"));
             }
-            let dest_only = matches!(ev, Event::Incoming(_) | Event::Start);
-            let host = match (e.host.as_deref(), dest_only) {
-                (None, true) | (Some("destination"), _) => Host::Destination,
-                (None, false) | (Some("source"), false) => Host::Source,
-                (Some("source"), true) => {
-                    return Err(at("host", "this event happens on the destination"))
-                }
-                (Some(_), _) => return Err(at("host", "expected source or destination")),
+            let named = match e.host.as_deref() {
+                None => None,
+                Some(name) => match Host::parse(name) {
+                    Some(h) if h.index() < memory.len() => Some(h),
+                    Some(_) if matches!(ev, Event::Incoming(_)) => Some(Host(memory.len() as u32)),
+                    Some(h) if h == Host::DESTINATION => {
+                        return Err(at("host", "no destination yet: `incoming` comes first"))
+                    }
+                    Some(h) => {
+                        return Err(at(
+                            "host",
+                            &format!("no {h} yet: each `incoming` creates the next destination"),
+                        ))
+                    }
+                    None => {
+                        return Err(at(
+                            "host",
+                            "expected source, destination, or destination N (N >= 2)",
+                        ))
+                    }
+                },
             };
-            match (&ev, host) {
-                (Event::Incoming(_), _) if incoming => {
-                    return Err(at("kind", "a scenario has one destination"))
+            let host = match &ev {
+                Event::Incoming(_) => {
+                    let new = Host(memory.len() as u32);
+                    if let Some(w) = waiting {
+                        return Err(at(
+                            "kind",
+                            &format!("{w} still waits for the stream: its `start` comes first"),
+                        ));
+                    }
+                    if named.is_some_and(|h| h != new) {
+                        return Err(at("host", &format!("`incoming` creates the {new}")));
+                    }
+                    new
                 }
-                (Event::Incoming(_), _) => incoming = true,
-                (_, Host::Destination) if !incoming => {
-                    return Err(at("host", "no destination yet: `incoming` comes first"))
+                Event::Start => {
+                    let Some(w) = waiting else {
+                        return Err(at("kind", "no destination waits for the stream"));
+                    };
+                    if named.is_some_and(|h| h != w) {
+                        return Err(at("host", &format!("this event happens on the {w}")));
+                    }
+                    w
                 }
+                _ => named.unwrap_or(running),
+            };
+            match &ev {
+                Event::Incoming(_) => {
+                    // The destination is given the memory of the host
+                    // that runs the VM.
+                    ev = Event::Incoming(memory[running.index()].clone());
+                    memory.push(memory[running.index()].clone());
+                    maps.push(GuestMaps::default());
+                    migrations.push(Migration {
+                        source: running,
+                        destination: host,
+                    });
+                    waiting = Some(host);
+                }
+                Event::Start => {
+                    running = host;
+                    waiting = None;
+                }
+                Event::Hotplug(r) => memory[host.index()].push(*r),
+                Event::Unplug(g) => memory[host.index()].retain(|r| r.gpa != *g),
+                Event::ViommuMap {
+                    giova,
+                    size,
+                    gpa,
+                    perm,
+                } => maps[host.index()].map(giova.0, *size, gpa.0, *perm),
+                Event::ViommuUnmap { giova, size } => maps[host.index()].unmap(giova.0, *size),
                 _ => {}
             }
-            if host == Host::Source {
-                match &ev {
-                    Event::Hotplug(r) => memory.push(*r),
-                    Event::Unplug(g) => memory.retain(|r| r.gpa != *g),
-                    _ => {}
-                }
-            }
+            let stops = ev == Event::Complete;
             events.push(ev);
             hosts.push(host);
+            written.push(true);
+            // The source stops for stop-and-copy: what its destination
+            // learns from the rest of the stream.
+            if let (true, Some(w)) = (stops, waiting) {
+                if migrations.last().is_some_and(|m| m.source == host) {
+                    let implied: Vec<Event> = std::iter::once(Event::Switchover)
+                        .chain(maps[host.index()].events())
+                        .collect();
+                    maps[w.index()] = maps[host.index()].clone();
+                    for ev in implied {
+                        events.push(ev);
+                        hosts.push(w);
+                        written.push(false);
+                    }
+                }
+            }
         }
         let viommu_last = match (f.guest.viommu, f.guest.viommu_last) {
             (true, Some(n)) => Some(n.0),
@@ -444,7 +641,14 @@ impl Scenario {
             boot,
             events,
             hosts,
+            written,
+            migrations,
         })
+    }
+
+    /// The hosts of the scenario: the first, and one per migration.
+    pub fn host_count(&self) -> usize {
+        self.migrations.len() + 1
     }
 
     /// Every step: boot first, then the events.
@@ -454,7 +658,7 @@ impl Scenario {
 
     /// Every step with its host: boot (on the source) first, then the events.
     pub fn host_steps(&self) -> impl Iterator<Item = (Host, Event)> + '_ {
-        std::iter::once((Host::Source, Event::Boot(self.boot.clone())))
+        std::iter::once((Host::SOURCE, Event::Boot(self.boot.clone())))
             .chain(self.hosts.iter().copied().zip(self.events.iter().cloned()))
     }
 

@@ -90,22 +90,44 @@ fn json_follows_the_documented_format() {
         .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["schema_version"], 2);
+    assert_eq!(v["schema_version"], 3);
     assert_eq!(v["strategy"], "qemu");
     let steps = v["steps"].as_array().unwrap();
     assert_eq!(steps[0]["event"], "boot");
-    assert_eq!(steps.len(), 11);
+    assert_eq!(steps.len(), 12);
     // Both hosts of the completed migration, each step naming its host.
     let hosts: Vec<&str> = steps.iter().map(|s| s["host"].as_str().unwrap()).collect();
     assert_eq!(hosts[0], "source");
-    assert_eq!(steps[10]["event"], "start");
+    assert_eq!(
+        v["migrations"],
+        serde_json::json!([{"source": "source", "destination": "destination"}])
+    );
+    // The source's complete implies the destination's switchover.
+    assert_eq!(steps[9]["event"], "complete");
+    assert_eq!(steps[9]["implied"], false);
+    assert_eq!((&steps[10]["event"], &steps[10]["implied"]), (&"switchover".into(), &true.into()));
     assert_eq!(hosts[10], "destination");
+    assert_eq!(steps[11]["event"], "start");
+    assert_eq!(hosts[11], "destination");
     // QEMU maps all guest memory again at the destination's start: inside
     // the downtime. Byte counts are decimal strings.
     assert_eq!(
-        steps[10]["cost"]["critical_pinned_bytes"],
+        steps[11]["cost"]["critical_pinned_bytes"],
         (64u64 << 30).to_string()
     );
+    // The control queue's two buffers, mapped with the shadow vrings.
+    let bufs = |i: usize| steps[i]["host_buffers"].as_array().unwrap().clone();
+    assert!(bufs(2).is_empty(), "QEMU maps the buffers at the switch");
+    let b = bufs(3);
+    assert_eq!(b.len(), 2);
+    for (buf, perm) in b.iter().zip(["ro", "rw"]) {
+        assert_eq!(buf["asid"], 0);
+        assert_eq!(buf["perm"], perm);
+        assert_eq!(buf["size"], "0x1000");
+        for k in ["iova", "hva"] {
+            assert!(buf[k].as_str().unwrap().starts_with("0x"), "{k}");
+        }
+    }
     let switch = &steps[3];
     assert_eq!(switch["event"], "svq_switch");
     let ops = switch["ops"].as_array().unwrap();
@@ -464,7 +486,7 @@ fn json_keeps_64_bit_addresses_exact() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["schema_version"], 2);
+    assert_eq!(v["schema_version"], 3);
     assert_eq!(v["host"], "destination");
     let steps = v["steps"].as_array().unwrap();
     assert_eq!(steps.last().unwrap()["event"], "start");
@@ -593,7 +615,7 @@ fn list_and_show_read_without_opening() {
     assert!(out.status.success());
     let out = bin().args(["list", "--format", "json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["schema_version"], 2);
+    assert_eq!(v["schema_version"], 3);
     assert!(v["devices"].is_array());
     let out = bin()
         .args(["show", "no-such-vdpa-device"])

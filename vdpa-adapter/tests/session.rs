@@ -42,7 +42,7 @@ kind = "start"
 "#;
 
 fn run(backing: Backing) -> (Result<usize, AdapterError>, usize) {
-    run_host(backing, Host::Source)
+    run_host(backing, Host::SOURCE)
 }
 
 fn run_host(backing: Backing, host: Host) -> (Result<usize, AdapterError>, usize) {
@@ -94,7 +94,7 @@ fn private_anonymous_memory_is_refused_before_the_kernel_can_skip_it() {
 /// regions are rewritten like boot's, so the shared-mapping check passes.
 #[test]
 fn the_destination_gets_real_memory() {
-    let (r, sent) = run_host(Backing::Memfd, Host::Destination);
+    let (r, sent) = run_host(Backing::Memfd, Host::DESTINATION);
     assert_eq!(r.unwrap(), 3, "incoming, reset, start");
     assert!(sent > 0);
 }

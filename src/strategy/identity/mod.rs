@@ -59,8 +59,8 @@ use crate::error::PlanError;
 use crate::event::{HostBuffer, RegionSpec};
 use crate::plan::{Plan, PlanBuilder};
 use crate::strategy::shared::{
-    fresh, guest_map, guest_unmap, new_regions, removed_region, reset_phase, reset_plan,
-    valid_buffers, GuestMemory, UnitSpan,
+    fresh, guest_map, guest_unmap, in_mode, new_regions, removed_region, reset_phase, reset_plan,
+    start_from, switchover_from, valid_buffers, GuestMemory, UnitSpan,
 };
 use crate::strategy::xlate::{translate_with, Flat, Xlate};
 use crate::strategy::{Piece, Placement, Segments, Strategy};
@@ -107,6 +107,8 @@ pub struct IdentityPlanner {
     /// The device range shrunk to whole pages.
     usable: (u64, u64),
     max_gpa: Option<u64>,
+    /// The device's limit of entries per address space, when known.
+    max_entries: Option<u64>,
     ring_asid: u32,
     viommu: Option<GuestMemory>,
     /// Host buffers mapped with the shadow vrings.
@@ -131,6 +133,7 @@ pub struct IdentityPlanner {
 pub struct IdentityPlannerBuilder {
     caps: DeviceCaps,
     max_gpa: Option<u64>,
+    max_entries: Option<u64>,
     viommu_last: Option<u64>,
     separate_vrings: bool,
 }
@@ -143,6 +146,16 @@ impl IdentityPlannerBuilder {
     /// collision handling.
     pub fn max_gpa(mut self, end: u64) -> Self {
         self.max_gpa = Some(end);
+        self
+    }
+
+    /// The device holds at most `n` entries per address space (vhost_vdpa's
+    /// `max_iotlb_entries`). The planner then never plans a restore that
+    /// needs an entry more than the table holds: after a reset of an
+    /// unbatched `set_map` device with a full table, the smallest entry is
+    /// unmapped and mapped again instead of a one-page map beside it.
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.max_entries = Some(n);
         self
     }
 
@@ -191,6 +204,7 @@ impl IdentityPlannerBuilder {
             caps,
             usable: (first, last),
             max_gpa: self.max_gpa,
+            max_entries: self.max_entries,
             ring_asid: if self.separate_vrings {
                 VRING_ASID
             } else {
@@ -232,6 +246,7 @@ impl IdentityPlanner {
         IdentityPlannerBuilder {
             caps,
             max_gpa: None,
+            max_entries: None,
             viommu_last: None,
             separate_vrings: false,
         }
@@ -393,7 +408,8 @@ impl Strategy for IdentityPlanner {
             .into_iter()
             .map(|(g, spec)| (g, spec.hva, spec.perm()))
             .collect();
-        self.add_units(units)
+        let mode = self.mode;
+        self.add_units(units).map(|p| in_mode(mode, p))
     }
 
     fn remove_region(&mut self, gpa: Gpa) -> Result<Plan, PlanError> {
@@ -406,7 +422,8 @@ impl Strategy for IdentityPlanner {
         )? {
             return Ok(Plan::default());
         }
-        self.remove_unit(gpa)
+        let mode = self.mode;
+        self.remove_unit(gpa).map(|p| in_mode(mode, p))
     }
     fn svq_prepare(&mut self, cfg: SvqConfig) -> Result<Plan, PlanError> {
         if self.mode != Mode::Passthrough {
@@ -452,6 +469,7 @@ impl Strategy for IdentityPlanner {
         // for the stream, before any downtime).
         Ok(reset_plan(
             &self.caps,
+            self.max_entries,
             &self.mapped(),
             reset_phase(self.mode),
         ))
@@ -466,12 +484,19 @@ impl Strategy for IdentityPlanner {
         Ok(plan)
     }
 
+    fn switchover(&mut self) -> Result<Plan, PlanError> {
+        switchover_from(self.mode)?;
+        // Guest memory was mapped while the stream ran: nothing to send.
+        // What arrives from now on (a vIOMMU's maps, a reset's restore) is
+        // planned as it comes, inside the downtime.
+        self.mode = Mode::Switchover;
+        Ok(Plan::default())
+    }
+
     fn start(&mut self) -> Result<Plan, PlanError> {
-        if self.mode != Mode::Incoming {
-            return Err(self.out_of_order("start"));
-        }
+        start_from(self.mode)?;
         // Everything the device needs is mapped (and restored after any
-        // reset): the switchover sends nothing.
+        // reset): the start sends nothing.
         self.mode = Mode::Passthrough;
         Ok(Plan::default())
     }
@@ -483,11 +508,15 @@ impl Strategy for IdentityPlanner {
         gpa: Gpa,
         perm: Perm,
     ) -> Result<Plan, PlanError> {
+        let mode = self.mode;
         self.plan_viommu_map(giova, size, gpa, perm)
+            .map(|p| in_mode(mode, p))
     }
 
     fn viommu_unmap(&mut self, giova: Iova, size: u64) -> Result<Plan, PlanError> {
+        let mode = self.mode;
         self.plan_viommu_unmap(giova, size)
+            .map(|p| in_mode(mode, p))
     }
 
     fn window(&self) -> Option<Span<Iova>> {
@@ -497,7 +526,7 @@ impl Strategy for IdentityPlanner {
     fn host_buffers(&mut self, bufs: &[HostBuffer]) -> Result<Plan, PlanError> {
         valid_buffers(&self.caps, self.mode, bufs)?;
         if let Some(cvq) = &mut self.cvq {
-            return cvq.declare(bufs, &self.caps);
+            return cvq.declare(bufs, &self.caps).map(|p| in_mode(self.mode, p));
         }
         self.buffers.extend_from_slice(bufs);
         Ok(Plan::default())

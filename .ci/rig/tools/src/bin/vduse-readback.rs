@@ -284,9 +284,9 @@ fn main() -> ExitCode {
         // The source's steps, then (on a fresh open of the device, which
         // starts empty) the destination's, when the scenario migrates.
         Check::Scenario(path, scn) => {
-            run(scn, path, &dev_path, &vduse, Host::Source).and_then(|n| {
-                let d = if scn.hosts.contains(&Host::Destination) {
-                    let d = run(scn, path, &dev_path, &vduse, Host::Destination)?;
+            run(scn, path, &dev_path, &vduse, Host::SOURCE).and_then(|n| {
+                let d = if scn.hosts.contains(&Host::DESTINATION) {
+                    let d = run(scn, path, &dev_path, &vduse, Host::DESTINATION)?;
                     println!(
                         "READBACK destination: {d} steps, every guest page reached at identity"
                     );
@@ -573,7 +573,7 @@ fn run(
         );
         steps += 1;
     }
-    if host == Host::Destination {
+    if host == Host::DESTINATION {
         return Ok(steps);
     }
     // Tear everything down, then show that private anonymous memory, which
@@ -585,7 +585,7 @@ fn run(
     drop(a);
     let mut anon = HostMemory::new(Some(Backing::Anon));
     let mut fresh = Applier::new(&mut d, caps, p.format());
-    for ev in scn.steps_on(Host::Source) {
+    for ev in scn.steps_on(Host::SOURCE) {
         let ev = anon.rewrite(&ev, PAGE).map_err(|e| e.to_string())?;
         let plan = s.apply(&ev).map_err(|e| e.to_string())?;
         let maps_memory = plan
