@@ -61,8 +61,7 @@ pub use planner::{
     vdpa_iova_mode, vdpa_iova_options_default, vdpa_iova_plan, vdpa_iova_plan_cost,
     vdpa_iova_plan_free, vdpa_iova_plan_ops, vdpa_iova_planner, vdpa_iova_planner_free,
     vdpa_iova_planner_new, vdpa_iova_remove_region, vdpa_iova_reset, vdpa_iova_start,
-    vdpa_iova_switchover,
-    vdpa_iova_svq_prepare, vdpa_iova_svq_size, vdpa_iova_svq_switch, vdpa_iova_translate,
-    vdpa_iova_version, vdpa_iova_viommu_map, vdpa_iova_viommu_unmap,
+    vdpa_iova_svq_prepare, vdpa_iova_svq_size, vdpa_iova_svq_switch, vdpa_iova_switchover,
+    vdpa_iova_translate, vdpa_iova_version, vdpa_iova_viommu_map, vdpa_iova_viommu_unmap,
 };
 pub use types::*;

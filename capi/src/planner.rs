@@ -446,7 +446,14 @@ pub unsafe extern "C" fn vdpa_iova_switchover(
     out: *mut *mut vdpa_iova_plan,
 ) -> c_int {
     // SAFETY: the caller's promises, as documented.
-    unsafe { event("vdpa_iova_switchover", planner, out, |s| Ok(s.switchover()?)) }
+    unsafe {
+        event(
+            "vdpa_iova_switchover",
+            planner,
+            out,
+            |s| Ok(s.switchover()?),
+        )
+    }
 }
 
 /// On a migration's destination: the guest starts at switchover (write the

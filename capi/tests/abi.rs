@@ -1099,3 +1099,113 @@ fn host_buffers_are_mapped_with_the_vrings() {
     let rc = unsafe { vdpa_iova_buffer_entries(p.0, null_mut(), 0, &mut n) };
     assert_eq!((rc, n), (-libc::ENOBUFS, 2));
 }
+
+/// A VM that migrates twice, A to B then B to C, one planner and one device
+/// model per host, each driven only through the C ABI: the destination
+/// that started is the next migration's source, `vdpa_iova_switchover`
+/// marks the source's stop, and with the identity strategy nothing is
+/// written while the guest is paused (switch, stop-and-copy, switchover,
+/// start), on any host. QEMU's baseline writes on each window.
+#[test]
+fn a_vm_migrates_twice_through_three_planners() {
+    let c = caps();
+    let ram = [
+        region(0, GIB, 0x7f00_0000_0000, false),
+        region(4 * GIB, GIB, 0x7f10_0000_0000, false),
+    ];
+    for strategy in [VDPA_IOVA_STRATEGY_IDENTITY, VDPA_IOVA_STRATEGY_QEMU] {
+        let o = vdpa_iova_options {
+            strategy,
+            ..Default::default()
+        };
+        let hosts: Vec<Planner> = (0..3)
+            .map(|_| Planner::new(&c, Some(&o)).expect("planner"))
+            .collect();
+        let models: Vec<*mut vdpa_iova_model> = (0..3)
+            .map(|_| {
+                let mut m = null_mut();
+                // SAFETY: valid pointers.
+                assert_eq!(unsafe { vdpa_iova_model_new(&c, &mut m) }, 0);
+                m
+            })
+            .collect();
+        // Replays a plan on host h's device; gives its critical messages.
+        let replay = |h: usize, ops: Vec<vdpa_iova_op>| -> usize {
+            for op in &ops {
+                // SAFETY: a live model and a valid op.
+                let rc = unsafe { vdpa_iova_model_apply_op(models[h], op) };
+                assert_eq!(rc, 0, "host {h}: {op:?}: {}", last_error());
+            }
+            ops.iter()
+                .filter(|o| o.phase == VDPA_IOVA_PHASE_CRITICAL)
+                .count()
+        };
+        let cfg = svq(4, 0x7e00_0000_0000);
+        replay(0, add(&hosts[0], &ram).expect("boot"));
+        // Critical messages (the guest waits), per migration.
+        let mut paused = [0usize; 2];
+        for (m, (src, dst)) in [(0, 1), (1, 2)].into_iter().enumerate() {
+            let (s, d) = (&hosts[src], &hosts[dst]);
+            replay(dst, incoming(d, &ram).expect("incoming"));
+            // SAFETY (the calls below): live planners and valid pointers.
+            replay(
+                src,
+                ev(|o| unsafe { vdpa_iova_svq_prepare(s.0, &cfg, o) }).expect("prepare"),
+            );
+            paused[m] += replay(
+                src,
+                ev(|o| unsafe { vdpa_iova_svq_switch(s.0, null(), o) }).expect("switch"),
+            );
+            paused[m] += replay(
+                src,
+                ev(|o| unsafe { vdpa_iova_complete(s.0, o) }).expect("complete"),
+            );
+            paused[m] += replay(
+                dst,
+                ev(|o| unsafe { vdpa_iova_switchover(d.0, o) }).expect("switchover"),
+            );
+            // SAFETY: a live planner.
+            assert_eq!(
+                unsafe { vdpa_iova_mode(d.0) },
+                VDPA_IOVA_MODE_SWITCHOVER as c_int
+            );
+            paused[m] += replay(
+                dst,
+                ev(|o| unsafe { vdpa_iova_start(d.0, o) }).expect("start"),
+            );
+            // SAFETY: a live planner.
+            assert_eq!(
+                unsafe { vdpa_iova_mode(d.0) },
+                VDPA_IOVA_MODE_PASSTHROUGH as c_int
+            );
+            // The source is done; its device holds nothing.
+            // SAFETY: a live planner.
+            assert_eq!(
+                unsafe { vdpa_iova_mode(s.0) },
+                VDPA_IOVA_MODE_COMPLETED as c_int
+            );
+            assert!(mapped(s).is_empty());
+            // The new host's device reaches guest memory at its GPAs.
+            let (rc, _, seg) = translate(d, 4 * GIB + 64, 64, 2);
+            assert_eq!((rc, seg[0].iova), (0, 4 * GIB + 64));
+        }
+        if strategy == VDPA_IOVA_STRATEGY_IDENTITY {
+            assert_eq!(paused, [0, 0], "identity writes nothing while paused");
+        } else {
+            assert!(
+                paused.iter().all(|&n| n > 0),
+                "QEMU re-maps on each: {paused:?}"
+            );
+        }
+        // The last host's table is the guest's memory, identity, and
+        // nothing else.
+        let on_c = mapped(&hosts[2]);
+        let mut iovas: Vec<(u64, u64)> = on_c.iter().map(|e| (e.iova, e.size)).collect();
+        iovas.sort_unstable();
+        assert_eq!(iovas, vec![(0, GIB), (4 * GIB, GIB)]);
+        for m in models {
+            // SAFETY: freed once.
+            unsafe { vdpa_iova_model_free(m) };
+        }
+    }
+}

@@ -165,7 +165,10 @@ impl Harness {
             match (s.translate(Gpa(g), PAGE), m.mode) {
                 (
                     Err(PlanError::Unreachable { .. }),
-                    ModelMode::Passthrough | ModelMode::Prepared | ModelMode::Incoming | ModelMode::Switchover,
+                    ModelMode::Passthrough
+                    | ModelMode::Prepared
+                    | ModelMode::Incoming
+                    | ModelMode::Switchover,
                 ) if !in_range => {}
                 (Ok(seg), ModelMode::Prepared) if !in_range => {
                     assert_eq!(seg.len(), 1);
@@ -174,9 +177,13 @@ impl Harness {
                     assert!(range.contains_bounds(iova, iova + (PAGE - 1)));
                     assert!(want.insert((GUEST_ASID, iova), (hva, perm)).is_none());
                 }
-                (Ok(seg), ModelMode::Passthrough | ModelMode::Prepared | ModelMode::Incoming | ModelMode::Switchover)
-                    if in_range =>
-                {
+                (
+                    Ok(seg),
+                    ModelMode::Passthrough
+                    | ModelMode::Prepared
+                    | ModelMode::Incoming
+                    | ModelMode::Switchover,
+                ) if in_range => {
                     assert_eq!(seg.len(), 1);
                     assert_eq!(
                         seg[0].iova.0, g,

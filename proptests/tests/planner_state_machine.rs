@@ -233,9 +233,7 @@ impl StateMachineTest for PlannerTest {
                 (Event::Start, _) => bit("start"),
                 // A destination that started runs the VM: its own
                 // migration's switch, after an earlier `start`.
-                (Event::SvqSwitch(_) | Event::Complete, _) if was_started => {
-                    bit("migrated-again")
-                }
+                (Event::SvqSwitch(_) | Event::Complete, _) if was_started => bit("migrated-again"),
                 (Event::HostBuffers(_), _) => bit("host-buffers"),
                 _ => {}
             }

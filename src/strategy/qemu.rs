@@ -83,9 +83,8 @@ use crate::error::PlanError;
 use crate::event::{HostBuffer, RegionSpec};
 use crate::plan::{plan_from_ops, plan_with_unpins, Op, OpKind, Plan};
 use crate::strategy::shared::{
-    fresh, guest_map, guest_unmap, in_mode, new_regions, removed_region, reset_phase,
-    start_from, switchover_from, valid_buffers,
-    validate_regions, GuestMemory, UnitSpan,
+    fresh, guest_map, guest_unmap, in_mode, new_regions, removed_region, reset_phase, start_from,
+    switchover_from, valid_buffers, validate_regions, GuestMemory, UnitSpan,
 };
 use crate::strategy::xlate::{translate_map, xlate_entry, XlateMap};
 use crate::strategy::{Piece, Placement, Segments, Strategy};

@@ -105,7 +105,10 @@ fn json_follows_the_documented_format() {
     // The source's complete implies the destination's switchover.
     assert_eq!(steps[9]["event"], "complete");
     assert_eq!(steps[9]["implied"], false);
-    assert_eq!((&steps[10]["event"], &steps[10]["implied"]), (&"switchover".into(), &true.into()));
+    assert_eq!(
+        (&steps[10]["event"], &steps[10]["implied"]),
+        (&"switchover".into(), &true.into())
+    );
     assert_eq!(hosts[10], "destination");
     assert_eq!(steps[11]["event"], "start");
     assert_eq!(hosts[11], "destination");
