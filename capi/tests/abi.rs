@@ -1147,40 +1147,59 @@ fn a_vm_migrates_twice_through_three_planners() {
         for (m, (src, dst)) in [(0, 1), (1, 2)].into_iter().enumerate() {
             let (s, d) = (&hosts[src], &hosts[dst]);
             replay(dst, incoming(d, &ram).expect("incoming"));
-            // SAFETY (the calls below): live planners and valid pointers.
             replay(
                 src,
-                ev(|o| unsafe { vdpa_iova_svq_prepare(s.0, &cfg, o) }).expect("prepare"),
+                ev(|o| {
+                    // SAFETY: a live planner and valid pointers.
+                    unsafe { vdpa_iova_svq_prepare(s.0, &cfg, o) }
+                })
+                .expect("prepare"),
             );
             paused[m] += replay(
                 src,
-                ev(|o| unsafe { vdpa_iova_svq_switch(s.0, null(), o) }).expect("switch"),
+                ev(|o| {
+                    // SAFETY: a live planner and valid pointers.
+                    unsafe { vdpa_iova_svq_switch(s.0, null(), o) }
+                })
+                .expect("switch"),
             );
             paused[m] += replay(
                 src,
-                ev(|o| unsafe { vdpa_iova_complete(s.0, o) }).expect("complete"),
+                ev(|o| {
+                    // SAFETY: a live planner and valid pointers.
+                    unsafe { vdpa_iova_complete(s.0, o) }
+                })
+                .expect("complete"),
             );
             paused[m] += replay(
                 dst,
-                ev(|o| unsafe { vdpa_iova_switchover(d.0, o) }).expect("switchover"),
+                ev(|o| {
+                    // SAFETY: a live planner and valid pointers.
+                    unsafe { vdpa_iova_switchover(d.0, o) }
+                })
+                .expect("switchover"),
             );
-            // SAFETY: a live planner.
             assert_eq!(
+                // SAFETY: a live planner.
                 unsafe { vdpa_iova_mode(d.0) },
                 VDPA_IOVA_MODE_SWITCHOVER as c_int
             );
             paused[m] += replay(
                 dst,
-                ev(|o| unsafe { vdpa_iova_start(d.0, o) }).expect("start"),
+                ev(|o| {
+                    // SAFETY: a live planner and valid pointers.
+                    unsafe { vdpa_iova_start(d.0, o) }
+                })
+                .expect("start"),
             );
-            // SAFETY: a live planner.
             assert_eq!(
+                // SAFETY: a live planner.
                 unsafe { vdpa_iova_mode(d.0) },
                 VDPA_IOVA_MODE_PASSTHROUGH as c_int
             );
             // The source is done; its device holds nothing.
-            // SAFETY: a live planner.
             assert_eq!(
+                // SAFETY: a live planner.
                 unsafe { vdpa_iova_mode(s.0) },
                 VDPA_IOVA_MODE_COMPLETED as c_int
             );
