@@ -53,13 +53,16 @@ struct Leg {
     prepared: bool,
     /// A first attempt that fails back.
     failback_first: bool,
+    /// A DIMM plugged into the source while it runs on the shadow
+    /// virtqueues (its destination waiting gets it too).
+    plug_in_svq: bool,
 }
 
 fn leg() -> impl Strategy<Value = Leg> {
     (
         any::<bool>(),
         prop::collection::vec((0u8..64, 1u8..4), 0..4),
-        any::<[bool; 6]>(),
+        any::<[bool; 7]>(),
     )
         .prop_map(|(hotplug, maps, b)| Leg {
             hotplug,
@@ -70,6 +73,7 @@ fn leg() -> impl Strategy<Value = Leg> {
             reset_paused: b[3],
             prepared: b[4],
             failback_first: b[5],
+            plug_in_svq: b[6],
         })
 }
 
@@ -191,6 +195,15 @@ impl Shape {
                     "[[events]]\nkind = \"viommu_map\"\ngiova = {giova:#x}\nsize = 0x2000\ngpa = 0x2000\n"
                 );
             }
+            if leg.plug_in_svq {
+                let _ = writeln!(
+                    t,
+                    "[[events]]\nkind = \"hotplug\"\ngpa = {:#x}\nsize = {:#x}\nhva = {:#x}\n",
+                    (48 + k as u64) << 30,
+                    2 * MIB,
+                    0x7f90_0000_0000u64 + k as u64 * 0x1000_0000
+                );
+            }
             ev(&mut t, "complete", "");
             if leg.reset_paused {
                 ev(&mut t, "reset", &format!("host = \"{dest}\""));
@@ -220,14 +233,15 @@ fn guest_layout(s: &StepReport) -> Vec<(u64, u64, u64, &'static str)> {
         .collect()
 }
 
-static STATS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
-const STAT_NAMES: [&str; 6] = [
+static STATS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+const STAT_NAMES: [&str; 7] = [
     "scenarios",
     "migrations",
     "vIOMMU migrations with live maps",
     "resets while paused",
     "runs at a tight entry limit",
     "restores at a full table",
+    "DIMMs plugged while a destination waits",
 ];
 
 fn count(i: usize, n: u64) {
@@ -243,6 +257,10 @@ fn check(shape: &Shape) -> Result<(), TestCaseError> {
     prop_assert!(r.stopped.is_none(), "{:?}\n{text}", r.stopped);
     count(0, 1);
     count(1, scn.migrations.len() as u64);
+    count(
+        6,
+        shape.migrations.iter().filter(|l| l.plug_in_svq).count() as u64,
+    );
     for m in &scn.migrations {
         // The source's stop-and-copy sends nothing while the guest waits.
         let stop = r

@@ -316,7 +316,10 @@ impl Scenario {
     /// then given a `switchover` event (everything it sends from then to
     /// its `start` is inside the downtime) and, with a vIOMMU, the guest's
     /// maps as they were on the source, which the migration stream carries.
-    /// These implied events follow the `complete` in [`Scenario::events`].
+    /// Memory hot-plugged into or unplugged from the source while its
+    /// destination waits is plugged there too, at once (the destination's
+    /// memory must match at switchover). These implied events follow the
+    /// source's event in [`Scenario::events`].
     ///
     /// # Errors
     /// [`AdapterError::Scenario`] naming the file, and the event and field when
@@ -604,23 +607,39 @@ impl Scenario {
                 Event::ViommuUnmap { giova, size } => maps[host.index()].unmap(giova.0, *size),
                 _ => {}
             }
-            let stops = ev == Event::Complete;
+            // The destination waiting for this host's guest, if any.
+            let mirror = waiting.filter(|_| migrations.last().is_some_and(|m| m.source == host));
+            let implied: Vec<Event> = match (&ev, mirror) {
+                // The source stops for stop-and-copy: what its destination
+                // learns from the rest of the stream.
+                (Event::Complete, Some(w)) => {
+                    maps[w.index()] = maps[host.index()].clone();
+                    std::iter::once(Event::Switchover)
+                        .chain(maps[host.index()].events())
+                        .collect()
+                }
+                // Memory plugged into or unplugged from the source while a
+                // destination waits is plugged there too (its VMM must
+                // have the same memory at switchover), at once, while the
+                // stream runs.
+                (Event::Hotplug(r), Some(w)) => {
+                    memory[w.index()].push(*r);
+                    vec![ev.clone()]
+                }
+                (Event::Unplug(g), Some(w)) => {
+                    memory[w.index()].retain(|r| r.gpa != *g);
+                    vec![ev.clone()]
+                }
+                _ => Vec::new(),
+            };
             events.push(ev);
             hosts.push(host);
             written.push(true);
-            // The source stops for stop-and-copy: what its destination
-            // learns from the rest of the stream.
-            if let (true, Some(w)) = (stops, waiting) {
-                if migrations.last().is_some_and(|m| m.source == host) {
-                    let implied: Vec<Event> = std::iter::once(Event::Switchover)
-                        .chain(maps[host.index()].events())
-                        .collect();
-                    maps[w.index()] = maps[host.index()].clone();
-                    for ev in implied {
-                        events.push(ev);
-                        hosts.push(w);
-                        written.push(false);
-                    }
+            if let Some(w) = mirror {
+                for ev in implied {
+                    events.push(ev);
+                    hosts.push(w);
+                    written.push(false);
                 }
             }
         }
