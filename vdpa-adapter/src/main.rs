@@ -131,9 +131,10 @@ enum Cmd {
         /// Whether the device pins memory (default: from its driver).
         #[arg(long)]
         pinning: Option<bool>,
-        /// Which host of the scenario's migration this device plays.
-        #[arg(long, value_enum, default_value_t = HostArg::Source)]
-        host: HostArg,
+        /// Which host of the scenario this device plays: source,
+        /// destination, or destination N for the Nth migration's.
+        #[arg(long, default_value = "source", value_parser = parse_host)]
+        host: Host,
         /// Do not ack VHOST_BACKEND_F_IOTLB_PERSIST even when the device
         /// offers it: a reset then makes a set_map or dma_map device forget
         /// its maps, and the planner restores them (as QEMU always runs).
@@ -188,22 +189,10 @@ enum Cmd {
     Man,
 }
 
-/// `--host`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum HostArg {
-    /// The VM's host before the migration.
-    Source,
-    /// The host it migrates to (the scenario's `incoming` and after).
-    Destination,
-}
-
-impl From<HostArg> for Host {
-    fn from(h: HostArg) -> Host {
-        match h {
-            HostArg::Source => Host::SOURCE,
-            HostArg::Destination => Host::DESTINATION,
-        }
-    }
+/// `--host`: a host's name in the scenario format.
+fn parse_host(s: &str) -> Result<Host, String> {
+    Host::parse(s)
+        .ok_or_else(|| format!("{s:?}: expected source, destination, or destination N (N >= 2)"))
 }
 
 #[derive(Args, Clone, Copy)]
@@ -440,6 +429,16 @@ fn apply_cmd(
     format: Format,
 ) -> Result<String, AdapterError> {
     let (scn, origin) = read_scenario(scenario)?;
+    if host.index() >= scn.host_count() {
+        return Err(AdapterError::Scenario {
+            file: origin,
+            what: format!(
+                "--host {host}: the scenario has {} host(s), the last the {}",
+                scn.host_count(),
+                vdpa_adapter::scenario::Host::nth(scn.host_count() as u32 - 1)
+            ),
+        });
+    }
     let table = format == Format::Table;
     let on_step = |i: usize, o: &StepOutcome| {
         if table {
@@ -673,7 +672,7 @@ fn main() -> ExitCode {
             backing.get(),
             strategy,
             pinning,
-            host.into(),
+            host,
             no_persist,
             format,
         ),

@@ -628,3 +628,50 @@ fn list_and_show_read_without_opening() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no such vDPA device"), "{err}");
 }
+
+/// `apply --host` takes any host of the scenario by name, and refuses one
+/// the scenario does not have (instead of running no step).
+#[test]
+fn apply_plays_any_host_and_refuses_a_missing_one() {
+    let scn = repo().join("scenarios/migrated-twice.toml");
+    let out = bin()
+        .args(["apply", "--dry-run", "--host", "destination 2"])
+        .arg(&scn)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let events: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(
+        events,
+        ["incoming", "host_buffers", "switchover", "reset", "start"],
+        "{text}"
+    );
+    for (host, want) in [
+        (
+            "destination 3",
+            "the scenario has 3 host(s), the last the destination 2",
+        ),
+        (
+            "destination 1",
+            "expected source, destination, or destination N",
+        ),
+    ] {
+        let out = bin()
+            .args(["apply", "--dry-run", "--host", host])
+            .arg(&scn)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{host}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(want), "{host}: {err}");
+    }
+}
