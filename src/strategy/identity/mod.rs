@@ -331,6 +331,7 @@ impl IdentityPlanner {
             self.flat.firsts.push(*r.start());
             self.flat.rest.push((*r.end(), *x));
         }
+        self.flat.epoch.bump();
     }
 
     fn commit_regions(&mut self, staged: BTreeMap<u64, Region>) {
@@ -559,6 +560,10 @@ impl Strategy for IdentityPlanner {
             .enumerate()
             .flat_map(|(vq, &iova)| areas(&s.cfg, &s.layout, s.ring_asid, vq as u32, iova))
             .collect()
+    }
+
+    fn epoch(&self) -> Option<&crate::strategy::Epoch> {
+        Some(&self.flat.epoch)
     }
 
     fn translate(&self, gpa: Gpa, len: u64) -> Result<Segments, PlanError> {
