@@ -143,6 +143,19 @@ struct vdpa_iova_plan;
 struct vdpa_iova_planner;
 
 /**
+ * A shadow virtqueue's own translator: a snapshot of its planner's
+ * GPA -> IOVA table with the queue's last hit. Opaque; created by
+ * [`vdpa_iova_translator_new`], one per queue.
+ *
+ * It never answers from a table an event has changed since the snapshot
+ * (hot-plug, unplug, a guest vIOMMU map or unmap, a switch, a failback, a
+ * reset, the planner freed, an event that failed with `-EIO`):
+ * [`vdpa_iova_translator_translate`] then returns `-ESTALE`, and
+ * [`vdpa_iova_translator_refresh`] takes a new snapshot.
+ */
+struct vdpa_iova_translator;
+
+/**
  * What the device can do (`VHOST_VDPA_GET_IOVA_RANGE`, the negotiated
  * backend features, `VHOST_VDPA_GET_AS_NUM`). `vdpa_iova_caps_default()`
  * fills in a pinning, batching device with the full 64-bit range.
@@ -918,6 +931,76 @@ void vdpa_iova_plan_free(struct vdpa_iova_plan *plan);
  * The library's version, `"MAJOR.MINOR.PATCH"`; a static string.
  */
 const char *vdpa_iova_version(void);
+
+/**
+ * Creates a translator over `planner`'s table as it is now; `*out` is set
+ * to it (NULL on failure). Allocates; call it when the queue starts, not
+ * per descriptor.
+ *
+ * # Errors
+ * `-EFAULT` for NULL pointers; `-EIO` for a planner an internal error left
+ * unusable.
+ *
+ * # Safety
+ * `planner` live with no event running on it; a non-NULL `out` writable.
+ */
+int vdpa_iova_translator_new(const struct vdpa_iova_planner *planner,
+                             struct vdpa_iova_translator **out);
+
+/**
+ * Takes a new snapshot of the planner's table, after `-ESTALE`. Allocates
+ * only if the table grew.
+ *
+ * # Errors
+ * `-EFAULT` for NULL pointers; `-EINVAL` when `planner` is not the one the
+ * translator was made from; `-EIO` for a planner an internal error left
+ * unusable. The translator is unchanged then.
+ *
+ * # Safety
+ * `translator` from [`vdpa_iova_translator_new`], not freed, used by no
+ * other thread during the call; `planner` live with no event running on it.
+ */
+int vdpa_iova_translator_refresh(struct vdpa_iova_translator *translator,
+                                 const struct vdpa_iova_planner *planner);
+
+/**
+ * Frees a translator; NULL does nothing. It may outlive its planner.
+ *
+ * # Safety
+ * A non-NULL `translator` from [`vdpa_iova_translator_new`], not freed before.
+ */
+void vdpa_iova_translator_free(struct vdpa_iova_translator *translator);
+
+/**
+ * Device addresses of `len` bytes of guest memory at `gpa` (with a guest
+ * vIOMMU: at guest IOVA `gpa`), as [`crate::vdpa_iova_translate`] gives
+ * them for the planner's table at the translator's snapshot: at most `cap`
+ * segments written to `segs`, their count to `*n`. `segs` may be NULL when
+ * `cap` is 0 (to ask for the count).
+ *
+ * The SVQ data path: no allocation and no write to memory shared with
+ * other queues for a translation of at most two segments; the queue's
+ * last hit is tried first, then a search of the snapshot.
+ *
+ * # Errors
+ * `-ESTALE` when an event changed the planner's table since the snapshot
+ * (nothing is translated: refresh, then call again); otherwise as
+ * [`crate::vdpa_iova_translate`]: `-ENOBUFS` when more than `cap`
+ * segments are needed (`*n` is the count needed, `segs` untouched),
+ * `-ENOENT`, `-ERANGE`, `-EINVAL`, `-EFAULT`. On every error but
+ * `-ENOBUFS`, `*n` is 0.
+ *
+ * # Safety
+ * `translator` from [`vdpa_iova_translator_new`], not freed, used by no
+ * other thread during the call (its planner need not be live); a non-NULL
+ * `segs` writable for `cap` segments; a non-NULL `n` writable.
+ */
+int vdpa_iova_translator_translate(struct vdpa_iova_translator *translator,
+                                   uint64_t gpa,
+                                   uint64_t len,
+                                   struct vdpa_iova_segment *segs,
+                                   size_t cap,
+                                   size_t *n);
 
 #ifdef __cplusplus
 }  // extern "C"
