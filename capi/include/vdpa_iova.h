@@ -447,6 +447,45 @@ struct vdpa_iova_cost {
     uint64_t critical_batch_ends;
 };
 
+/**
+ * The first bytes of every translator, which the header's inline fast path
+ * reads (a `const struct vdpa_iova_translator *` points to them): the
+ * translator's last hit, valid while `*epoch == seen`. Written only by the
+ * library, in calls on that translator.
+ */
+struct vdpa_iova_translator_hint {
+    /**
+     * The planner's generation counter (a 64-bit atomic, bumped by every
+     * event that changes its table); valid while the translator lives.
+     */
+    const uint64_t *epoch;
+    /**
+     * The counter's value at the snapshot.
+     */
+    uint64_t seen;
+    /**
+     * First guest address of the last hit's entry.
+     */
+    uint64_t first;
+    /**
+     * Last guest address of the last hit's entry; below `first` when the
+     * snapshot is empty.
+     */
+    uint64_t last;
+    /**
+     * `iova - gpa` in that entry, wrapping.
+     */
+    uint64_t delta;
+    /**
+     * `VDPA_IOVA_PERM_*` of that entry.
+     */
+    uint8_t perm;
+    /**
+     * Zero.
+     */
+    uint8_t reserved[7];
+};
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -1007,3 +1046,44 @@ int vdpa_iova_translator_translate(struct vdpa_iova_translator *translator,
 #endif  // __cplusplus
 
 #endif  /* VDPA_IOVA_H */
+
+#ifndef VDPA_IOVA_INLINE_H
+#define VDPA_IOVA_INLINE_H
+
+/**
+ * vdpa_iova_translator_translate() with its common case inline, for the
+ * SVQ data path: a buffer inside the entry of the translator's last hit,
+ * with the snapshot still current, is translated here without a call, after
+ * the same checks (every pointer non-NULL and aligned, cap > 0, len > 0, no
+ * wrap past 2^64 - 1, the planner's epoch unchanged). Anything else is
+ * that call. Same contract, same results.
+ */
+static inline int vdpa_iova_translator_translate_inline(struct vdpa_iova_translator *translator,
+                                                        uint64_t gpa,
+                                                        uint64_t len,
+                                                        struct vdpa_iova_segment *segs,
+                                                        size_t cap,
+                                                        size_t *n)
+{
+    const struct vdpa_iova_translator_hint *h =
+        (const struct vdpa_iova_translator_hint *)(const void *)translator;
+    uint64_t last = gpa + len - 1;
+
+    if (__builtin_expect(translator != NULL && n != NULL && segs != NULL && cap > 0 &&
+                             (((uintptr_t)translator | (uintptr_t)n | (uintptr_t)segs) & 7) == 0 &&
+                             len != 0 && last >= gpa && gpa >= h->first && last <= h->last &&
+                             __atomic_load_n(h->epoch, __ATOMIC_ACQUIRE) == h->seen,
+                         1)) {
+        segs->iova = gpa + h->delta;
+        segs->len = len;
+        segs->perm = h->perm;
+        for (int i = 0; i < 7; i++) {
+            segs->reserved[i] = 0;
+        }
+        *n = 1;
+        return 0;
+    }
+    return vdpa_iova_translator_translate(translator, gpa, len, segs, cap, n);
+}
+
+#endif  /* VDPA_IOVA_INLINE_H */

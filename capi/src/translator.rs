@@ -7,12 +7,18 @@
 //! writes the one segment straight into the caller's array, with no
 //! intermediate `Result` of the library's error type to copy, and every
 //! failure is recorded out of line.
+//!
+//! A translator starts with a [`vdpa_iova_translator_hint`]: its last hit
+//! and the epoch it holds for, which the header's inline
+//! `vdpa_iova_translator_translate_inline` reads to answer a descriptor in
+//! the last hit's entry without a call. Every call into the library that
+//! moves the last hit rewrites the hint.
 
 use core::ffi::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
-use ::vdpa_iova_planner::{Gpa, Segment, Translator};
+use ::vdpa_iova_planner::{Gpa, PlanError, Segment, Translator};
 
 use crate::error::{fail, guard, guard_free, panicked, Error};
 use crate::planner::{live, vdpa_iova_planner};
@@ -33,6 +39,69 @@ pub struct vdpa_iova_translator {
     /// The planner it was made from, compared (never dereferenced) by
     /// `refresh`.
     planner: *const vdpa_iova_planner,
+}
+
+/// The first bytes of every translator, which the header's inline fast path
+/// reads (a `const struct vdpa_iova_translator *` points to them): the
+/// translator's last hit, valid while `*epoch == seen`. Written only by the
+/// library, in calls on that translator.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct vdpa_iova_translator_hint {
+    /// The planner's generation counter (a 64-bit atomic, bumped by every
+    /// event that changes its table); valid while the translator lives.
+    pub epoch: *const u64,
+    /// The counter's value at the snapshot.
+    pub seen: u64,
+    /// First guest address of the last hit's entry.
+    pub first: u64,
+    /// Last guest address of the last hit's entry; below `first` when the
+    /// snapshot is empty.
+    pub last: u64,
+    /// `iova - gpa` in that entry, wrapping.
+    pub delta: u64,
+    /// `VDPA_IOVA_PERM_*` of that entry.
+    pub perm: u8,
+    /// Zero.
+    pub reserved: [u8; 7],
+}
+
+/// What a translator handle points to: the hint first, at offset 0.
+#[repr(C)]
+struct Slot {
+    hint: vdpa_iova_translator_hint,
+    t: vdpa_iova_translator,
+}
+
+impl Slot {
+    /// Rewrites the hint's entry from the translator's last hit.
+    #[inline]
+    fn publish_hit(&mut self) {
+        if let Some((first, last, delta, perm)) = self.t.inner.last_hit() {
+            self.hint.first = first;
+            self.hint.last = last;
+            self.hint.delta = delta;
+            self.hint.perm = perm.to_kernel();
+        }
+    }
+
+    /// Rewrites the whole hint: after a new snapshot.
+    fn publish(&mut self) {
+        let (counter, seen) = self.t.inner.epoch();
+        let (first, last, delta, perm) = match self.t.inner.last_hit() {
+            Some((f, l, d, p)) => (f, l, d, p.to_kernel()),
+            None => (1, 0, 0, 0),
+        };
+        self.hint = vdpa_iova_translator_hint {
+            epoch: counter.as_ptr().cast_const(),
+            seen,
+            first,
+            last,
+            delta,
+            perm,
+            reserved: [0; 7],
+        };
+    }
 }
 
 fn segment(s: &Segment) -> vdpa_iova_segment {
@@ -64,12 +133,26 @@ pub unsafe extern "C" fn vdpa_iova_translator_new(
         unsafe { write(out, "out", ptr::null_mut()) }?;
         // SAFETY: the caller promises a live planner.
         let p = unsafe { live(planner) }?;
-        let t = Box::new(vdpa_iova_translator {
+        let t = vdpa_iova_translator {
             inner: Translator::new(p.strategy())?,
             planner,
+        };
+        let mut slot = Box::new(Slot {
+            hint: vdpa_iova_translator_hint {
+                epoch: ptr::null(),
+                seen: 0,
+                first: 1,
+                last: 0,
+                delta: 0,
+                perm: 0,
+                reserved: [0; 7],
+            },
+            t,
         });
+        slot.publish();
+        let handle = Box::into_raw(slot).cast::<vdpa_iova_translator>();
         // SAFETY: out was checked writable above.
-        unsafe { write(out, "out", Box::into_raw(t)) }?;
+        unsafe { write(out, "out", handle) }?;
         Ok(0)
     })
 }
@@ -91,10 +174,12 @@ pub unsafe extern "C" fn vdpa_iova_translator_refresh(
     planner: *const vdpa_iova_planner,
 ) -> c_int {
     guard("vdpa_iova_translator_refresh", || {
-        // SAFETY: the caller promises a translator it alone uses now.
-        let t = unsafe { as_mut(translator, "translator") }?;
+        // SAFETY: the caller promises a translator from _new, which points
+        // to a Slot, and that it alone uses it now.
+        let slot = unsafe { as_mut(translator.cast::<Slot>(), "translator") }?;
         // SAFETY: the caller promises a live planner.
         let p = unsafe { live(planner) }?;
+        let t = &mut slot.t;
         if !ptr::eq(planner, t.planner) {
             return Err(Error::arg(
                 "planner",
@@ -103,6 +188,7 @@ pub unsafe extern "C" fn vdpa_iova_translator_refresh(
             ));
         }
         t.inner.refresh(p.strategy())?;
+        slot.publish();
         Ok(0)
     })
 }
@@ -115,8 +201,9 @@ pub unsafe extern "C" fn vdpa_iova_translator_refresh(
 pub unsafe extern "C" fn vdpa_iova_translator_free(translator: *mut vdpa_iova_translator) {
     guard_free("vdpa_iova_translator_free", || {
         if !translator.is_null() {
-            // SAFETY: the caller gives back ownership of a Box made by _new.
-            drop(unsafe { Box::from_raw(translator) });
+            // SAFETY: the caller gives back ownership of the Box of a Slot
+            // made by _new.
+            drop(unsafe { Box::from_raw(translator.cast::<Slot>()) });
         }
     });
 }
@@ -176,37 +263,79 @@ unsafe fn hot(
     cap: usize,
     n: *mut usize,
 ) -> c_int {
-    if n.is_null() || !n.is_aligned() {
-        return fail(FUNC, bad_ptr(n, "n"));
+    // Every pointer check at once (`|`, not `||`: one branch); which one
+    // failed is worked out off the hot path.
+    let used = cap > 0;
+    if n.is_null()
+        | !n.is_aligned()
+        | translator.is_null()
+        | !translator.cast::<Slot>().is_aligned()
+        | (used & (segs.is_null() | !segs.is_aligned()))
+    {
+        // SAFETY: as this function's contract.
+        return unsafe { bad_pointer(translator, segs, cap, n) };
     }
-    // SAFETY: checked non-NULL and aligned; writable per the caller's promise.
-    unsafe { n.write(0) };
-    if translator.is_null() || !translator.is_aligned() {
-        return fail(FUNC, bad_ptr(translator, "translator"));
-    }
-    // SAFETY: checked non-NULL and aligned; a live translator that no other
-    // thread uses, per the caller's promise.
-    let t = unsafe { &mut *translator };
-    if cap > 0 && segs.is_null() {
-        return fail(FUNC, Error::null("segs"));
-    }
-    match t.inner.translate_single(Gpa(gpa), len) {
-        Ok(Some(s)) if cap > 0 => {
-            if !segs.is_aligned() {
-                return fail(FUNC, Error::misaligned("segs"));
-            }
-            // SAFETY: non-NULL (cap > 0, checked above) and aligned; the
-            // caller promises cap >= 1 writable segments there.
+    // SAFETY: checked non-NULL and aligned; a translator from _new (a
+    // Slot) that no other thread uses, per the caller's promise.
+    let slot = unsafe { &mut *translator.cast::<Slot>() };
+    let r = slot.t.inner.translate_single(Gpa(gpa), len);
+    match r {
+        Ok(Some(s)) if used => {
+            // The last hit may have moved: the inline fast path tries it
+            // next (four stores, cheaper than a branch on whether it did).
+            slot.publish_hit();
+            // SAFETY: both checked non-NULL and aligned (segs as cap > 0);
+            // the caller promises them writable, segs for cap >= 1 segments.
             unsafe {
                 segs.write(segment(&s));
                 n.write(1);
             }
             0
         }
-        // SAFETY: as this function's contract.
-        Ok(_) => unsafe { several(t, gpa, len, segs, cap, n) },
-        Err(e) => fail(FUNC, e.into()),
+        Ok(_) => {
+            slot.publish_hit();
+            // SAFETY: as this function's contract; n checked.
+            unsafe { several(&mut slot.t, gpa, len, segs, cap, n) }
+        }
+        Err(e) => {
+            // SAFETY: checked non-NULL and aligned.
+            unsafe { n.write(0) };
+            fail_plan(e)
+        }
     }
+}
+
+/// The error for the first bad pointer, in the order the arguments are
+/// checked by [`crate::vdpa_iova_translate`]: `n`, the handle, `segs`.
+///
+/// # Safety
+/// As [`vdpa_iova_translator_translate`].
+#[cold]
+#[inline(never)]
+unsafe fn bad_pointer(
+    translator: *mut vdpa_iova_translator,
+    segs: *mut vdpa_iova_segment,
+    cap: usize,
+    n: *mut usize,
+) -> c_int {
+    if n.is_null() || !n.is_aligned() {
+        return fail(FUNC, bad_ptr(n, "n"));
+    }
+    // SAFETY: checked non-NULL and aligned; writable per the caller's promise.
+    unsafe { n.write(0) };
+    if translator.is_null() || !translator.cast::<Slot>().is_aligned() {
+        return fail(FUNC, bad_ptr(translator, "translator"));
+    }
+    debug_assert!(cap > 0);
+    fail(FUNC, bad_ptr(segs, "segs"))
+}
+
+/// The failure path for a refusal of the core: the conversion to the
+/// boundary's error and its message stay out of the hot function's frame.
+#[cold]
+#[inline(never)]
+fn fail_plan(e: PlanError) -> c_int {
+    fail(FUNC, e.into())
 }
 
 #[cold]
@@ -233,9 +362,11 @@ unsafe fn several(
     cap: usize,
     n: *mut usize,
 ) -> c_int {
+    // SAFETY: checked writable by the caller of this function.
+    unsafe { n.write(0) };
     let tr = match t.inner.translate(Gpa(gpa), len) {
         Ok(tr) => tr,
-        Err(e) => return fail(FUNC, e.into()),
+        Err(e) => return fail_plan(e),
     };
     if tr.len() > cap {
         // SAFETY: checked writable by the caller of this function.

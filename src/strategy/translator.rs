@@ -9,9 +9,12 @@
 //! * keeps its own copy of the table (no shared writes: the queue's thread
 //!   writes only its own cursor; nothing is allocated per call);
 //! * tries the entry of its last hit first;
-//! * on a miss counts the first addresses below the one asked for, which for
-//!   up to [`LINEAR_MAX`] entries is a straight pass over one or two cache
-//!   lines (no unpredictable branch), and a binary search above that;
+//! * on a miss counts the first addresses at or below the one asked for,
+//!   [`FANOUT`] at a time: up to [`FANOUT`] entries (a real guest's six or
+//!   seven sections fit in one cache line) that is one pass, with no
+//!   unpredictable branch; a larger table is searched as a static B-tree of
+//!   [`FANOUT`]-key nodes, two cache lines a level (4,096 entries: three
+//!   levels, where a binary search takes twelve dependent steps);
 //! * checks the planner's [`Epoch`] on every call, and refuses with
 //!   [`PlanError::StaleTranslator`] once an event (hot-plug, unplug, a guest
 //!   vIOMMU map or unmap, a switch, a failback, a reset, the planner dropped)
@@ -32,9 +35,21 @@ use crate::strategy::xlate::{translate_with, Epoch, Xlate};
 use crate::strategy::{Segment, Segments, Strategy};
 use crate::vocab::Perm;
 
-/// Tables of at most this many entries are searched by a linear count, larger
-/// ones by binary search.
-pub const LINEAR_MAX: usize = 16;
+/// Keys in one node of the search tree: 16 first addresses, two cache
+/// lines. A table of at most this many entries is one node.
+pub const FANOUT: usize = 16;
+
+/// How many of a node's keys are at or below `a`. Scalar compares and adds:
+/// a fixed-length node lets the compiler vectorize the sum into a shuffle
+/// and a population count that cost more than the eight compares.
+#[inline(always)]
+fn count(node: &[u64], a: u64) -> usize {
+    let mut c = 0;
+    for &f in node {
+        c += usize::from(f <= a);
+    }
+    c
+}
 
 /// One entry of the snapshot: `[first, last]` translates by `delta`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,8 +89,16 @@ pub struct Translator {
     cursor: usize,
     /// Sorted, coalesced as the planner's table is.
     ents: Vec<Ent>,
-    /// `ents[i].first`, apart, for the search.
-    firsts: Vec<u64>,
+    /// The root of the search tree: every `FANOUT^k`-th first address
+    /// (for a small table, all of them), padded with `u64::MAX`.
+    top: [u64; FANOUT],
+    /// Keys of `top` that are not padding. Counting over this run-time
+    /// length keeps the count a short scalar loop.
+    top_len: usize,
+    /// The levels below the root, top down; the last holds every first
+    /// address. Each a multiple of `FANOUT` long, padded with `u64::MAX`;
+    /// key `j` of a level is key `FANOUT * j` of the next.
+    lower: Vec<Vec<u64>>,
     /// Guest memory (or with a vIOMMU the guest's maps) as sorted
     /// `[first, last]`: tells an unreachable byte from one that is not
     /// guest memory.
@@ -94,7 +117,9 @@ impl Translator {
             epoch: Arc::clone(epoch),
             cursor: 0,
             ents: Vec::new(),
-            firsts: Vec::new(),
+            top: [u64::MAX; FANOUT],
+            top_len: 0,
+            lower: Vec::new(),
             guest: Vec::new(),
         };
         t.fill(planner);
@@ -155,13 +180,47 @@ impl Translator {
             }
             joins
         });
-        self.firsts.clear();
-        self.firsts.extend(self.ents.iter().map(|e| e.first));
+        // The tree, bottom up: each level padded to whole nodes, the next
+        // one up made of every node's first key, until one node is left.
+        let pad = |v: &mut Vec<u64>| v.resize(v.len().div_ceil(FANOUT).max(1) * FANOUT, u64::MAX);
+        let mut levels = core::mem::take(&mut self.lower);
+        levels.clear();
+        let mut level: Vec<u64> = self.ents.iter().map(|e| e.first).collect();
+        pad(&mut level);
+        while level.len() > FANOUT {
+            let mut up: Vec<u64> = level.iter().step_by(FANOUT).copied().collect();
+            pad(&mut up);
+            levels.push(core::mem::replace(&mut level, up));
+        }
+        self.top.copy_from_slice(&level);
+        // A key of u64::MAX, padding or not, counts only for `a == u64::MAX`,
+        // which `search` answers apart.
+        self.top_len = level.iter().filter(|&&f| f != u64::MAX).count();
+        levels.reverse();
+        self.lower = levels;
     }
 
     /// Whether an event changed the planner's table since the snapshot.
+    #[inline]
     pub fn is_stale(&self) -> bool {
         self.epoch.load(Ordering::Acquire) != self.seen
+    }
+
+    /// The entry of the last hit (after a refresh, the first entry), as
+    /// `(first, last, delta, perm)`: `delta` is `iova - gpa`, wrapping.
+    /// `None` for an empty snapshot. For a caller's own fast path in front of
+    /// [`Translator::translate_single`] (the C header's inline one): valid
+    /// while [`Translator::epoch`]'s counter equals its recorded value.
+    pub fn last_hit(&self) -> Option<(u64, u64, u64, Perm)> {
+        let e = self.ents.get(self.cursor)?;
+        Some((e.first, e.last, e.delta, e.perm))
+    }
+
+    /// The planner's generation counter this translator watches, and the
+    /// value it had at the snapshot: the snapshot is current while they
+    /// are equal.
+    pub fn epoch(&self) -> (&AtomicU64, u64) {
+        (&self.epoch, self.seen)
     }
 
     /// Entries in the snapshot.
@@ -174,15 +233,22 @@ impl Translator {
         self.ents.is_empty()
     }
 
-    /// The entry holding `a`, by linear count or binary search.
+    /// The entry holding `a`, down the search tree.
     #[inline]
     fn search(&self, a: u64) -> Option<usize> {
-        let below = if self.firsts.len() <= LINEAR_MAX {
-            self.firsts.iter().map(|&f| usize::from(f <= a)).sum()
-        } else {
-            self.firsts.partition_point(|&f| f <= a)
-        };
-        let i = below.checked_sub(1)?;
+        if a == u64::MAX {
+            // The padding compares equal: the last entry is the only candidate.
+            let i = self.ents.len().checked_sub(1)?;
+            return (self.ents[i].last == a).then_some(i);
+        }
+        // The last key at or below `a` in the root; in each level below,
+        // the node it starts holds the next one down (its own key is <= a).
+        let top = self.top.get(..self.top_len)?;
+        let mut i = count(top, a).checked_sub(1)?;
+        for level in &self.lower {
+            let node = level.get(FANOUT * i..FANOUT * (i + 1))?;
+            i = FANOUT * i + count(node, a) - 1;
+        }
         (self.ents.get(i)?.last >= a).then_some(i)
     }
 
@@ -460,8 +526,8 @@ mod tests {
 
     #[test]
     fn cursor_and_search_agree_on_large_tables() {
-        // More entries than the linear count handles: the binary search.
-        let rs: Vec<_> = (0..(LINEAR_MAX as u64 * 8))
+        // Three levels of search tree, the last nodes partly padding.
+        let rs: Vec<_> = (0..(FANOUT as u64 * FANOUT as u64 + 21))
             .map(|i| {
                 region(
                     i * 4 * MIB,
@@ -476,7 +542,8 @@ mod tests {
         p.apply(&Event::SvqPrepare(svq())).unwrap();
         p.apply(&Event::SvqSwitch(None)).unwrap();
         let mut t = Translator::new(&p).unwrap();
-        assert!(t.len() > LINEAR_MAX);
+        assert!(t.len() > FANOUT * FANOUT);
+        assert_eq!(t.lower.len(), 2);
         agrees(&p, &mut t);
         // Runs of neighbours and jumps, so the cursor both hits and misses.
         for i in 0..4096u64 {
