@@ -17,6 +17,12 @@
 #include <stdint.h>
 
 /**
+ * Entries a [`vdpa_iova_translator_hint`] carries of a small snapshot: the
+ * header's inline path searches them without a call.
+ */
+#define VDPA_IOVA_HINT_ENTRIES 8
+
+/**
  * Strategy: keep guest memory at IOVA == GPA for the VM's whole life and put
  * the shadow vrings in a reserved window (this library's strategy).
  */
@@ -449,9 +455,11 @@ struct vdpa_iova_cost {
 
 /**
  * The first bytes of every translator, which the header's inline fast path
- * reads (a `const struct vdpa_iova_translator *` points to them): the
- * translator's last hit, valid while `*epoch == seen`. Written only by the
- * library, in calls on that translator.
+ * reads (a `struct vdpa_iova_translator *` points to them): the
+ * translator's last hit and, for a small table, the whole snapshot, valid
+ * while `*epoch == seen`. Written by the library in calls on that
+ * translator; the inline path moves the last hit (`first` to `perm`) in
+ * the same thread, as the call would.
  */
 struct vdpa_iova_translator_hint {
     /**
@@ -484,6 +492,28 @@ struct vdpa_iova_translator_hint {
      * Zero.
      */
     uint8_t reserved[7];
+    /**
+     * Entries of the whole snapshot below, when it has at most
+     * [`VDPA_IOVA_HINT_ENTRIES`] (a real guest's sections); 0 otherwise
+     * (the inline path then calls the library at once).
+     */
+    uint64_t entries;
+    /**
+     * First guest address of each entry, ascending.
+     */
+    uint64_t firsts[VDPA_IOVA_HINT_ENTRIES];
+    /**
+     * Last guest address of each entry.
+     */
+    uint64_t lasts[VDPA_IOVA_HINT_ENTRIES];
+    /**
+     * `iova - gpa` of each entry, wrapping.
+     */
+    uint64_t deltas[VDPA_IOVA_HINT_ENTRIES];
+    /**
+     * `VDPA_IOVA_PERM_*` of each entry.
+     */
+    uint8_t perms[VDPA_IOVA_HINT_ENTRIES];
 };
 
 #ifdef __cplusplus
@@ -1051,12 +1081,55 @@ int vdpa_iova_translator_translate(struct vdpa_iova_translator *translator,
 #define VDPA_IOVA_INLINE_H
 
 /**
+ * The part of vdpa_iova_translator_translate_inline() off the last hit: in a
+ * table of at most VDPA_IOVA_HINT_ENTRIES entries, the entry holding gpa (the
+ * last one starting at or below it) becomes the last hit and answers; anything
+ * else is vdpa_iova_translator_translate(). Out of line, so that the hit path
+ * stays a few instructions.
+ */
+static __attribute__((noinline, unused)) int vdpa_iova_translator_translate_search_(
+    struct vdpa_iova_translator *translator, uint64_t gpa, uint64_t len,
+    struct vdpa_iova_segment *segs, size_t cap, size_t *n)
+{
+    struct vdpa_iova_translator_hint *h = (struct vdpa_iova_translator_hint *)(void *)translator;
+    uint64_t last = gpa + len - 1;
+
+    if (translator != NULL && n != NULL && segs != NULL && cap > 0 &&
+        (((uintptr_t)translator | (uintptr_t)n | (uintptr_t)segs) & 7) == 0 && len != 0 &&
+        last >= gpa && h->entries > 0 && __atomic_load_n(h->epoch, __ATOMIC_ACQUIRE) == h->seen) {
+        uint64_t c = 0;
+        for (uint64_t i = 0; i < h->entries; i++) {
+            c += h->firsts[i] <= gpa;
+        }
+        if (c > 0 && last <= h->lasts[c - 1]) {
+            c--;
+            h->first = h->firsts[c];
+            h->last = h->lasts[c];
+            h->delta = h->deltas[c];
+            h->perm = h->perms[c];
+            segs->iova = gpa + h->delta;
+            segs->len = len;
+            segs->perm = h->perm;
+            for (int i = 0; i < 7; i++) {
+                segs->reserved[i] = 0;
+            }
+            *n = 1;
+            return 0;
+        }
+    }
+    return vdpa_iova_translator_translate(translator, gpa, len, segs, cap, n);
+}
+
+/**
  * vdpa_iova_translator_translate() with its common case inline, for the
- * SVQ data path: a buffer inside the entry of the translator's last hit,
- * with the snapshot still current, is translated here without a call, after
- * the same checks (every pointer non-NULL and aligned, cap > 0, len > 0, no
- * wrap past 2^64 - 1, the planner's epoch unchanged). Anything else is
- * that call. Same contract, same results.
+ * SVQ data path: in a table of at most VDPA_IOVA_HINT_ENTRIES entries (a
+ * real guest's sections), a buffer inside one entry, the entry of the
+ * translator's last hit first, with the snapshot still current, is
+ * translated without a call into the library, after the same
+ * checks (every pointer non-NULL and aligned, cap > 0, len > 0, no wrap past
+ * 2^64 - 1, the planner's epoch unchanged). Anything else is that call. Same
+ * contract, same results. Like the call, it moves the translator's last hit:
+ * use it from the thread that owns the translator.
  */
 static inline int vdpa_iova_translator_translate_inline(struct vdpa_iova_translator *translator,
                                                         uint64_t gpa,
@@ -1069,7 +1142,12 @@ static inline int vdpa_iova_translator_translate_inline(struct vdpa_iova_transla
         (const struct vdpa_iova_translator_hint *)(const void *)translator;
     uint64_t last = gpa + len - 1;
 
-    if (__builtin_expect(translator != NULL && n != NULL && segs != NULL && cap > 0 &&
+    /* A large table: the library's own last hit and search (reading the
+     * hint the library has just written would only add a dependency). */
+    if (translator == NULL || h->entries == 0) {
+        return vdpa_iova_translator_translate(translator, gpa, len, segs, cap, n);
+    }
+    if (__builtin_expect(n != NULL && segs != NULL && cap > 0 &&
                              (((uintptr_t)translator | (uintptr_t)n | (uintptr_t)segs) & 7) == 0 &&
                              len != 0 && last >= gpa && gpa >= h->first && last <= h->last &&
                              __atomic_load_n(h->epoch, __ATOMIC_ACQUIRE) == h->seen,
@@ -1083,7 +1161,7 @@ static inline int vdpa_iova_translator_translate_inline(struct vdpa_iova_transla
         *n = 1;
         return 0;
     }
-    return vdpa_iova_translator_translate(translator, gpa, len, segs, cap, n);
+    return vdpa_iova_translator_translate_search_(translator, gpa, len, segs, cap, n);
 }
 
 #endif  /* VDPA_IOVA_INLINE_H */

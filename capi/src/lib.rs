@@ -66,7 +66,8 @@ pub use planner::{
     vdpa_iova_version, vdpa_iova_viommu_map, vdpa_iova_viommu_unmap,
 };
 pub use translator::{
-    vdpa_iova_translator, vdpa_iova_translator_free, vdpa_iova_translator_new,
-    vdpa_iova_translator_refresh, vdpa_iova_translator_translate,
+    vdpa_iova_translator, vdpa_iova_translator_free, vdpa_iova_translator_hint,
+    vdpa_iova_translator_new, vdpa_iova_translator_refresh, vdpa_iova_translator_translate,
+    VDPA_IOVA_HINT_ENTRIES,
 };
 pub use types::*;

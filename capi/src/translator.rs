@@ -8,10 +8,10 @@
 //! intermediate `Result` of the library's error type to copy, and every
 //! failure is recorded out of line.
 //!
-//! A translator starts with a [`vdpa_iova_translator_hint`]: its last hit
-//! and the epoch it holds for, which the header's inline
-//! `vdpa_iova_translator_translate_inline` reads to answer a descriptor in
-//! the last hit's entry without a call. Every call into the library that
+//! A translator starts with a [`vdpa_iova_translator_hint`]: its last hit,
+//! a small snapshot whole, and the epoch they hold for, which the header's
+//! inline `vdpa_iova_translator_translate_inline` reads to answer a
+//! descriptor in one entry without a call. Every call into the library that
 //! moves the last hit rewrites the hint.
 
 use core::ffi::c_int;
@@ -42,9 +42,11 @@ pub struct vdpa_iova_translator {
 }
 
 /// The first bytes of every translator, which the header's inline fast path
-/// reads (a `const struct vdpa_iova_translator *` points to them): the
-/// translator's last hit, valid while `*epoch == seen`. Written only by the
-/// library, in calls on that translator.
+/// reads (a `struct vdpa_iova_translator *` points to them): the
+/// translator's last hit and, for a small table, the whole snapshot, valid
+/// while `*epoch == seen`. Written by the library in calls on that
+/// translator; the inline path moves the last hit (`first` to `perm`) in
+/// the same thread, as the call would.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct vdpa_iova_translator_hint {
@@ -64,7 +66,23 @@ pub struct vdpa_iova_translator_hint {
     pub perm: u8,
     /// Zero.
     pub reserved: [u8; 7],
+    /// Entries of the whole snapshot below, when it has at most
+    /// [`VDPA_IOVA_HINT_ENTRIES`] (a real guest's sections); 0 otherwise
+    /// (the inline path then calls the library at once).
+    pub entries: u64,
+    /// First guest address of each entry, ascending.
+    pub firsts: [u64; VDPA_IOVA_HINT_ENTRIES],
+    /// Last guest address of each entry.
+    pub lasts: [u64; VDPA_IOVA_HINT_ENTRIES],
+    /// `iova - gpa` of each entry, wrapping.
+    pub deltas: [u64; VDPA_IOVA_HINT_ENTRIES],
+    /// `VDPA_IOVA_PERM_*` of each entry.
+    pub perms: [u8; VDPA_IOVA_HINT_ENTRIES],
 }
+
+/// Entries a [`vdpa_iova_translator_hint`] carries of a small snapshot: the
+/// header's inline path searches them without a call.
+pub const VDPA_IOVA_HINT_ENTRIES: usize = 8;
 
 /// What a translator handle points to: the hint first, at offset 0.
 #[repr(C)]
@@ -92,7 +110,7 @@ impl Slot {
             Some((f, l, d, p)) => (f, l, d, p.to_kernel()),
             None => (1, 0, 0, 0),
         };
-        self.hint = vdpa_iova_translator_hint {
+        let mut hint = vdpa_iova_translator_hint {
             epoch: counter.as_ptr().cast_const(),
             seen,
             first,
@@ -100,7 +118,23 @@ impl Slot {
             delta,
             perm,
             reserved: [0; 7],
+            entries: 0,
+            firsts: [0; VDPA_IOVA_HINT_ENTRIES],
+            lasts: [0; VDPA_IOVA_HINT_ENTRIES],
+            deltas: [0; VDPA_IOVA_HINT_ENTRIES],
+            perms: [0; VDPA_IOVA_HINT_ENTRIES],
         };
+        let all = self.t.inner.entries();
+        if all.len() <= VDPA_IOVA_HINT_ENTRIES {
+            hint.entries = all.len() as u64;
+            for (i, (f, l, d, p)) in all.enumerate() {
+                hint.firsts[i] = f;
+                hint.lasts[i] = l;
+                hint.deltas[i] = d;
+                hint.perms[i] = p.to_kernel();
+            }
+        }
+        self.hint = hint;
     }
 }
 
@@ -146,6 +180,11 @@ pub unsafe extern "C" fn vdpa_iova_translator_new(
                 delta: 0,
                 perm: 0,
                 reserved: [0; 7],
+                entries: 0,
+                firsts: [0; VDPA_IOVA_HINT_ENTRIES],
+                lasts: [0; VDPA_IOVA_HINT_ENTRIES],
+                deltas: [0; VDPA_IOVA_HINT_ENTRIES],
+                perms: [0; VDPA_IOVA_HINT_ENTRIES],
             },
             t,
         });

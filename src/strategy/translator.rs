@@ -216,6 +216,12 @@ impl Translator {
         Some((e.first, e.last, e.delta, e.perm))
     }
 
+    /// Every entry of the snapshot, by first address, as
+    /// `(first, last, delta, perm)` (see [`Translator::last_hit`]).
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = (u64, u64, u64, Perm)> + '_ {
+        self.ents.iter().map(|e| (e.first, e.last, e.delta, e.perm))
+    }
+
     /// The planner's generation counter this translator watches, and the
     /// value it had at the snapshot: the snapshot is current while they
     /// are equal.
