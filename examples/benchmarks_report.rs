@@ -550,15 +550,18 @@ planner after the switch), and the same 4,096 buffers of 1,500 bytes; before tim
 must reach the same host byte with the same permission on both sides through each side's own \
 device mappings (0 mismatches, or the harness fails). Timing: many rounds (301 by default), each \
 running every side in turn on the same stretch of buffers for about 50 µs; the median per lookup.\n\n\
-Our columns: *inline* is `vdpa_iova_translator_translate_inline` from `vdpa_iova.h`, which answers \
-a buffer in the entry of the queue's last hit without a call and calls \
-`vdpa_iova_translator_translate` otherwise (*call*, the same function called directly); \
+Our columns: *inline* is `vdpa_iova_translator_translate_inline` from `vdpa_iova.h`: in a table of \
+at most 8 entries (every real layout) it answers a buffer in one entry without a call, trying the \
+queue's last hit first and then counting the published first addresses; otherwise, and for \
+larger tables at once, it calls `vdpa_iova_translator_translate` (*call*, the same function called \
+directly: last hit, then a 16-key static B-tree); \
 `vdpa_iova_translate` is the planner-wide call; *empty call* is `vdpa_iova_version()`, the cost of \
 entering the library and coming back. Ratio: QEMU / inline.\n\n\
 Layouts: the sections QEMU's vhost-vdpa listener maps for a pc or q35 guest once SeaBIOS has run: \
 RAM below the VGA window, the option ROMs (read-only) and the rest of the upper memory area, the \
 shadowed BIOS (read-only), RAM from 1 MiB to the below-4G split, RAM above 4 GiB, and the BIOS ROM \
-under 4 GiB: six for 256 MiB (as QEMU 10.2.2 mapped them in the rig), seven above the split. The \
+under 4 GiB: six for 256 MiB (the count QEMU 10.2.2 mapped in the rig; the option ROMs' end at \
+0xc4000 is an assumption, one 16 KiB PAM block), seven above the split. The \
 split is hw/i386/pc_piix.c's (all RAM below 4 GiB up to 3.5 GiB, else 3 GiB below) and \
 pc_q35.c's (up to 2.75 GiB, else 2 GiB below); RAM above it starts at 4 GiB. Then 16 to 4,096 \
 regions of 2 MiB, 4 MiB apart (the Rust benches' layout). Patterns: random (any section, any \
