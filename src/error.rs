@@ -152,6 +152,10 @@ pub enum PlanError {
         /// What.
         what: &'static str,
     },
+    /// A [`crate::Translator`] whose snapshot an event has made stale
+    /// (hot-plug, unplug, a guest vIOMMU change, a switch or a failback):
+    /// refresh it from its planner.
+    StaleTranslator,
 }
 
 impl fmt::Display for PlanError {
@@ -236,6 +240,10 @@ impl fmt::Display for PlanError {
                 "region at gpa {gpa:#x} is still mapped by the guest's vIOMMU (at giova {giova:#x})"
             ),
             PlanError::Unsupported { what } => write!(f, "not supported: {what}"),
+            PlanError::StaleTranslator => write!(
+                f,
+                "the translator's snapshot is stale (the planner changed since): refresh it"
+            ),
         }
     }
 }

@@ -17,6 +17,12 @@
 #include <stdint.h>
 
 /**
+ * Entries a [`vdpa_iova_translator_hint`] carries of a small snapshot: the
+ * header's inline path searches them without a call.
+ */
+#define VDPA_IOVA_HINT_ENTRIES 8
+
+/**
  * Strategy: keep guest memory at IOVA == GPA for the VM's whole life and put
  * the shadow vrings in a reserved window (this library's strategy).
  */
@@ -148,6 +154,19 @@ struct vdpa_iova_plan;
  * chosen at creation. Opaque; created by [`vdpa_iova_planner_new`].
  */
 struct vdpa_iova_planner;
+
+/**
+ * A shadow virtqueue's own translator: a snapshot of its planner's
+ * GPA -> IOVA table with the queue's last hit. Opaque; created by
+ * [`vdpa_iova_translator_new`], one per queue.
+ *
+ * It never answers from a table an event has changed since the snapshot
+ * (hot-plug, unplug, a guest vIOMMU map or unmap, a switch, a failback, a
+ * reset, the planner freed, an event that failed with `-EIO`):
+ * [`vdpa_iova_translator_translate`] then returns `-ESTALE`, and
+ * [`vdpa_iova_translator_refresh`] takes a new snapshot.
+ */
+struct vdpa_iova_translator;
 
 /**
  * What the device can do (`VHOST_VDPA_GET_IOVA_RANGE`, the negotiated
@@ -439,6 +458,69 @@ struct vdpa_iova_cost {
      * `set_map` devices).
      */
     uint64_t critical_batch_ends;
+};
+
+/**
+ * The first bytes of every translator, which the header's inline fast path
+ * reads (a `struct vdpa_iova_translator *` points to them): the
+ * translator's last hit and, for a small table, the whole snapshot, valid
+ * while `*epoch == seen`. Written by the library in calls on that
+ * translator; the inline path moves the last hit (`first` to `perm`) in
+ * the same thread, as the call would.
+ */
+struct vdpa_iova_translator_hint {
+    /**
+     * The planner's generation counter (a 64-bit atomic, bumped by every
+     * event that changes its table); valid while the translator lives.
+     */
+    const uint64_t *epoch;
+    /**
+     * The counter's value at the snapshot.
+     */
+    uint64_t seen;
+    /**
+     * First guest address of the last hit's entry.
+     */
+    uint64_t first;
+    /**
+     * Last guest address of the last hit's entry; below `first` when the
+     * snapshot is empty.
+     */
+    uint64_t last;
+    /**
+     * `iova - gpa` in that entry, wrapping.
+     */
+    uint64_t delta;
+    /**
+     * `VDPA_IOVA_PERM_*` of that entry.
+     */
+    uint8_t perm;
+    /**
+     * Zero.
+     */
+    uint8_t reserved[7];
+    /**
+     * Entries of the whole snapshot below, when it has at most
+     * [`VDPA_IOVA_HINT_ENTRIES`] (a real guest's sections); 0 otherwise
+     * (the inline path then calls the library at once).
+     */
+    uint64_t entries;
+    /**
+     * First guest address of each entry, ascending.
+     */
+    uint64_t firsts[VDPA_IOVA_HINT_ENTRIES];
+    /**
+     * Last guest address of each entry.
+     */
+    uint64_t lasts[VDPA_IOVA_HINT_ENTRIES];
+    /**
+     * `iova - gpa` of each entry, wrapping.
+     */
+    uint64_t deltas[VDPA_IOVA_HINT_ENTRIES];
+    /**
+     * `VDPA_IOVA_PERM_*` of each entry.
+     */
+    uint8_t perms[VDPA_IOVA_HINT_ENTRIES];
 };
 
 #ifdef __cplusplus
@@ -945,8 +1027,167 @@ void vdpa_iova_plan_free(struct vdpa_iova_plan *plan);
  */
 const char *vdpa_iova_version(void);
 
+/**
+ * Creates a translator over `planner`'s table as it is now; `*out` is set
+ * to it (NULL on failure). Allocates; call it when the queue starts, not
+ * per descriptor.
+ *
+ * # Errors
+ * `-EFAULT` for NULL pointers; `-EIO` for a planner an internal error left
+ * unusable.
+ *
+ * # Safety
+ * `planner` live with no event running on it; a non-NULL `out` writable.
+ */
+int vdpa_iova_translator_new(const struct vdpa_iova_planner *planner,
+                             struct vdpa_iova_translator **out);
+
+/**
+ * Takes a new snapshot of the planner's table, after `-ESTALE`. Allocates
+ * only if the table grew.
+ *
+ * # Errors
+ * `-EFAULT` for NULL pointers; `-EINVAL` when `planner` is not the one the
+ * translator was made from; `-EIO` for a planner an internal error left
+ * unusable. The translator is unchanged then.
+ *
+ * # Safety
+ * `translator` from [`vdpa_iova_translator_new`], not freed, used by no
+ * other thread during the call; `planner` live with no event running on it.
+ */
+int vdpa_iova_translator_refresh(struct vdpa_iova_translator *translator,
+                                 const struct vdpa_iova_planner *planner);
+
+/**
+ * Frees a translator; NULL does nothing. It may outlive its planner.
+ *
+ * # Safety
+ * A non-NULL `translator` from [`vdpa_iova_translator_new`], not freed before.
+ */
+void vdpa_iova_translator_free(struct vdpa_iova_translator *translator);
+
+/**
+ * Device addresses of `len` bytes of guest memory at `gpa` (with a guest
+ * vIOMMU: at guest IOVA `gpa`), as [`crate::vdpa_iova_translate`] gives
+ * them for the planner's table at the translator's snapshot: at most `cap`
+ * segments written to `segs`, their count to `*n`. `segs` may be NULL when
+ * `cap` is 0 (to ask for the count).
+ *
+ * The SVQ data path: no allocation and no write to memory shared with
+ * other queues for a translation of at most two segments; the queue's
+ * last hit is tried first, then a search of the snapshot.
+ *
+ * # Errors
+ * `-ESTALE` when an event changed the planner's table since the snapshot
+ * (nothing is translated: refresh, then call again); otherwise as
+ * [`crate::vdpa_iova_translate`]: `-ENOBUFS` when more than `cap`
+ * segments are needed (`*n` is the count needed, `segs` untouched),
+ * `-ENOENT`, `-ERANGE`, `-EINVAL`, `-EFAULT`. On every error but
+ * `-ENOBUFS`, `*n` is 0.
+ *
+ * # Safety
+ * `translator` from [`vdpa_iova_translator_new`], not freed, used by no
+ * other thread during the call (its planner need not be live); a non-NULL
+ * `segs` writable for `cap` segments; a non-NULL `n` writable.
+ */
+int vdpa_iova_translator_translate(struct vdpa_iova_translator *translator,
+                                   uint64_t gpa,
+                                   uint64_t len,
+                                   struct vdpa_iova_segment *segs,
+                                   size_t cap,
+                                   size_t *n);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus
 
 #endif  /* VDPA_IOVA_H */
+
+#ifndef VDPA_IOVA_INLINE_H
+#define VDPA_IOVA_INLINE_H
+
+/**
+ * The part of vdpa_iova_translator_translate_inline() off the last hit: in a
+ * table of at most VDPA_IOVA_HINT_ENTRIES entries, the entry holding gpa (the
+ * last one starting at or below it) becomes the last hit and answers; anything
+ * else is vdpa_iova_translator_translate(). Out of line, so that the hit path
+ * stays a few instructions.
+ */
+static __attribute__((noinline, unused)) int vdpa_iova_translator_translate_search_(
+    struct vdpa_iova_translator *translator, uint64_t gpa, uint64_t len,
+    struct vdpa_iova_segment *segs, size_t cap, size_t *n)
+{
+    struct vdpa_iova_translator_hint *h = (struct vdpa_iova_translator_hint *)(void *)translator;
+    uint64_t last = gpa + len - 1;
+
+    if (translator != NULL && n != NULL && segs != NULL && cap > 0 &&
+        (((uintptr_t)translator | (uintptr_t)n | (uintptr_t)segs) & 7) == 0 && len != 0 &&
+        last >= gpa && h->entries > 0 && __atomic_load_n(h->epoch, __ATOMIC_ACQUIRE) == h->seen) {
+        uint64_t c = 0;
+        for (uint64_t i = 0; i < h->entries; i++) {
+            c += h->firsts[i] <= gpa;
+        }
+        if (c > 0 && last <= h->lasts[c - 1]) {
+            c--;
+            h->first = h->firsts[c];
+            h->last = h->lasts[c];
+            h->delta = h->deltas[c];
+            h->perm = h->perms[c];
+            segs->iova = gpa + h->delta;
+            segs->len = len;
+            segs->perm = h->perm;
+            for (int i = 0; i < 7; i++) {
+                segs->reserved[i] = 0;
+            }
+            *n = 1;
+            return 0;
+        }
+    }
+    return vdpa_iova_translator_translate(translator, gpa, len, segs, cap, n);
+}
+
+/**
+ * vdpa_iova_translator_translate() with its common case inline, for the
+ * SVQ data path: in a table of at most VDPA_IOVA_HINT_ENTRIES entries (a
+ * real guest's sections), a buffer inside one entry, the entry of the
+ * translator's last hit first, with the snapshot still current, is
+ * translated without a call into the library, after the same
+ * checks (every pointer non-NULL and aligned, cap > 0, len > 0, no wrap past
+ * 2^64 - 1, the planner's epoch unchanged). Anything else is that call. Same
+ * contract, same results. Like the call, it moves the translator's last hit:
+ * use it from the thread that owns the translator.
+ */
+static inline int vdpa_iova_translator_translate_inline(struct vdpa_iova_translator *translator,
+                                                        uint64_t gpa,
+                                                        uint64_t len,
+                                                        struct vdpa_iova_segment *segs,
+                                                        size_t cap,
+                                                        size_t *n)
+{
+    const struct vdpa_iova_translator_hint *h =
+        (const struct vdpa_iova_translator_hint *)(const void *)translator;
+    uint64_t last = gpa + len - 1;
+
+    /* A large table: the library's own last hit and search (reading the
+     * hint the library has just written would only add a dependency). */
+    if (translator == NULL || h->entries == 0) {
+        return vdpa_iova_translator_translate(translator, gpa, len, segs, cap, n);
+    }
+    if (__builtin_expect(n != NULL && segs != NULL && cap > 0 &&
+                             (((uintptr_t)translator | (uintptr_t)n | (uintptr_t)segs) & 7) == 0 &&
+                             len != 0 && last >= gpa && gpa >= h->first && last <= h->last &&
+                             __atomic_load_n(h->epoch, __ATOMIC_ACQUIRE) == h->seen,
+                         1)) {
+        segs->iova = gpa + h->delta;
+        segs->len = len;
+        segs->perm = h->perm;
+        for (int i = 0; i < 7; i++) {
+            segs->reserved[i] = 0;
+        }
+        *n = 1;
+        return 0;
+    }
+    return vdpa_iova_translator_translate_search_(translator, gpa, len, segs, cap, n);
+}
+
+#endif  /* VDPA_IOVA_INLINE_H */

@@ -176,6 +176,7 @@ pub(crate) fn plan_errno(e: &PlanError) -> c_int {
         | PlanError::NotMapped { .. } => libc::ENOENT,
         PlanError::Unreachable { .. } => libc::ERANGE,
         PlanError::OutOfOrder { .. } | PlanError::MissingSvqConfig => libc::EPROTO,
+        PlanError::StaleTranslator => libc::ESTALE,
         PlanError::NoViommu { .. } | PlanError::Unsupported { .. } => libc::EOPNOTSUPP,
         PlanError::RegionInUse { .. } => libc::EBUSY,
         // Bad page size or range, zero, wrapping or unaligned sizes,
@@ -235,6 +236,27 @@ pub(crate) fn guard(func: &'static str, body: impl FnOnce() -> Result<c_int, Err
             -libc::EIO
         }
     }
+}
+
+/// The failure path of an entry point that does without [`guard`]'s
+/// `Result` (the SVQ data path): records `func: why` and returns the
+/// negative errno. Out of line, so the caller's success path stays small.
+#[cold]
+#[inline(never)]
+pub(crate) fn fail(func: &'static str, e: Error) -> c_int {
+    record(func, &e.why);
+    -e.errno
+}
+
+/// As [`fail`], for a panic caught by an entry point that does without
+/// [`guard`]: `-EIO`.
+#[cold]
+#[inline(never)]
+pub(crate) fn panicked(func: &'static str, payload: Box<dyn Any + Send>) -> c_int {
+    let why = Why::Panic(payload);
+    record(func, &why);
+    std::mem::forget(why);
+    -libc::EIO
 }
 
 /// As [`guard`], for an entry point returning a pointer: NULL on failure.

@@ -48,6 +48,7 @@ mod error;
 mod model;
 mod planner;
 mod ptr;
+mod translator;
 mod types;
 
 pub use error::vdpa_iova_last_error;
@@ -63,5 +64,10 @@ pub use planner::{
     vdpa_iova_planner_new, vdpa_iova_remove_region, vdpa_iova_reset, vdpa_iova_start,
     vdpa_iova_svq_prepare, vdpa_iova_svq_size, vdpa_iova_svq_switch, vdpa_iova_switchover,
     vdpa_iova_translate, vdpa_iova_version, vdpa_iova_viommu_map, vdpa_iova_viommu_unmap,
+};
+pub use translator::{
+    vdpa_iova_translator, vdpa_iova_translator_free, vdpa_iova_translator_hint,
+    vdpa_iova_translator_new, vdpa_iova_translator_refresh, vdpa_iova_translator_translate,
+    VDPA_IOVA_HINT_ENTRIES,
 };
 pub use types::*;

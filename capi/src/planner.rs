@@ -1,6 +1,7 @@
 //! The planner handle, its events, and the plans they return.
 
 use core::ffi::{c_char, c_int};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr;
 
 use ::vdpa_iova_planner::kernel::{MsgType, RawMsg};
@@ -20,6 +21,13 @@ pub struct vdpa_iova_planner {
     /// Set while an event runs: still set afterwards only if the event
     /// panicked, when the planner's state can no longer be trusted.
     poisoned: bool,
+}
+
+impl vdpa_iova_planner {
+    /// The strategy, for the translators made from it.
+    pub(crate) fn strategy(&self) -> &(dyn Strategy + Send) {
+        self.inner.as_ref()
+    }
 }
 
 /// The messages one event needs, in order, and what they cost. Opaque;
@@ -310,7 +318,7 @@ pub unsafe extern "C" fn vdpa_iova_mode(planner: *const vdpa_iova_planner) -> c_
 /// # Safety
 /// A non-NULL `p` must come from `vdpa_iova_planner_new` and not be freed,
 /// nor mutated during the call.
-unsafe fn live<'a>(p: *const vdpa_iova_planner) -> Result<&'a vdpa_iova_planner, Error> {
+pub(crate) unsafe fn live<'a>(p: *const vdpa_iova_planner) -> Result<&'a vdpa_iova_planner, Error> {
     // SAFETY: the caller's promise.
     let p = unsafe { as_ref(p, "planner") }?;
     if p.poisoned {
@@ -339,9 +347,18 @@ unsafe fn event(
         if p.poisoned {
             return Err(Error::poisoned());
         }
-        // Cleared unless f panics, which leaves the state unknown.
+        // Cleared unless f panics, which leaves the state unknown: then no
+        // translator may trust its snapshot either.
         p.poisoned = true;
-        let r = f(p.inner.as_mut());
+        let r = match catch_unwind(AssertUnwindSafe(|| f(p.inner.as_mut()))) {
+            Ok(r) => r,
+            Err(payload) => {
+                if let Some(e) = p.inner.epoch() {
+                    e.invalidate();
+                }
+                resume_unwind(payload)
+            }
+        };
         p.poisoned = false;
         let plan = Box::into_raw(Box::new(vdpa_iova_plan::new(&r?)));
         // SAFETY: out was checked writable above.

@@ -125,3 +125,54 @@ fn vmm_c_runs_clean_under_sanitizers() {
         );
     }
 }
+
+/// `c/translator.c`: the per-queue translator's inline fast path answers as
+/// the call does and refuses a stale snapshot, under the sanitizers.
+#[test]
+fn translator_c_runs_clean_under_sanitizers() {
+    let Some(cc) = compiler() else {
+        if std::env::var_os("VDPA_REQUIRE_CC").is_some_and(|v| v == "1") {
+            panic!("no C compiler (cc, or $CC) and VDPA_REQUIRE_CC=1");
+        }
+        eprintln!("SKIPPED: c_program: no C compiler found (cc, or $CC): c/translator.c not run");
+        return;
+    };
+    let lib = static_lib();
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("translator-sanitized");
+    let out = Command::new(&cc)
+        .args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-g"])
+        .args(["-fsanitize=address,undefined", "-fno-omit-frame-pointer"])
+        .args(["-fno-sanitize-recover=all"])
+        .arg("-I")
+        .arg(manifest_dir().join("include"))
+        .arg(manifest_dir().join("c/translator.c"))
+        .arg(&lib)
+        .args(["-lpthread", "-ldl", "-lm"])
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("run the C compiler");
+    assert!(
+        out.status.success(),
+        "compiling c/translator.c failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = Command::new(&exe)
+        .env(
+            "ASAN_OPTIONS",
+            "detect_leaks=1:abort_on_error=0:exitcode=86",
+        )
+        .env(
+            "UBSAN_OPTIONS",
+            "halt_on_error=1:print_stacktrace=1:exitcode=87",
+        )
+        .output()
+        .expect("run translator");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success() && stdout.contains("translator: ok"),
+        "c/translator.c failed ({}):\n{stdout}\n{stderr}",
+        run.status
+    );
+}

@@ -17,7 +17,10 @@ use crate::vocab::{Mode, Perm};
 pub mod identity;
 pub mod qemu;
 pub(crate) mod shared;
+pub mod translator;
 pub(crate) mod xlate;
+
+pub use xlate::Epoch;
 
 /// A part of a region mapped by one IOTLB entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -211,6 +214,13 @@ pub trait Strategy {
     }
     /// Every IOTLB entry the strategy has mapped now, as `(asid, entry)`.
     fn mapped(&self) -> Vec<(u32, Entry)>;
+    /// The generation of the table [`Strategy::translate`] reads, bumped by
+    /// every change to it: what a [`translator::Translator`] watches.
+    /// `None` (the default) for a strategy that keeps none, which then has
+    /// no per-queue translator.
+    fn epoch(&self) -> Option<&Epoch> {
+        None
+    }
 
     /// Feeds one event.
     ///

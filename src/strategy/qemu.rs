@@ -1056,6 +1056,10 @@ impl Strategy for QemuPlanner {
             .collect()
     }
 
+    fn epoch(&self) -> Option<&crate::strategy::Epoch> {
+        Some(self.xlate.epoch())
+    }
+
     fn translate(&self, gpa: Gpa, len: u64) -> Result<Segments, PlanError> {
         translate_map(&self.xlate, gpa, len, |g| {
             self.regions

@@ -1,6 +1,10 @@
 //! The GPA -> IOVA translation table both strategies keep for `translate`,
 //! the per-descriptor hot path of the shadow virtqueues.
 
+use core::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use rangemap::RangeInclusiveMap;
 use smallvec::smallvec;
 
@@ -18,6 +22,56 @@ pub(crate) struct Xlate {
     pub(crate) perm: Perm,
 }
 
+/// The generation of a planner's translation table, which every
+/// [`crate::Translator`] made from it watches.
+///
+/// The table's owner bumps it on every change (and when it is dropped or
+/// replaced); a translator compares it with the value it saw when it took
+/// its snapshot, so a snapshot an event has made stale is never used. A
+/// clone is a new table with a counter of its own: changing a cloned
+/// planner does not disturb the translators of the original.
+#[derive(Debug)]
+pub struct Epoch(Arc<AtomicU64>);
+
+impl Epoch {
+    /// The table changed: every translator made before is stale.
+    pub(crate) fn bump(&self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+
+    /// Makes every translator of this table stale, as a change would: for
+    /// an embedding that can no longer trust its planner (an event that
+    /// panicked half-way).
+    pub fn invalidate(&self) {
+        self.bump();
+    }
+
+    /// The counter, shared with the translators.
+    pub(crate) fn counter(&self) -> &Arc<AtomicU64> {
+        &self.0
+    }
+}
+
+impl Default for Epoch {
+    fn default() -> Self {
+        Epoch(Arc::new(AtomicU64::new(0)))
+    }
+}
+
+impl Clone for Epoch {
+    /// A counter of its own: the clone is another table.
+    fn clone(&self) -> Self {
+        Epoch::default()
+    }
+}
+
+impl Drop for Epoch {
+    /// A table dropped or replaced leaves its translators stale.
+    fn drop(&mut self) {
+        self.bump();
+    }
+}
+
 /// The translation table as sorted arrays: first addresses apart from the
 /// rest, so the binary search touches 8 bytes an entry (a 1,024-region
 /// table's keys fit in L1).
@@ -25,6 +79,8 @@ pub(crate) struct Xlate {
 pub(crate) struct Flat {
     pub(crate) firsts: Vec<u64>,
     pub(crate) rest: Vec<(u64, Xlate)>,
+    /// Bumped by whoever rebuilds the arrays.
+    pub(crate) epoch: Epoch,
 }
 
 impl Flat {
@@ -79,21 +135,46 @@ pub(crate) fn translate_with(
 
 /// [`translate_with`] over a range map (the baseline strategy's).
 pub(crate) fn translate_map(
-    xlate: &RangeInclusiveMap<u64, Xlate>,
+    xlate: &XlateMap,
     gpa: Gpa,
     len: u64,
     is_guest: impl Fn(u64) -> bool,
 ) -> Result<Segments, PlanError> {
     translate_with(
-        |a| xlate.get_key_value(&a).map(|(r, x)| (*r.end(), *x)),
+        |a| xlate.map.get_key_value(&a).map(|(r, x)| (*r.end(), *x)),
         gpa,
         len,
         is_guest,
     )
 }
 
-/// The GPA -> IOVA translation map, shared with the baseline strategy.
-pub(crate) type XlateMap = RangeInclusiveMap<u64, Xlate>;
+/// The GPA -> IOVA translation map of the baseline strategy: a range map
+/// whose every change bumps its [`Epoch`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct XlateMap {
+    map: RangeInclusiveMap<u64, Xlate>,
+    epoch: Epoch,
+}
+
+impl XlateMap {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn insert(&mut self, r: RangeInclusive<u64>, x: Xlate) {
+        self.map.insert(r, x);
+        self.epoch.bump();
+    }
+
+    pub(crate) fn remove(&mut self, r: RangeInclusive<u64>) {
+        self.map.remove(r);
+        self.epoch.bump();
+    }
+
+    pub(crate) fn epoch(&self) -> &Epoch {
+        &self.epoch
+    }
+}
 
 pub(crate) fn xlate_entry(delta: u64, perm: Perm) -> Xlate {
     Xlate { delta, perm }

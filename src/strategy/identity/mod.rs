@@ -346,6 +346,7 @@ impl IdentityPlanner {
             self.flat.firsts.push(*r.start());
             self.flat.rest.push((*r.end(), *x));
         }
+        self.flat.epoch.bump();
     }
 
     fn commit_regions(&mut self, staged: BTreeMap<u64, Region>) {
@@ -588,6 +589,10 @@ impl Strategy for IdentityPlanner {
             .enumerate()
             .flat_map(|(vq, &iova)| areas(&s.cfg, &s.layout, s.ring_asid, vq as u32, iova))
             .collect()
+    }
+
+    fn epoch(&self) -> Option<&crate::strategy::Epoch> {
+        Some(&self.flat.epoch)
     }
 
     fn translate(&self, gpa: Gpa, len: u64) -> Result<Segments, PlanError> {
