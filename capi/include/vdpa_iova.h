@@ -465,8 +465,8 @@ struct vdpa_iova_cost {
  * reads (a `struct vdpa_iova_translator *` points to them): the
  * translator's last hit and, for a small table, the whole snapshot, valid
  * while `*epoch == seen`. Written by the library in calls on that
- * translator; the inline path moves the last hit (`first` to `perm`) in
- * the same thread, as the call would.
+ * translator; the inline path only reads the snapshot (`entries` to
+ * `perms`).
  */
 struct vdpa_iova_translator_hint {
     /**
@@ -506,7 +506,9 @@ struct vdpa_iova_translator_hint {
      */
     uint64_t entries;
     /**
-     * First guest address of each entry, ascending.
+     * First guest address of each entry, ascending; `2^64 - 1` in the
+     * slots past `entries` (no entry starts there: entries are whole
+     * pages), so that a search may compare all of them without a branch.
      */
     uint64_t firsts[VDPA_IOVA_HINT_ENTRIES];
     /**
@@ -1107,55 +1109,15 @@ int vdpa_iova_translator_translate(struct vdpa_iova_translator *translator,
 #define VDPA_IOVA_INLINE_H
 
 /**
- * The part of vdpa_iova_translator_translate_inline() off the last hit: in a
- * table of at most VDPA_IOVA_HINT_ENTRIES entries, the entry holding gpa (the
- * last one starting at or below it) becomes the last hit and answers; anything
- * else is vdpa_iova_translator_translate(). Out of line, so that the hit path
- * stays a few instructions.
- */
-static __attribute__((noinline, unused)) int vdpa_iova_translator_translate_search_(
-    struct vdpa_iova_translator *translator, uint64_t gpa, uint64_t len,
-    struct vdpa_iova_segment *segs, size_t cap, size_t *n)
-{
-    struct vdpa_iova_translator_hint *h = (struct vdpa_iova_translator_hint *)(void *)translator;
-    uint64_t last = gpa + len - 1;
-
-    if (translator != NULL && n != NULL && segs != NULL && cap > 0 &&
-        (((uintptr_t)translator | (uintptr_t)n | (uintptr_t)segs) & 7) == 0 && len != 0 &&
-        last >= gpa && h->entries > 0 && __atomic_load_n(h->epoch, __ATOMIC_ACQUIRE) == h->seen) {
-        uint64_t c = 0;
-        for (uint64_t i = 0; i < h->entries; i++) {
-            c += h->firsts[i] <= gpa;
-        }
-        if (c > 0 && last <= h->lasts[c - 1]) {
-            c--;
-            h->first = h->firsts[c];
-            h->last = h->lasts[c];
-            h->delta = h->deltas[c];
-            h->perm = h->perms[c];
-            segs->iova = gpa + h->delta;
-            segs->len = len;
-            segs->perm = h->perm;
-            for (int i = 0; i < 7; i++) {
-                segs->reserved[i] = 0;
-            }
-            *n = 1;
-            return 0;
-        }
-    }
-    return vdpa_iova_translator_translate(translator, gpa, len, segs, cap, n);
-}
-
-/**
  * vdpa_iova_translator_translate() with its common case inline, for the
  * SVQ data path: in a table of at most VDPA_IOVA_HINT_ENTRIES entries (a
- * real guest's sections), a buffer inside one entry, the entry of the
- * translator's last hit first, with the snapshot still current, is
- * translated without a call into the library, after the same
- * checks (every pointer non-NULL and aligned, cap > 0, len > 0, no wrap past
- * 2^64 - 1, the planner's epoch unchanged). Anything else is that call. Same
- * contract, same results. Like the call, it moves the translator's last hit:
- * use it from the thread that owns the translator.
+ * real guest's sections), a buffer inside one entry, with the snapshot still
+ * current, is translated without a call into the library, by a search of
+ * the snapshot without branches on the address, after the same checks
+ * (every pointer non-NULL and aligned, cap > 0, len > 0, no wrap past
+ * 2^64 - 1, the planner's epoch unchanged). Anything else is that call,
+ * which keeps a last-hit cursor for larger tables. Same contract, same
+ * results. It writes nothing but the caller's segment and count.
  */
 static inline int vdpa_iova_translator_translate_inline(struct vdpa_iova_translator *translator,
                                                         uint64_t gpa,
@@ -1175,19 +1137,35 @@ static inline int vdpa_iova_translator_translate_inline(struct vdpa_iova_transla
     }
     if (__builtin_expect(n != NULL && segs != NULL && cap > 0 &&
                              (((uintptr_t)translator | (uintptr_t)n | (uintptr_t)segs) & 7) == 0 &&
-                             len != 0 && last >= gpa && gpa >= h->first && last <= h->last &&
+                             len != 0 && last >= gpa &&
                              __atomic_load_n(h->epoch, __ATOMIC_ACQUIRE) == h->seen,
                          1)) {
-        segs->iova = gpa + h->delta;
+        /* The entry holding gpa is the last one starting at or below it:
+         * a fixed count of compares and no branch on the data (unused
+         * slots start at 2^64 - 1), so that a random walk over the
+         * sections costs no misprediction. Checking the last hit first
+         * would save the compares on a run of hits and cost a
+         * misprediction on every switch of section. */
+        uint64_t c = 0;
+        for (int i = 0; i < VDPA_IOVA_HINT_ENTRIES; i++) {
+            c += h->firsts[i] <= gpa;
+        }
+        if (__builtin_expect(c == 0 || c > h->entries || last > h->lasts[c - 1], 0)) {
+            return vdpa_iova_translator_translate(translator, gpa, len, segs, cap, n);
+        }
+        c--;
+        uint64_t delta = h->deltas[c];
+        uint8_t perm = h->perms[c];
+        segs->iova = gpa + delta;
         segs->len = len;
-        segs->perm = h->perm;
+        segs->perm = perm;
         for (int i = 0; i < 7; i++) {
             segs->reserved[i] = 0;
         }
         *n = 1;
         return 0;
     }
-    return vdpa_iova_translator_translate_search_(translator, gpa, len, segs, cap, n);
+    return vdpa_iova_translator_translate(translator, gpa, len, segs, cap, n);
 }
 
 #endif  /* VDPA_IOVA_INLINE_H */

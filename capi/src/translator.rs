@@ -45,8 +45,8 @@ pub struct vdpa_iova_translator {
 /// reads (a `struct vdpa_iova_translator *` points to them): the
 /// translator's last hit and, for a small table, the whole snapshot, valid
 /// while `*epoch == seen`. Written by the library in calls on that
-/// translator; the inline path moves the last hit (`first` to `perm`) in
-/// the same thread, as the call would.
+/// translator; the inline path only reads the snapshot (`entries` to
+/// `perms`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct vdpa_iova_translator_hint {
@@ -70,7 +70,9 @@ pub struct vdpa_iova_translator_hint {
     /// [`VDPA_IOVA_HINT_ENTRIES`] (a real guest's sections); 0 otherwise
     /// (the inline path then calls the library at once).
     pub entries: u64,
-    /// First guest address of each entry, ascending.
+    /// First guest address of each entry, ascending; `2^64 - 1` in the
+    /// slots past `entries` (no entry starts there: entries are whole
+    /// pages), so that a search may compare all of them without a branch.
     pub firsts: [u64; VDPA_IOVA_HINT_ENTRIES],
     /// Last guest address of each entry.
     pub lasts: [u64; VDPA_IOVA_HINT_ENTRIES],
@@ -119,7 +121,7 @@ impl Slot {
             perm,
             reserved: [0; 7],
             entries: 0,
-            firsts: [0; VDPA_IOVA_HINT_ENTRIES],
+            firsts: [u64::MAX; VDPA_IOVA_HINT_ENTRIES],
             lasts: [0; VDPA_IOVA_HINT_ENTRIES],
             deltas: [0; VDPA_IOVA_HINT_ENTRIES],
             perms: [0; VDPA_IOVA_HINT_ENTRIES],
@@ -181,7 +183,7 @@ pub unsafe extern "C" fn vdpa_iova_translator_new(
                 perm: 0,
                 reserved: [0; 7],
                 entries: 0,
-                firsts: [0; VDPA_IOVA_HINT_ENTRIES],
+                firsts: [u64::MAX; VDPA_IOVA_HINT_ENTRIES],
                 lasts: [0; VDPA_IOVA_HINT_ENTRIES],
                 deltas: [0; VDPA_IOVA_HINT_ENTRIES],
                 perms: [0; VDPA_IOVA_HINT_ENTRIES],
