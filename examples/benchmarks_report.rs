@@ -551,8 +551,10 @@ must reach the same host byte with the same permission on both sides through eac
 device mappings (0 mismatches, or the harness fails). Timing: many rounds (301 by default), each \
 running every side in turn on the same stretch of buffers for about 50 µs; the median per lookup.\n\n\
 Our columns: *inline* is `vdpa_iova_translator_translate_inline` from `vdpa_iova.h`: in a table of \
-at most 8 entries (every real layout) it answers a buffer in one entry without a call, trying the \
-queue's last hit first and then counting the published first addresses; otherwise, and for \
+at most 8 entries (every real layout) it answers a buffer in one entry without a call, by \
+counting the published first addresses at or below it (eight compares and no branch on the \
+address: a last-hit check first was tried and cost a misprediction at every change of section, \
+11.5 ns on the random pattern against 4.6 ns without it); otherwise, and for \
 larger tables at once, it calls `vdpa_iova_translator_translate` (*call*, the same function called \
 directly: last hit, then a 16-key static B-tree); \
 `vdpa_iova_translate` is the planner-wide call; *empty call* is `vdpa_iova_version()`, the cost of \
