@@ -11,6 +11,7 @@
 pub mod fuzz;
 pub mod gen;
 pub mod harness;
+pub mod kdiff;
 pub mod migration;
 pub mod model;
 
