@@ -19,7 +19,7 @@ use std::ptr::null_mut;
 use vdpa_adapter::scenario::Host;
 use vdpa_adapter::{Scenario, StrategyKind};
 use vdpa_iova::*;
-use vdpa_iova_planner::{Event, MapStyle, Mode, OpKind, Plan, RegionSpec, Strategy, SvqConfig};
+use ::vdpa_iova_planner::{Event, MapStyle, Mode, OpKind, Plan, RegionSpec, SvqConfig};
 
 const EIO: i32 = 5;
 
