@@ -59,7 +59,13 @@
 //! **Seen** on 6.12 by the end-to-end rig: VDUSE, which offers no
 //! `IOTLB_PERSIST`, keeps its table across a reset (it ignores the clean-map
 //! flag), so the model is conservative there and the empty-batch restore is
-//! harmless. vdpa_sim without `IOTLB_PERSIST` drops its maps for a
+//! harmless. VDUSE also keeps the table of its last push when the
+//! vhost-vdpa file is **closed** (seen on 6.12.118 by the rig's
+//! differential run: vhost-vdpa unmaps its own table on release but pushes
+//! nothing to a `set_map` parent without `reset_map`), so the next owner
+//! starts with the previous owner's entries on the device until its first
+//! push; an empty BATCH_BEGIN/BATCH_END clears them. The model covers one
+//! open of the device and starts empty. vdpa_sim without `IOTLB_PERSIST` drops its maps for a
 //! pass-through `[0, 2^64 - 1]`, and the empty BATCH_BEGIN/BATCH_END puts the
 //! same entries back without pinning anything again (watched through kprobes
 //! on the kernel's IOTLB functions, since its table cannot be read). With
