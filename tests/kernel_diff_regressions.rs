@@ -45,6 +45,18 @@ fn upd(asid: u32, iova: u64, size: u64) -> Step {
     })
 }
 
+/// An UPDATE with every field given, as `kernel-diff` prints it.
+fn upd_raw(asid: u32, iova: u64, size: u64, uaddr: u64, perm: u8) -> Step {
+    Step::Msg(RawMsg {
+        asid,
+        kind: MsgType::Update,
+        iova,
+        size,
+        uaddr,
+        perm,
+    })
+}
+
 fn inv(asid: u32, iova: u64, size: u64) -> Step {
     Step::Msg(RawMsg {
         asid,
@@ -109,6 +121,18 @@ fn regression_update_of_size_0_creates_no_address_space() {
     // Size 0 is judged first, even for an asid the device does not have.
     let mut k = KernelIotlb::permissive(&sim());
     assert_eq!(replay(&mut k, &[upd(7, 0, 0)]), [Err(EINVAL)]);
+}
+
+/// The rig's first minimized divergence against the old model, pasted as
+/// `kernel-diff` printed it (vdpa_sim `use_va=0`, 6.12.118): the kernel
+/// answers EINVAL, the old model said EFAULT.
+#[test]
+fn regression_minimized_by_the_rig_a_size_0_update_is_einval() {
+    let steps = [upd_raw(0, 0x1e000, 0x0, 0x7ffb03465000, 1)];
+    let mut k = KernelIotlb::permissive(&sim());
+    assert_eq!(replay(&mut k, &steps), [Err(EINVAL)]);
+    let steps = [upd_raw(4294967295, 0x6d000, 0x0, 0x7ffb036fd000, 3)];
+    assert_eq!(replay(&mut k, &steps), [Err(EINVAL)]);
 }
 
 /// `VHOST_VDPA_SET_STATUS` 0 resets the device through a path that leaves

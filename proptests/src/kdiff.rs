@@ -338,7 +338,7 @@ impl Gen<'_> {
                     let (iova, size) = match self.r.below(4) {
                         0 => (f, (len / 2).max(1)),
                         1 => (f + len / 2, len - len / 2),
-                        2 => (f + (len / 2 & !(PAGE - 1)), PAGE.min(len)),
+                        2 => (f + ((len / 2) & !(PAGE - 1)), PAGE.min(len)),
                         _ => (f + len / 2, len + 4 * PAGE),
                     };
                     self.invalidate(self.home, iova, size)
@@ -428,8 +428,8 @@ pub fn sequence(t: &Target, seed: u64, len: usize) -> Vec<Step> {
     let mut r = Rng::new(seed);
     let home = r.below(u64::from(t.address_spaces.max(1))) as u32;
     let mood = match r.below(6) {
-        0 | 1 | 2 => Mood::Mixed,
-        3 | 4 => Mood::Fill,
+        0..=2 => Mood::Mixed,
+        3..=4 => Mood::Fill,
         _ => Mood::Batches,
     };
     let mut g = Gen {

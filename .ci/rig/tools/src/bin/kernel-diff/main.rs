@@ -192,7 +192,8 @@ impl Run {
                 }
             };
             if let Device::Vduse(v) = &self.dev {
-                let shown = k.open_batch().is_none() || t.map_style != vdpa_iova_planner::MapStyle::SetMap;
+                let shown =
+                    k.open_batch().is_none() || t.map_style != vdpa_iova_planner::MapStyle::SetMap;
                 if let Err(e) = compare(&k, extra.filter(|_| shown), &v.read_back()?) {
                     return Ok(Some(Divergence {
                         step: i,
@@ -223,7 +224,8 @@ impl Run {
         let (mut d, _, format) = self.open(false)?;
         for kind in [MsgType::BatchBegin, MsgType::BatchEnd] {
             let b = encode(&RawMsg::marker(0, kind), format).map_err(|e| e.to_string())?;
-            d.send(&b).map_err(|e| format!("clearing the VDUSE table: {e}"))?;
+            d.send(&b)
+                .map_err(|e| format!("clearing the VDUSE table: {e}"))?;
         }
         drop(d);
         let Device::Vduse(v) = &self.dev else {
@@ -275,11 +277,7 @@ impl Run {
 
 /// The model's view of the device (address space 0: VDUSE has one), plus
 /// an UPDATE it refused for its perm, against the table read back.
-fn compare(
-    k: &KernelIotlb,
-    extra: Option<RawMsg>,
-    have: &[(vduse::IotlbEntry, Vec<[u8; 16]>)],
-) -> Result<(), String> {
+fn compare(k: &KernelIotlb, extra: Option<RawMsg>, have: &[vduse::ReadBack]) -> Result<(), String> {
     let mut want: Vec<(u64, u64, u8, u64)> = k
         .device_entries(0)
         .map(|e| {
@@ -297,7 +295,10 @@ fn compare(
         }
     }
     want.sort_unstable();
-    let got: Vec<_> = have.iter().map(|(e, _)| (e.start, e.last, e.perm)).collect();
+    let got: Vec<_> = have
+        .iter()
+        .map(|(e, _)| (e.start, e.last, e.perm))
+        .collect();
     let want_ranges: Vec<_> = want.iter().map(|&(f, l, p, _)| (f, l, p)).collect();
     if got != want_ranges {
         return Err(format!(
@@ -348,7 +349,9 @@ fn args() -> Result<Args, String> {
             "--vduse" => a.vduse = true,
             "--label" => a.label = val("--label")?,
             "--sequences" => {
-                a.sequences = val("--sequences")?.parse().map_err(|e| format!("--sequences: {e}"))?
+                a.sequences = val("--sequences")?
+                    .parse()
+                    .map_err(|e| format!("--sequences: {e}"))?
             }
             "--seed" => a.seed = val("--seed")?.parse().map_err(|e| format!("--seed: {e}"))?,
             "--plant" => match val("--plant")?.as_str() {

@@ -88,6 +88,9 @@ unsafe impl Ioctl for GetFd {
     }
 }
 
+/// One IOTLB entry of the device and the first 16 bytes of each of its pages.
+pub type ReadBack = (IotlbEntry, Vec<[u8; 16]>);
+
 fn name_bytes() -> [u8; 256] {
     let mut n = [0u8; 256];
     n[..NAME.len()].copy_from_slice(NAME.as_bytes());
@@ -178,7 +181,7 @@ impl Vduse {
 
     /// The device's IOTLB: every entry, and the first 16 bytes of each of
     /// its pages read through the device's own mapping.
-    pub fn read_back(&self) -> Result<Vec<(IotlbEntry, Vec<[u8; 16]>)>, String> {
+    pub fn read_back(&self) -> Result<Vec<ReadBack>, String> {
         let mut out = Vec::new();
         let mut start = 0u64;
         loop {
