@@ -16,8 +16,11 @@
 //! memory the run owns), so that the kernel can pin or map it: only the
 //! IOTLB's rules decide.
 //!
-//! Two things the model cannot know are kept out of the way, on purpose and
-//! in the open: on a pinning device one UPDATE becomes one kernel entry per
+//! Three things the model cannot know are kept out of the way, on purpose
+//! and in the open: a pinning device maps whole pages (an UPDATE of a page
+//! and a byte becomes a two-page entry), so sizes that are not page
+//! multiples go only to devices that map host addresses; on a pinning
+//! device one UPDATE becomes one kernel entry per
 //! physically contiguous run of its pages, so after an INVALIDATE that cuts
 //! an entry (part of it, or a size-0 or wrapping one) the generator sends
 //! an INVALIDATE of each cut entry's exact range, which leaves the kernel
@@ -256,8 +259,30 @@ impl Gen<'_> {
         let (first, last) = self.t.range;
         let msg = match kind {
             0 => {
-                let size = self.pages() * PAGE;
-                let iova = self.iova();
+                // A quarter with the property tests' edge-biased sizes
+                // (0, a page and a byte, 2^64 - 1, 1 to 16 pages), page
+                // rounded on a pinning device (which maps whole pages: the
+                // model does not know that, see the module documentation).
+                let size = if self.r.pct(25) {
+                    let s = crate::gen::size(self.r.below(256) as u8);
+                    if self.t.pinning && s % PAGE != 0 && s < u64::MAX - PAGE {
+                        s.div_ceil(PAGE) * PAGE
+                    } else {
+                        s
+                    }
+                } else {
+                    self.pages() * PAGE
+                };
+                // Filling: half of them after the last entry, so that tables
+                // grow to the entry limit.
+                let top = self.live(self.home).last().map(|e| e.1);
+                let iova = match top {
+                    Some(l) if self.mood == Mood::Fill && self.r.pct(50) => {
+                        let next = l.saturating_add(1 + self.r.below(2) * PAGE);
+                        next.checked_next_multiple_of(PAGE).unwrap_or(next)
+                    }
+                    _ => self.iova(),
+                };
                 self.update(asid, iova, size)
             }
             1 => match self.some_entry() {
