@@ -73,6 +73,21 @@
 //! `DmaMap` device) the empty batch restores nothing, and unmapping and
 //! mapping each entry again brings the same entries back, pinned again.
 //!
+//! # A kernel bug: a failed UPDATE at IOVA 0 unmaps everything
+//! **Seen** on 6.12.118 by the rig's differential run, and read in
+//! `vhost_vdpa_va_map` (the path of devices that map host addresses): when
+//! mapping the first piece of an UPDATE fails (the entry limit's ENOSPC,
+//! ENOMEM, or no VMA at `uaddr`), its cleanup unmaps the `map_iova - iova`
+//! bytes mapped so far, that is a size of 0, and `vhost_vdpa_unmap` turns
+//! `[iova, iova + 0 - 1]` at IOVA 0 into `[0, 2^64 - 1]`: every entry of the
+//! address space is unmapped (and the device told so), although the UPDATE
+//! itself is refused. The pinning path (`vhost_vdpa_pa_map`) unmaps the
+//! UPDATE's own range and is not affected. The strict model keeps its
+//! promise (a refused message changes nothing): a plan must not rely on a
+//! refused UPDATE at IOVA 0 leaving the table alone on such a device. The
+//! permissive model empties the address space on the entry limit's refusal
+//! at IOVA 0, the one such failure it can know of.
+//!
 //! # Permissive replay
 //! [`KernelIotlb::permissive`] accepts what the kernel accepts and the strict
 //! rules refuse, applied the way the kernel applies it, and records each in
@@ -82,6 +97,9 @@
 //! finds, which at iova 0 with size 0 is everything and otherwise only an
 //! entry holding both `iova + size - 1` and `iova`; a BATCH_BEGIN inside a
 //! batch of the same asid and a BATCH_END outside a batch change nothing.
+//! A refused UPDATE at IOVA 0 on a device that maps host addresses (no
+//! pinning: VDUSE, vdpa_sim `use_va=1`) because the address space is full
+//! empties that address space, as the kernel does (below).
 //! Only an UPDATE with a perm other than RO/WO/RW stays refused (an
 //! [`Entry`] cannot hold such a perm). It exists to replay other software's
 //! plans (the QEMU baseline) and show what they lose, and is the oracle of
@@ -632,7 +650,19 @@ impl KernelIotlb {
                 Ok(Applied::BatchEnded)
             }
             MsgType::Update => {
-                let a = self.update(m)?;
+                let r = self.update(m);
+                if matches!(r, Err(Violation::EntryLimit { .. }))
+                    && !self.strict
+                    && !self.pinning
+                    && m.iova == 0
+                {
+                    // The kernel's bug (see the module documentation): the
+                    // failed map's cleanup unmaps `[0, 0 - 1]`, everything.
+                    let gone: SmallVec<[Entry; 1]> =
+                        std::mem::take(self.create(asid)).into_values().collect();
+                    self.sync_device(asid, &gone, false);
+                }
+                let a = r?;
                 if let Applied::Mapped(e) = &a {
                     self.sync_device(asid, core::slice::from_ref(e), true);
                 }

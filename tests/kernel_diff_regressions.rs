@@ -244,3 +244,53 @@ fn regression_batch_markers_out_of_place_are_taken() {
         .is_err());
     assert_eq!(s, before);
 }
+
+/// Found by the rig's differential run on vdpa_sim `use_va=1` with
+/// `max_iotlb_entries=12` (6.12.118), minimized to 14 steps: with the
+/// address space full, an UPDATE at IOVA 0 is refused (ENOSPC, seen as
+/// EFAULT) and, through the error path of `vhost_vdpa_va_map`, unmaps every
+/// entry of the address space, so an UPDATE over an entry mapped before is
+/// then taken. A kernel bug (see the model's documentation); the permissive
+/// model now does the same on devices that map host addresses, and the
+/// pinning path is not affected.
+#[test]
+fn regression_a_full_table_refusing_an_update_at_iova_0_loses_every_entry() {
+    let use_va = DeviceCaps {
+        pinning: false,
+        ..sim()
+    };
+    let steps = [
+        upd_raw(1, 0x30000, 0x8000, 0x7f8d67218000, 3),
+        upd_raw(1, 0x1b000, 0x7000, 0x7f8d66e33000, 1),
+        upd_raw(1, 0x46000, 0x3000, 0x7f8d670fd000, 2),
+        upd_raw(1, 0x4a000, 0x3000, 0x7f8d66c23000, 2),
+        upd_raw(1, 0x72000, 0xe000, 0x7f8d66f2a000, 3),
+        upd_raw(1, 0x4e000, 0xb000, 0x7f8d67158000, 1),
+        upd_raw(1, 0xaa000, 0x1000, 0x7f8d6716c000, 3),
+        upd_raw(1, 0xac000, 0x1000, 0x7f8d670d7000, 1),
+        upd_raw(1, 0x6d000, 0x4000, 0x7f8d668ad000, 3),
+        upd_raw(1, 0xad000, 0x4000, 0x7f8d66801000, 3),
+        upd_raw(1, 0xfffffffffff6f000, 0x10000, 0x7f8d66d27000, 2),
+        upd_raw(1, 0x92000, 0x4000, 0x7f8d66c8a000, 1),
+        upd_raw(1, 0x0, 0x2000, 0x7f8d67605000, 2),
+        upd_raw(1, 0x47000, 0x4000, 0x7f8d67266000, 1),
+    ];
+    let mut want = vec![Ok(()); 12];
+    want.extend([Err(EFAULT), Ok(())]);
+    let mut k = KernelIotlb::permissive(&use_va).with_entry_limit(Some(12));
+    assert_eq!(replay(&mut k, &steps), want);
+    assert_eq!(k.len(1), 1, "only the last UPDATE's entry");
+    // On a pinning device the refusal leaves the table alone.
+    let pins = DeviceCaps {
+        pinning: true,
+        ..sim()
+    };
+    let mut k = KernelIotlb::permissive(&pins).with_entry_limit(Some(12));
+    want[13] = Err(EFAULT);
+    assert_eq!(replay(&mut k, &steps), want);
+    assert_eq!(k.len(1), 12);
+    // The strict model never changes on a refusal.
+    let mut k = KernelIotlb::new(&use_va).with_entry_limit(Some(12));
+    assert_eq!(replay(&mut k, &steps), want);
+    assert_eq!(k.len(1), 12);
+}
