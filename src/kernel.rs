@@ -30,7 +30,11 @@
 //! depends on physical memory layout), an INVALIDATE of size 0 or that wraps
 //! (the kernel computes `iova + size - 1` and may remove entries far away),
 //! an UPDATE with a perm other than RO/WO/RW, a BATCH_BEGIN inside a batch
-//! and a BATCH_END outside one. A plan must never need any of these.
+//! and a BATCH_END outside one. A plan must never need any of these. (An
+//! UPDATE with another perm is a kernel bug on VDUSE: vhost-vdpa hands the
+//! entry on, and reading it back with `VDUSE_IOTLB_GET_FD` makes the kernel
+//! `WARN` "invalidate vhost IOTLB permission", seen on 6.12.118 by the rig's
+//! differential run.)
 //!
 //! # The device's own view
 //! The vhost table (what [`KernelIotlb::entries`] returns) decides which

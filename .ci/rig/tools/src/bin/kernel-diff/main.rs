@@ -35,7 +35,9 @@
 //! only if it was caught.
 //!
 //! Prints `KDIFF label: N sequences, M messages, D divergences`; exits 1 on
-//! any divergence (or a device error).
+//! any divergence (or a device error). `kernel-diff --vduse-cleanup`
+//! removes the VDUSE device a finished run leaves (it cannot go while the
+//! run's process holds it open).
 
 mod vduse;
 
@@ -415,8 +417,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// Lines of the kernel log with this text (busybox or util-linux `dmesg`).
+fn kernel_log_count(text: &str) -> usize {
+    std::process::Command::new("dmesg")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains(text))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// VDUSE's `VDUSE_IOTLB_GET_FD` warns (`WARN`, a stack trace and the
+/// kernel tainted) on an entry whose perm is not RO, WO or RW, which
+/// vhost-vdpa puts there without complaint.
+const VDUSE_PERM_WARNING: &str = "invalidate vhost IOTLB permission";
+
 fn run() -> Result<bool, String> {
+    if std::env::args().nth(1).as_deref() == Some("--vduse-cleanup") {
+        vduse::destroy();
+        return Ok(true);
+    }
     let a = args()?;
+    let warnings_before = kernel_log_count(VDUSE_PERM_WARNING);
     let seconds: u64 = std::env::var("KDIFF_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -504,6 +529,11 @@ fn run() -> Result<bool, String> {
             .join(", ")
     );
     if matches!(r.dev, Device::Vduse(_)) {
+        println!(
+            "KDIFF-KERNEL {}: {} kernel warnings \"{VDUSE_PERM_WARNING}\" (VDUSE_IOTLB_GET_FD of an entry with a perm vhost-vdpa took but VDUSE does not know)",
+            r.label,
+            kernel_log_count(VDUSE_PERM_WARNING) - warnings_before
+        );
         println!(
             "KDIFF-KERNEL {}: {} of {} opens found the previous owner's table still on the device (VDUSE has no reset_map: closing vhost-vdpa pushes nothing); each cleared by an empty batch first",
             r.label, r.stale, seqs

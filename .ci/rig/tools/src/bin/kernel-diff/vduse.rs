@@ -249,8 +249,10 @@ impl Drop for Vduse {
     }
 }
 
-/// Removes the device (and any left by an earlier run).
-fn destroy() {
+/// Removes the device (and any left by an earlier run). The device cannot
+/// go while a process holds it open: the thread serving it keeps it until
+/// this process exits, so `kernel-diff --vduse-cleanup` removes it after.
+pub fn destroy() {
     let _ = Command::new("vdpa").args(["dev", "del", NAME]).output();
     if let Ok(c) = OpenOptions::new()
         .read(true)
