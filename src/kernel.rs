@@ -5,6 +5,9 @@
 //! dry run and pre-checks use it too. It follows `drivers/vhost/vdpa.c`
 //! (`vhost_vdpa_process_iotlb_msg` and friends) as of Linux 6.12:
 //!
+//! * An UPDATE of size 0 is refused before anything else is looked at
+//!   (`vhost_chr_write_iter` checks it before the vhost-vdpa handler runs):
+//!   userspace sees EINVAL, and no address space is created.
 //! * `asid >= address_spaces` is refused (EINVAL). An UPDATE or BATCH_BEGIN
 //!   creates the address space on first use (even when the UPDATE itself is
 //!   then refused); an INVALIDATE or BATCH_END naming an address space that
@@ -16,8 +19,9 @@
 //! * INVALIDATE removes every whole entry that overlaps the range; it never
 //!   splits one.
 //!
-//! Userspace sees every one of these refusals as EFAULT: the model says which
-//! rule was broken so the caller does not have to guess.
+//! Userspace sees every refusal of the handler as EFAULT, and a size-0
+//! UPDATE as EINVAL ([`Violation::user_errno`]): the model says which rule
+//! was broken so the caller does not have to guess.
 //!
 //! The model is also **strict** where the kernel accepts a message whose
 //! effect is not what it says (see [`Violation::kernel_errno`] returning
@@ -26,7 +30,11 @@
 //! depends on physical memory layout), an INVALIDATE of size 0 or that wraps
 //! (the kernel computes `iova + size - 1` and may remove entries far away),
 //! an UPDATE with a perm other than RO/WO/RW, a BATCH_BEGIN inside a batch
-//! and a BATCH_END outside one. A plan must never need any of these.
+//! and a BATCH_END outside one. A plan must never need any of these. (An
+//! UPDATE with another perm is a kernel bug on VDUSE: vhost-vdpa hands the
+//! entry on, and reading it back with `VDUSE_IOTLB_GET_FD` makes the kernel
+//! `WARN` "invalidate vhost IOTLB permission", seen on 6.12.118 by the rig's
+//! differential run.)
 //!
 //! # The device's own view
 //! The vhost table (what [`KernelIotlb::entries`] returns) decides which
@@ -40,7 +48,10 @@
 //! * `DmaMap`: each message programs its own entry at once; BATCH_END does nothing.
 //! * `Platform`: the kernel's IOMMU domain is the device's view.
 //!
-//! A device reset ([`KernelIotlb::reset_device`]) without `IOTLB_PERSIST`
+//! A device reset ([`KernelIotlb::reset_device`], `VHOST_VDPA_SET_STATUS` 0)
+//! leaves an open batch open: only closing the device file ends it (the
+//! kernel's `vhost_vdpa_reset` clears `in_batch`, the status ioctl's reset
+//! path does not). A reset without `IOTLB_PERSIST`
 //! makes `SetMap` and `DmaMap` devices forget every map (the kernel passes
 //! `VDPA_RESET_F_CLEAN_MAP`; vdpa_sim and mlx5 then fall back to a
 //! pass-through translation, which the model shows as empty: it is neither
@@ -52,7 +63,13 @@
 //! **Seen** on 6.12 by the end-to-end rig: VDUSE, which offers no
 //! `IOTLB_PERSIST`, keeps its table across a reset (it ignores the clean-map
 //! flag), so the model is conservative there and the empty-batch restore is
-//! harmless. vdpa_sim without `IOTLB_PERSIST` drops its maps for a
+//! harmless. VDUSE also keeps the table of its last push when the
+//! vhost-vdpa file is **closed** (seen on 6.12.118 by the rig's
+//! differential run: vhost-vdpa unmaps its own table on release but pushes
+//! nothing to a `set_map` parent without `reset_map`), so the next owner
+//! starts with the previous owner's entries on the device until its first
+//! push; an empty BATCH_BEGIN/BATCH_END clears them. The model covers one
+//! open of the device and starts empty. vdpa_sim without `IOTLB_PERSIST` drops its maps for a
 //! pass-through `[0, 2^64 - 1]`, and the empty BATCH_BEGIN/BATCH_END puts the
 //! same entries back without pinning anything again (watched through kprobes
 //! on the kernel's IOTLB functions, since its table cannot be read). With
@@ -60,12 +77,38 @@
 //! `DmaMap` device) the empty batch restores nothing, and unmapping and
 //! mapping each entry again brings the same entries back, pinned again.
 //!
+//! # A kernel bug: a failed UPDATE at IOVA 0 unmaps everything
+//! **Seen** on 6.12.118 by the rig's differential run, and read in
+//! `vhost_vdpa_va_map` (the path of devices that map host addresses): when
+//! mapping the first piece of an UPDATE fails (the entry limit's ENOSPC,
+//! ENOMEM, or no VMA at `uaddr`), its cleanup unmaps the `map_iova - iova`
+//! bytes mapped so far, that is a size of 0, and `vhost_vdpa_unmap` turns
+//! `[iova, iova + 0 - 1]` at IOVA 0 into `[0, 2^64 - 1]`: every entry of the
+//! address space is unmapped (and the device told so), although the UPDATE
+//! itself is refused. The pinning path (`vhost_vdpa_pa_map`) unmaps the
+//! UPDATE's own range and is not affected. The strict model keeps its
+//! promise (a refused message changes nothing): a plan must not rely on a
+//! refused UPDATE at IOVA 0 leaving the table alone on such a device. The
+//! permissive model empties the address space on the entry limit's refusal
+//! at IOVA 0, the one such failure it can know of.
+//!
 //! # Permissive replay
-//! [`KernelIotlb::permissive`] accepts a partial INVALIDATE the way the kernel
-//! does (every overlapping entry is dropped whole) and records it in
-//! [`KernelIotlb::quirks`]; it exists to replay other software's plans (the
-//! QEMU baseline) and show what they lose. Plans of this crate are always
-//! replayed strictly.
+//! [`KernelIotlb::permissive`] accepts what the kernel accepts and the strict
+//! rules refuse, applied the way the kernel applies it, and records each in
+//! [`KernelIotlb::quirks`]: a partial INVALIDATE drops every overlapping
+//! entry whole; an INVALIDATE of size 0 or that wraps removes what the
+//! kernel's interval query `[iova, iova + size - 1]` (computed modulo 2^64)
+//! finds, which at iova 0 with size 0 is everything and otherwise only an
+//! entry holding both `iova + size - 1` and `iova`; a BATCH_BEGIN inside a
+//! batch of the same asid and a BATCH_END outside a batch change nothing.
+//! A refused UPDATE at IOVA 0 on a device that maps host addresses (no
+//! pinning: VDUSE, vdpa_sim `use_va=1`) because the address space is full
+//! empties that address space, as the kernel does (below).
+//! Only an UPDATE with a perm other than RO/WO/RW stays refused (an
+//! [`Entry`] cannot hold such a perm). It exists to replay other software's
+//! plans (the QEMU baseline) and show what they lose, and is the oracle of
+//! the rig's differential run against the real kernel. Plans of this crate
+//! are always replayed strictly.
 
 use std::collections::BTreeMap;
 
@@ -259,6 +302,21 @@ impl Violation {
             Violation::Overlap { .. } => Some(EEXIST),
             Violation::EntryLimit { .. } => Some(ENOSPC),
             _ => None,
+        }
+    }
+}
+
+impl Violation {
+    /// What `write(2)` of the message returns to userspace: EINVAL for an
+    /// UPDATE of size 0 (refused by `vhost_chr_write_iter` before the
+    /// vhost-vdpa handler), EFAULT for every refusal of the handler, `None`
+    /// for the strict rules the kernel does not enforce.
+    pub fn user_errno(&self) -> Option<i32> {
+        const EINVAL: i32 = 22;
+        const EFAULT: i32 = 14;
+        match self {
+            Violation::ZeroSize => Some(EINVAL),
+            v => v.kernel_errno().map(|_| EFAULT),
         }
     }
 }
@@ -497,9 +555,9 @@ impl KernelIotlb {
 
     /// A device reset (status 0). Without `IOTLB_PERSIST`, `SetMap` and
     /// `DmaMap` devices forget their maps while the vhost table keeps them
-    /// pinned. Any open batch is closed without a push, as the kernel does.
+    /// pinned. An open batch stays open, as in the kernel, whose status
+    /// ioctl resets the device without touching its batch state.
     pub fn reset_device(&mut self) {
-        self.batch = None;
         if !self.persist && self.style != MapStyle::Platform {
             for d in self.device.iter_mut() {
                 *d = Some(BTreeMap::new());
@@ -546,6 +604,10 @@ impl KernelIotlb {
     /// See [`KernelIotlb::apply`].
     pub fn apply_raw(&mut self, m: &RawMsg) -> Result<Applied, Violation> {
         let asid = m.asid;
+        if m.kind == MsgType::Update && m.size == 0 {
+            // Refused before the handler: nothing is created.
+            return Err(Violation::ZeroSize);
+        }
         let creates = matches!(m.kind, MsgType::Update | MsgType::BatchBegin);
         if asid >= self.address_spaces {
             return Err(Violation::AsidOutOfRange {
@@ -566,7 +628,10 @@ impl KernelIotlb {
         match m.kind {
             MsgType::BatchBegin => {
                 if let Some(batch) = self.batch {
-                    return Err(Violation::BatchAlreadyOpen { batch });
+                    // Same asid (another one was refused above): the kernel
+                    // opens it again, which changes nothing.
+                    self.lenient(Violation::BatchAlreadyOpen { batch })?;
+                    return Ok(Applied::BatchBegun);
                 }
                 self.batch = Some(asid);
                 if self.style == MapStyle::SetMap {
@@ -577,7 +642,9 @@ impl KernelIotlb {
             }
             MsgType::BatchEnd => {
                 if self.batch.is_none() {
-                    return Err(Violation::BatchNotOpen);
+                    // The kernel pushes nothing and stays outside a batch.
+                    self.lenient(Violation::BatchNotOpen)?;
+                    return Ok(Applied::BatchEnded);
                 }
                 self.batch = None;
                 if self.style == MapStyle::SetMap {
@@ -587,7 +654,19 @@ impl KernelIotlb {
                 Ok(Applied::BatchEnded)
             }
             MsgType::Update => {
-                let a = self.update(m)?;
+                let r = self.update(m);
+                if matches!(r, Err(Violation::EntryLimit { .. }))
+                    && !self.strict
+                    && !self.pinning
+                    && m.iova == 0
+                {
+                    // The kernel's bug (see the module documentation): the
+                    // failed map's cleanup unmaps `[0, 0 - 1]`, everything.
+                    let gone: SmallVec<[Entry; 1]> =
+                        std::mem::take(self.create(asid)).into_values().collect();
+                    self.sync_device(asid, &gone, false);
+                }
+                let a = r?;
                 if let Applied::Mapped(e) = &a {
                     self.sync_device(asid, core::slice::from_ref(e), true);
                 }
@@ -668,28 +747,52 @@ impl KernelIotlb {
         Ok(Applied::Mapped(entry))
     }
 
-    fn invalidate(&mut self, m: &RawMsg) -> Result<Applied, Violation> {
-        if m.size == 0 {
-            return Err(Violation::InvalidateZeroSize { iova: m.iova });
+    /// A strict rule broken: refused by the strict model, recorded and let
+    /// through by the permissive one.
+    fn lenient(&mut self, v: Violation) -> Result<(), Violation> {
+        if self.strict {
+            return Err(v);
         }
-        let last = m
-            .iova
-            .checked_add(m.size - 1)
-            .ok_or(Violation::InvalidateWraps {
+        self.quirks.push(v);
+        Ok(())
+    }
+
+    fn invalidate(&mut self, m: &RawMsg) -> Result<Applied, Violation> {
+        // The kernel's query range: `iova + size - 1`, modulo 2^64.
+        let last = m.iova.wrapping_add(m.size).wrapping_sub(1);
+        let odd = if m.size == 0 {
+            Some(Violation::InvalidateZeroSize { iova: m.iova })
+        } else if m.iova.checked_add(m.size - 1).is_none() {
+            Some(Violation::InvalidateWraps {
                 iova: m.iova,
                 size: m.size,
-            })?;
+            })
+        } else {
+            None
+        };
         let map = self.space(m.asid).expect("checked above");
         let mut hit: SmallVec<[Entry; 1]> = SmallVec::new();
-        // Entries starting inside the range, plus the one starting before it
-        // that may reach into it.
-        if let Some((_, e)) = map.range(..m.iova).next_back() {
-            if e.iova.last().0 >= m.iova {
-                hit.push(*e);
+        if last < m.iova {
+            // An interval query with its end below its start finds only an
+            // entry holding both ends.
+            if let Some((_, e)) = map.range(..=m.iova).next_back() {
+                if e.iova.first().0 <= last && e.iova.last().0 >= m.iova {
+                    hit.push(*e);
+                }
             }
+        } else {
+            // Entries starting inside the range, plus the one starting before
+            // it that may reach into it.
+            if let Some((_, e)) = map.range(..m.iova).next_back() {
+                if e.iova.last().0 >= m.iova {
+                    hit.push(*e);
+                }
+            }
+            hit.extend(map.range(m.iova..=last).map(|(_, e)| *e));
         }
-        hit.extend(map.range(m.iova..=last).map(|(_, e)| *e));
-        if let Some(cut) = hit
+        if let Some(v) = odd {
+            self.lenient(v)?;
+        } else if let Some(cut) = hit
             .iter()
             .find(|e| e.iova.first().0 < m.iova || e.iova.last().0 > last)
         {
@@ -698,10 +801,7 @@ impl KernelIotlb {
                 last,
                 entry: *cut,
             };
-            if self.strict {
-                return Err(v);
-            }
-            self.quirks.push(v);
+            self.lenient(v)?;
         }
         let map = self.create(m.asid);
         for e in &hit {
@@ -1116,7 +1216,7 @@ mod tests {
     }
 
     /// Rule: `open_batch` names the asid of the batch open now, and nothing
-    /// before BATCH_BEGIN, after BATCH_END or after a reset.
+    /// before BATCH_BEGIN or after BATCH_END; a reset leaves it open.
     #[test]
     fn rule_open_batch_names_the_open_batchs_asid() {
         let mut k = KernelIotlb::new(&caps());
@@ -1128,7 +1228,11 @@ mod tests {
         k.apply_raw(&marker(0, MsgType::BatchBegin)).unwrap();
         assert_eq!(k.open_batch(), Some(0));
         k.reset_device();
-        assert_eq!(k.open_batch(), None, "a reset closes the batch");
+        assert_eq!(
+            k.open_batch(),
+            Some(0),
+            "the status ioctl's reset leaves the batch open"
+        );
     }
 
     /// Rule: the IOTLB is empty when no address space holds an entry, even

@@ -11,6 +11,8 @@
 pub mod fuzz;
 pub mod gen;
 pub mod harness;
+pub mod kdiff;
+pub mod migration;
 pub mod model;
 
 use vdpa_iova_planner::kernel::{MsgType, RawMsg};
@@ -111,6 +113,10 @@ impl NaiveKernel {
 
     /// Applies a message; whether it was accepted.
     pub fn apply(&mut self, m: &RawMsg) -> bool {
+        // Refused before the address space is looked at (or created).
+        if m.kind == MsgType::Update && m.size == 0 {
+            return false;
+        }
         if m.asid >= self.spaces {
             return false;
         }

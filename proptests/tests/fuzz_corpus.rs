@@ -40,6 +40,11 @@ fn msg_codec_corpus() {
     replay("msg_codec", proptests::fuzz::msg_codec);
 }
 
+#[test]
+fn migration_hosts_corpus() {
+    replay("migration_hosts", proptests::migration::migration_hosts);
+}
+
 /// Found by `planner_events` in its first minute: a valid region of
 /// `2^64 - page` bytes at GPA 0 made the page-level model allocate 2^52
 /// pages (out of memory). The generator now keeps valid sizes small.
