@@ -1,6 +1,7 @@
-//! A structure-aware fuzz target for migrations across two hosts: the raw
-//! bytes choose a device, a guest and a list of events, each on the source
-//! or the destination, which are written out as a scenario file (so every
+//! A structure-aware fuzz target for migrations across hosts: the raw
+//! bytes choose a device, a guest and a list of events, each where the VM
+//! runs or on the newest destination, which are written out as a scenario
+//! file (so every
 //! input exercises the scenario format the adapter reads, not random text)
 //! and run by the adapter on both hosts under every strategy. The adapter
 //! replays each host's plans on its own kernel model and checks each
@@ -134,7 +135,10 @@ pub fn render(data: &[u8]) -> Option<String> {
             0x7f00_0000_0000u64 + ((i as u64) << 36),
         );
     }
-    let mut incoming = false;
+    // Destinations created so far, and whether the last one still waits
+    // for the stream (its `start` not written yet).
+    let mut dests = 0u32;
+    let mut waiting = false;
     let mut hvas = 0u64;
     for _ in 0..24 {
         if u.is_empty() {
@@ -149,10 +153,11 @@ pub fn render(data: &[u8]) -> Option<String> {
         };
         let (kind, dest, fields) = match e {
             RawEvent::Incoming => {
-                if incoming {
+                if waiting {
                     continue;
                 }
-                incoming = true;
+                dests += 1;
+                waiting = true;
                 ("incoming", false, String::new())
             }
             RawEvent::Start => ("start", true, String::new()),
@@ -241,19 +246,20 @@ pub fn render(data: &[u8]) -> Option<String> {
                 ),
             ),
         };
-        // `start` only exists on a destination, vIOMMU events only with a
-        // vIOMMU: otherwise they are skipped.
-        if (kind == "start" && !incoming) || (kind.starts_with("viommu") && !viommu) {
+        // `start` only exists on a destination waiting for the stream,
+        // vIOMMU events only with a vIOMMU: otherwise they are skipped.
+        if (kind == "start" && !waiting) || (kind.starts_with("viommu") && !viommu) {
             continue;
         }
-        let host = if dest && incoming {
-            "destination"
-        } else {
-            "source"
-        };
-        let host = if kind == "start" { "destination" } else { host };
+        // `dest` asks for the newest destination; otherwise the event
+        // happens where the VM runs (the host field left out), which is
+        // the newest destination once it started: several migrations in a
+        // row.
         let _ = write!(t, "\n[[events]]\nkind = \"{kind}\"\n{fields}");
-        if kind != "incoming" {
+        if kind == "start" {
+            waiting = false;
+        } else if kind != "incoming" && dest && dests > 0 {
+            let host = vdpa_adapter::scenario::Host::nth(dests).name();
             let _ = writeln!(t, "host = \"{host}\"");
         }
     }
@@ -290,7 +296,7 @@ mod tests {
     #[test]
     fn rendered_scenarios_parse_and_reach_the_destination() {
         let mut state = 26u64;
-        let (mut parsed, mut both) = (0, 0);
+        let (mut parsed, mut both, mut more) = (0, 0, 0);
         for _ in 0..200 {
             let data: Vec<u8> = (0..300)
                 .map(|_| {
@@ -304,8 +310,11 @@ mod tests {
             match vdpa_adapter::Scenario::parse(&text, "t") {
                 Ok(s) => {
                     parsed += 1;
-                    if s.hosts.contains(&vdpa_adapter::scenario::Host::Destination) {
+                    if s.hosts.contains(&vdpa_adapter::scenario::Host::DESTINATION) {
                         both += 1;
+                    }
+                    if s.host_count() > 2 {
+                        more += 1;
                     }
                 }
                 Err(e) => eprintln!("{e}\n{text}"),
@@ -313,5 +322,6 @@ mod tests {
         }
         assert!(parsed >= 190, "{parsed} of 200 parse");
         assert!(both >= 50, "{both} of 200 reach the destination");
+        assert!(more >= 10, "{more} of 200 migrate more than once");
     }
 }
