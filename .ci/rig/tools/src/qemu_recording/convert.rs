@@ -6,10 +6,13 @@
 //!   the guest memory regions, which are the listener's sections live when
 //!   the machine-creation reset unregisters the listener
 //!   (`vhost_vdpa_listener_region_add` / `_del`: RAM, and the ROM pieces
-//!   read-only); the host buffers of the control queue (the host addresses,
-//!   sizes and access of the UPDATEs QEMU sends in address space 1 at the
-//!   device's first start: its command and status buffers, then its shadow
-//!   vring); the shadow virtqueue config (the data queues' count and size,
+//!   read-only); the host buffers of the control queue (the host addresses
+//!   of the UPDATEs QEMU sends in address space 1 at the device's first
+//!   start: its command and status buffers, then its shadow vring; their
+//!   sizes and access are QEMU's rules: a page each for the buffers, the
+//!   vring's areas from the control queue's size; read-only, writable,
+//!   read-only, writable);
+//!   the shadow virtqueue config (the data queues' count and size,
 //!   `vhost_vdpa_set_vring_num`); and the steps.
 //! * The steps: QEMU creates the device's listener at netdev creation and
 //!   the machine-creation reset unregisters it, on a source as on a
@@ -19,8 +22,12 @@
 //!   starts after the stream). On a source, `migrate_set_state setup` starts
 //!   an [`Event::SvqSwitch`], `cancelling` or `failed` an [`Event::Failback`],
 //!   the VM's stop while migrating (`vm_state_notify running 0`) an
-//!   [`Event::Complete`]; a section the listener adds that is not known yet
-//!   an [`Event::Hotplug`].
+//!   [`Event::Complete`]. When the listener registers again (a device
+//!   start) with other sections than before, the memory map changed while
+//!   it was away: [`Event::Unplug`] of each section gone and
+//!   [`Event::Hotplug`] of each new one come first (they send nothing in
+//!   QEMU, whose listener was not registered, nor in the baseline, which
+//!   maps them at the start).
 //! * The plan: every `vhost_vdpa_dma_map` (UPDATE), `vhost_vdpa_dma_unmap`
 //!   (INVALIDATE), `vhost_vdpa_listener_begin_batch` and `_commit` (BATCH
 //!   BEGIN/END), in order, with asid, iova, size and perm, and where each
@@ -182,6 +189,10 @@ pub struct Scenario {
     pub svq: SvqConfig,
     /// The steps, in order.
     pub steps: Vec<Step>,
+    /// What QEMU sent once the rig quit it (the running VM stopped outside
+    /// a migration: its device stopped; no step of the scenario, not
+    /// compared).
+    pub trailing: Vec<Msg>,
 }
 
 const PAGE: u64 = 4096;
@@ -227,7 +238,7 @@ enum Kind {
     Switch,
     Failback,
     Complete,
-    Hotplug(usize),
+    Exit,
 }
 
 /// Converts one recording. `lines` are its trace lines, every file of the
@@ -242,7 +253,6 @@ pub fn convert(name: &str, role: Role, lines: &[Line]) -> Result<Scenario, Conve
     // 1. Cut the lines into steps.
     let mut cuts: Vec<(Kind, usize)> = vec![(Kind::Incoming, 0)];
     let mut live: BTreeMap<u64, (u64, u64, bool)> = BTreeMap::new();
-    let mut known: Vec<(u64, u64, u64, bool)> = Vec::new();
     let mut board: Option<Vec<(u64, u64, u64, bool)>> = None;
     let mut range = None;
     let mut vring_num: BTreeMap<u32, u32> = BTreeMap::new();
@@ -268,21 +278,14 @@ pub fn convert(name: &str, role: Role, lines: &[Line]) -> Result<Scenario, Conve
                 hva,
                 readonly,
             } => {
-                let s = (*gpa, *end, *hva, *readonly);
-                if !known.contains(&s) {
-                    if board.is_some() {
-                        cut(Kind::Hotplug(known.len()), &mut cur);
-                    }
-                    known.push(s);
-                }
                 live.insert(*gpa, (*end, *hva, *readonly));
             }
+            // The machine-creation reset unregisters the listener: the
+            // sections live then are the board's memory.
+            Record::Reset if board.is_none() && cur == Kind::Incoming && !live.is_empty() => {
+                board = Some(live.iter().map(|(&g, &(e, h, r))| (g, e, h, r)).collect());
+            }
             Record::RegionDel { gpa, .. } => {
-                // The machine-creation reset unregisters the listener: the
-                // sections live then are the board's memory.
-                if board.is_none() && cur == Kind::Incoming {
-                    board = Some(live.iter().map(|(&g, &(e, h, r))| (g, e, h, r)).collect());
-                }
                 live.remove(gpa);
             }
             Record::DevStart { started: true } if cur == Kind::Incoming => {
@@ -305,6 +308,14 @@ pub fn convert(name: &str, role: Role, lines: &[Line]) -> Result<Scenario, Conve
             },
             Record::VmRunning(false) if role == Role::Source && migrating => {
                 cut(Kind::Complete, &mut cur);
+            }
+            // The rig quits QEMU at the end: what it sends once the running
+            // VM stops outside a migration is its shutdown, no step of the
+            // scenario.
+            Record::VmRunning(false)
+                if !migrating && cur != Kind::Incoming && cur != Kind::Exit =>
+            {
+                cut(Kind::Exit, &mut cur);
             }
             _ => {}
         }
@@ -371,7 +382,30 @@ pub fn convert(name: &str, role: Role, lines: &[Line]) -> Result<Scenario, Conve
             }
         }
     }
+    // The access of the control queue's four host buffers is QEMU's, not
+    // the recording's: `vhost_vdpa_cvq_map_buf` maps the command buffer
+    // read-only and the status buffer writable, `vhost_vdpa_svq_map_rings`
+    // the driver area read-only and the device area writable.
+    // Their sizes too: a page each for the buffers (the command buffer's
+    // `vhost_vdpa_net_cvq_cmd_page_len`), and the vring's two areas
+    // rounded up to pages, descriptors and available ring together
+    // (`vhost_svq_driver_area_size`, `vhost_svq_device_area_size`).
     let has_cvq = vring_num.len() % 2 == 1;
+    if buffers.len() == 4 {
+        let n = u64::from(*vring_num.values().next_back().unwrap_or(&0));
+        if !has_cvq || n == 0 {
+            return Err(err(
+                "control queue buffers without a control queue size".into()
+            ));
+        }
+        let up = |b: u64| b.div_ceil(PAGE) * PAGE;
+        let sizes = [PAGE, PAGE, up(16 * n + 6 + 2 * n), up(6 + 8 * n)];
+        let perms = [Perm::Ro, Perm::Rw, Perm::Ro, Perm::Rw];
+        for ((b, p), size) in buffers.iter_mut().zip(perms).zip(sizes) {
+            b.perm = p;
+            b.size = size;
+        }
+    }
     let data_queues = vring_num.len() as u32 - u32::from(has_cvq);
     let queue_size = vring_num.values().next().copied().unwrap_or(256);
     // The shadow vrings' host block: anywhere the scenario does not use
@@ -395,9 +429,56 @@ pub fn convert(name: &str, role: Role, lines: &[Line]) -> Result<Scenario, Conve
     // 3. The steps' messages, each INVALIDATE tagged with what its entry mapped.
     let mut entries: BTreeMap<(u32, u64, u64), Host> = BTreeMap::new();
     let mut steps = Vec::new();
+    // Every region ever declared, in order (host addresses are located in
+    // it, by the baseline's side too), and the memory map now.
     let mut known_regions = regions.clone();
+    let mut current = regions.clone();
+    let mut trailing = Vec::new();
     for &(k, a, b) in &steps_raw {
+        // The listener registers again (a device start): the sections it
+        // adds are the memory map now. The guest's firmware changes it
+        // while the listener is away (SeaBIOS sets the PAM registers: low
+        // RAM under the BIOS becomes RAM pieces, read-only and not), which
+        // the baseline learns as unplugs and hotplugs before the step.
+        if k != Kind::Incoming && k != Kind::Exit {
+            let mut adds: Vec<RegionSpec> = Vec::new();
+            for l in &lines[a..b] {
+                if let Record::RegionAdd {
+                    gpa,
+                    end,
+                    hva,
+                    readonly,
+                } = l.record
+                {
+                    let r = spec(&(gpa, end, hva, readonly))?;
+                    if !adds.contains(&r) {
+                        adds.push(r);
+                    }
+                }
+            }
+            adds.sort_by_key(|r| r.gpa.raw());
+            if !adds.is_empty() && adds != current {
+                let at = (lines[a].line, lines[a].time_us);
+                let none = |event| Step {
+                    event,
+                    msgs: Vec::new(),
+                    lines: (at.0, at.0),
+                    times: (at.1, at.1),
+                };
+                for r in current.iter().filter(|r| !adds.contains(r)) {
+                    steps.push(none(Event::Unplug(r.gpa)));
+                }
+                for r in adds.iter().filter(|r| !current.contains(r)) {
+                    steps.push(none(Event::Hotplug(*r)));
+                    known_regions.push(*r);
+                }
+                current = adds;
+            }
+        }
         let mut msgs = Vec::new();
+        // How many UPDATEs after the control queue's status buffer are its
+        // shadow vring's areas, still to come in this step.
+        let mut cvq_ring = 0usize;
         for l in &lines[a..b] {
             let m = match l.record {
                 Record::BatchBegin => Msg {
@@ -425,7 +506,34 @@ pub fn convert(name: &str, role: Role, lines: &[Line]) -> Result<Scenario, Conve
                     uaddr,
                     perm,
                 } => {
-                    let host = locate(&known_regions, &buffers, None, uaddr);
+                    // The control queue's shadow vring (buffers 2 and 3)
+                    // is found by its place only: its memory is freed at each
+                    // stop and may hold another vring at the next start.
+                    let stable = &buffers[..buffers.len().min(2)];
+                    let mut host = locate(&known_regions, stable, None, uaddr);
+                    // QEMU allocates the control queue's shadow vring anew
+                    // at every start (`vhost_svq_start` maps fresh memory):
+                    // its two areas are known by their place, the two UPDATEs
+                    // right after its status buffer's (`vhost_vdpa_net_cvq_start`
+                    // maps the buffers, then `vhost_vdpa_svqs_start` the vring).
+                    if buffers.len() == 4 {
+                        if cvq_ring > 0 && host == Some(Host::Ring) {
+                            host = Some(Host::Buffer {
+                                index: 4 - cvq_ring,
+                                offset: 0,
+                            });
+                            cvq_ring -= 1;
+                        } else if host
+                            == Some(Host::Buffer {
+                                index: 1,
+                                offset: 0,
+                            })
+                        {
+                            cvq_ring = 2;
+                        } else {
+                            cvq_ring = 0;
+                        }
+                    }
                     if let Some(h) = host {
                         entries.insert((asid, iova, size), h);
                     }
@@ -453,16 +561,15 @@ pub fn convert(name: &str, role: Role, lines: &[Line]) -> Result<Scenario, Conve
             msgs.push(m);
         }
         let event = match k {
+            Kind::Exit => {
+                trailing.extend(msgs);
+                continue;
+            }
             Kind::Incoming => Event::Incoming(regions.clone()),
             Kind::Start => Event::Start,
             Kind::Switch => Event::SvqSwitch(Some(svq)),
             Kind::Failback => Event::Failback,
             Kind::Complete => Event::Complete,
-            Kind::Hotplug(n) => {
-                let r = spec(&known[n])?;
-                known_regions.push(r);
-                Event::Hotplug(r)
-            }
         };
         if k == Kind::Start {
             // Declared before the start, sends nothing by itself.
@@ -489,6 +596,7 @@ pub fn convert(name: &str, role: Role, lines: &[Line]) -> Result<Scenario, Conve
         buffers,
         svq,
         steps,
+        trailing,
     })
 }
 

@@ -61,7 +61,14 @@ fn window(
     to: impl Fn(&Record) -> bool,
 ) -> Option<Window> {
     let l: Vec<&Line> = step_lines(lines, st).collect();
-    let start = l.iter().find(|x| from(&x.record))?;
+    // The start may be just before the step's first message (a VM start
+    // traced before the device starts).
+    let start = l.iter().find(|x| from(&x.record)).copied().or_else(|| {
+        lines
+            .iter()
+            .filter(|x| x.line < st.lines.0)
+            .rfind(|x| from(&x.record))
+    })?;
     let end = l.iter().rev().find(|x| to(&x.record))?;
     let inside = |line: usize| line >= start.line && line <= end.line;
     let msgs: Vec<_> = st.msgs.iter().filter(|m| inside(m.line)).collect();
@@ -136,8 +143,7 @@ pub fn windows(lines: &[Line], sc: &Scenario) -> Vec<Window> {
 pub fn qemu_times(monitor: &str) -> Option<(u64, Option<u64>, u64)> {
     let line = monitor
         .lines()
-        .filter(|l| l.contains("Time (ms):") && l.contains("down="))
-        .next_back()?;
+        .rfind(|l| l.contains("Time (ms):") && l.contains("down="))?;
     let get = |k: &str| {
         line.split([',', ' ', '\t'])
             .find_map(|w| w.strip_prefix(k))

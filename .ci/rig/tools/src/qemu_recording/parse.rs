@@ -77,7 +77,8 @@ pub enum Record {
         /// Exclusive end.
         end: u64,
     },
-    /// `vhost_vdpa_get_iova_range`: the device's IOVA range (inclusive).
+    /// `vhost_vdpa_get_iova_range`, or the range `vhost_vdpa_skipped_memory_section`
+    /// prints: the device's IOVA range (inclusive).
     IovaRange {
         /// First IOVA.
         first: u64,
@@ -179,7 +180,7 @@ fn field<'a>(args: &'a str, key: &str) -> Option<&'a str> {
         }
         // `vdpa_shared:0x..` and `key:value` written together.
         if let Some(v) = w.strip_prefix(key) {
-            if !v.is_empty() && key.ends_with(':') {
+            if !v.is_empty() && (key.ends_with(':') || key.ends_with('=')) {
                 return Some(v);
             }
         }
@@ -267,6 +268,12 @@ pub fn parse_line(line: usize, text: &str) -> Result<Line, ParseError> {
             "vhost_vdpa_get_iova_range" => Record::IovaRange {
                 first: num(args, "first:")?,
                 last: num(args, "last:")?,
+            },
+            // The listener reports the range with each section it skips
+            // (net/vhost-vdpa.c reads the range without a trace).
+            "vhost_vdpa_skipped_memory_section" => Record::IovaRange {
+                first: num(args, "iova_min=")?,
+                last: num(args, "iova_last=")?,
             },
             "vhost_vdpa_set_vring_num" => Record::VringNum {
                 index: num32(args, "index:")?,
