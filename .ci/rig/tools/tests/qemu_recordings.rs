@@ -219,7 +219,8 @@ fn every_changed_iova_fails_the_comparison() {
 /// its net effect: see the baseline's `board-build`).
 #[test]
 fn every_changed_size_asid_or_perm_fails_the_comparison() {
-    for rec in all() {
+    // The 1 GiB runs have the 256 MiB runs' messages (kept fast).
+    for rec in all().into_iter().filter(|r| !r.name.starts_with("1G/")) {
         let text = text_of(&rec);
         let started = text
             .iter()
