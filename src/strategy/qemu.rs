@@ -71,6 +71,44 @@
 //!   rings before the guest memory batch and its buffers after; the
 //!   baseline unmaps all of them after it (the same messages and bytes).
 //!   With a vIOMMU the shadow start fails (`vhost_vdpa_dev_start`).
+//!
+//! # Held to real QEMU
+//!
+//! Stock QEMU 10.2.2 (Debian's `1:10.2.2+ds-1`) was recorded on
+//! vdpa_sim_net (`use_va=0`, two address spaces, an isolated control queue;
+//! and a guest without a control queue) through a guest's boot, a cancelled
+//! migration and a completed one, source and destination, at 256 MiB and
+//! 1 GiB (`.ci/rig/qemu/`, recordings in `.ci/rig/qemu/recordings/`). The
+//! rig's `vdpa-rig-tools` converts each recording into its events (QEMU
+//! creates and resets the device the same way on a source and a
+//! destination, so each starts with [`Event::Incoming`](crate::Event::Incoming)
+//! and [`Event::Start`](crate::Event::Start)) and QEMU's messages, feeds the
+//! events to this planner and compares step by step, message by message
+//! (`.ci/rig/tools/tests/qemu_recordings.rs`, in `cargo test`; the rig runs
+//! the same check on fresh recordings). Everything matches but for these
+//! differences, each pinned by that test at the steps where it appears:
+//!
+//! * `board-build`: QEMU's listener is registered at netdev creation
+//!   (`vhost_vdpa_set_owner`), before the board exists, so it follows the
+//!   board as `machine_run_board_init` builds it: a batch per memory
+//!   transaction, and low RAM mapped whole, then unmapped and mapped again
+//!   in pieces when the BIOS and option ROM pieces overlay it
+//!   (`vhost_vdpa_listener_region_add`/`_del`). [`Strategy::incoming`] is
+//!   given the finished board and maps its sections once, in one batch; the
+//!   test holds QEMU's messages there to their net effect (whole batches,
+//!   every INVALIDATE exactly a live entry, no overlap) before the
+//!   machine-creation reset's batch, which compares as is. None of it is in
+//!   a downtime. (The firmware then changes the memory map while the
+//!   listener is away: SeaBIOS's PAM setup turns the BIOS area into RAM
+//!   pieces. The test feeds that as unplugs and hotplugs before the first
+//!   start, which send nothing here as in QEMU.)
+//! * `cvq-rings-first`: at every stop (the switch, the failback, the
+//!   completion) QEMU unmaps the control queue's shadow vring first
+//!   (`vhost_vdpa_svqs_stop` on the control queue's vhost_dev), then the
+//!   guest memory batch (`vhost_vdpa_reset_device`), then the control
+//!   queue's two buffers (`vhost_vdpa_net_cvq_stop`); the baseline sends the
+//!   four host buffers' INVALIDATEs together after the batch. Same messages,
+//!   same bytes, other order.
 
 use std::collections::BTreeMap;
 
