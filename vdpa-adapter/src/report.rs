@@ -217,18 +217,20 @@ pub fn comparison_table(caps: &DeviceCaps, runs: &[RunReport]) -> String {
     out
 }
 
-/// What a run sends on `host` while the guest is paused for a migration:
-/// on the source its `complete` (stop-and-copy), on the destination every
-/// step from its `switchover` (the source stopped) to its `start`, a reset
-/// or a vIOMMU's maps in between included. `None` when the run has no such
-/// step.
+/// What a run sends on `host` around a migration's pause (the tables show
+/// its critical part): on the source its `complete` (stop-and-copy); on the
+/// destination its steps up to and including its `start` (to the end of
+/// the run if it never starts). A destination sends nothing critical
+/// before its `switchover` (the guest still runs on the source), so the
+/// critical part is what it sends from the source's stop to its start, a
+/// reset's restore or a vIOMMU's maps in between included. `None` when the
+/// run has no such step.
 fn window_cost(r: &RunReport, host: Host, source: bool) -> Option<vdpa_iova_planner::Cost> {
     let on_host = r.steps.iter().filter(|s| s.host == host);
-    let mut hit: Vec<&crate::runner::StepReport> = if source {
+    let hit: Vec<&crate::runner::StepReport> = if source {
         on_host.filter(|s| s.event == "complete").collect()
     } else {
         on_host
-            .skip_while(|s| s.event != "switchover" && s.event != "start")
             .scan(false, |done, s| {
                 (!*done).then(|| {
                     *done = s.event == "start";
@@ -237,10 +239,6 @@ fn window_cost(r: &RunReport, host: Host, source: bool) -> Option<vdpa_iova_plan
             })
             .collect()
     };
-    // A destination whose start was never reached has no start window.
-    if !source && !hit.iter().any(|s| s.event == "start") {
-        hit.clear();
-    }
     if hit.is_empty() {
         return None;
     }

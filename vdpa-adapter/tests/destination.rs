@@ -149,6 +149,27 @@ kind = "start"
     // control queue's buffers.
     let q = plan(text, StrategyKind::Qemu);
     assert_eq!(q.stopped.as_ref().map(|s| s.event), Some("host_buffers"));
+    // The downtime table: identity's destination window holds the two maps;
+    // QEMU, stopped before either host's window, shows none.
+    let table = vdpa_adapter::report::comparison_table(&scn.caps, &[r, q]);
+    let cells = |window: &str| -> Vec<String> {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(window))
+            .unwrap_or_else(|| panic!("{window}:\n{table}"));
+        line.split('|')
+            .skip(1)
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    assert_eq!(
+        cells("destination start"),
+        ["2          56 KiB             0 B", "-"]
+    );
+    assert_eq!(
+        cells("source stop-and-copy"),
+        ["0             0 B             0 B", "-"]
+    );
 }
 
 /// A vIOMMU guest's maps on a destination before its start. QEMU cannot
