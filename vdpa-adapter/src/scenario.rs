@@ -798,6 +798,46 @@ mod tests {
         assert!(e.contains("only with [device] cvq_isolated"), "{e}");
     }
 
+    /// What a destination is given at switchover: the source's live guest
+    /// maps, a cut map as its remaining pieces (at their own GPAs), in guest
+    /// IOVA order; a map the planner will refuse (size 0, or past 2^64) is
+    /// never carried.
+    #[test]
+    fn guest_maps_follow_maps_and_unmaps() {
+        let mut m = GuestMaps::default();
+        m.map(0x10_0000, 0x4000, 0x20_0000, Perm::Rw);
+        m.map(0x1000, 0x1000, 0x9000, Perm::Ro);
+        m.map(0x50_0000, 0, 0x1000, Perm::Rw);
+        m.map(u64::MAX - 0xfff, 0x2000, 0x1000, Perm::Rw);
+        // The middle page of the first map, and nothing at all.
+        m.unmap(0x10_1000, 0x1000);
+        m.unmap(0x80_0000, 0x1000);
+        m.unmap(0x1000, 0);
+        let got: Vec<(u64, u64, u64, Perm)> = m
+            .events()
+            .map(|e| match e {
+                Event::ViommuMap {
+                    giova,
+                    size,
+                    gpa,
+                    perm,
+                } => (giova.0, size, gpa.0, perm),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0x1000, 0x1000, 0x9000, Perm::Ro),
+                (0x10_0000, 0x1000, 0x20_0000, Perm::Rw),
+                (0x10_2000, 0x2000, 0x20_2000, Perm::Rw),
+            ]
+        );
+        // An unmap covering everything leaves nothing.
+        m.unmap(0, u64::MAX);
+        assert_eq!(m.events().count(), 0);
+    }
+
     #[test]
     fn default_scenario_parses() {
         let s = Scenario::parse(DEFAULT_SCENARIO, "default").unwrap();
