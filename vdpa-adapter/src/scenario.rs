@@ -535,10 +535,9 @@ impl Scenario {
             let named = match e.host.as_deref() {
                 None => None,
                 Some(name) => match Host::parse(name) {
-                    Some(h) if h.index() < memory.len() => Some(h),
-                    Some(_) if matches!(ev, Event::Incoming(_)) => Some(Host(memory.len() as u32)),
-                    Some(h) if h == Host::DESTINATION => {
-                        return Err(at("host", "no destination yet: `incoming` comes first"))
+                    // `incoming` names the host it creates (checked below).
+                    Some(h) if h.index() < memory.len() || matches!(ev, Event::Incoming(_)) => {
+                        Some(h)
                     }
                     Some(h) => {
                         return Err(at(

@@ -572,6 +572,14 @@ fn bad_migration_sequences_are_refused() {
     }
     let e = err("[[events]]\nkind = \"incoming\"\nhost = \"source\"\n");
     assert!(e.contains("`incoming` creates the destination"), "{e}");
+    let e = err("[[events]]\nkind = \"incoming\"\nhost = \"destination 3\"\n");
+    assert!(e.contains("`incoming` creates the destination"), "{e}");
+    let named = Scenario::parse(
+        "[[events]]\nkind = \"incoming\"\nhost = \"destination\"\n",
+        "x.toml",
+    )
+    .unwrap();
+    assert_eq!(named.hosts, [Host::DESTINATION]);
     let e = err(&(ev("incoming") + "[[events]]\nkind = \"start\"\nhost = \"source\"\n"));
     assert!(e.contains("this event happens on the destination"), "{e}");
 }
