@@ -112,6 +112,7 @@ fn c_event(p: *mut vdpa_iova_planner, ev: &Event) -> (i32, *mut vdpa_iova_plan) 
                 let r = c_regions(r);
                 vdpa_iova_incoming(p, r.as_ptr(), r.len(), &mut out)
             }
+            Event::Switchover => vdpa_iova_switchover(p, &mut out),
             Event::Start => vdpa_iova_start(p, &mut out),
             Event::Reset => vdpa_iova_reset(p, &mut out),
             Event::HostBuffers(b) => {
@@ -193,6 +194,7 @@ fn mode_code(m: Mode) -> i32 {
         Mode::Svq => VDPA_IOVA_MODE_SVQ,
         Mode::Completed => VDPA_IOVA_MODE_COMPLETED,
         Mode::Incoming => VDPA_IOVA_MODE_INCOMING,
+        Mode::Switchover => VDPA_IOVA_MODE_SWITCHOVER,
     }) as i32
 }
 
@@ -284,9 +286,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         return;
     };
     for kind in StrategyKind::available(&scn) {
-        run_host(&scn, kind, Host::Source);
-        if scn.hosts.contains(&Host::Destination) {
-            run_host(&scn, kind, Host::Destination);
+        // Every host of every migration, each on a planner of its own.
+        for h in 0..scn.host_count() {
+            run_host(&scn, kind, Host::nth(h as u32));
         }
     }
 });

@@ -583,3 +583,89 @@ fn bad_migration_sequences_are_refused() {
     let e = err(&(ev("incoming") + "[[events]]\nkind = \"start\"\nhost = \"source\"\n"));
     assert!(e.contains("this event happens on the destination"), "{e}");
 }
+
+/// Memory follows the VM: a region unplugged before the migration is not
+/// given to the destination; one plugged into or unplugged from the source
+/// while the destination waits is plugged there too (implied steps); and
+/// the next migration's destination gets the memory the first one ended
+/// with.
+#[test]
+fn memory_changes_follow_the_vm_to_every_destination() {
+    let text = r#"
+[guest]
+max_gpa = "64GiB"
+regions = [
+  { gpa = 0, size = "1GiB", hva = 0x7f00_0000_0000 },
+  { gpa = "4GiB", size = "1GiB", hva = 0x7f10_0000_0000 },
+  { gpa = "8GiB", size = "1GiB", hva = 0x7f20_0000_0000 },
+]
+[[events]]
+kind = "unplug"
+gpa = "8GiB"
+[[events]]
+kind = "incoming"
+[[events]]
+kind = "svq_prepare"
+queues = 2
+queue_size = 64
+hva = 0x7e00_0000_0000
+[[events]]
+kind = "hotplug"
+gpa = "16GiB"
+size = "1GiB"
+hva = 0x7f30_0000_0000
+[[events]]
+kind = "unplug"
+gpa = "4GiB"
+[[events]]
+kind = "svq_switch"
+[[events]]
+kind = "complete"
+[[events]]
+kind = "start"
+[[events]]
+kind = "incoming"
+"#;
+    let scn = scenario(text);
+    let gpas = |ev: &vdpa_iova_planner::Event| match ev {
+        vdpa_iova_planner::Event::Incoming(r) => r.iter().map(|r| r.gpa.0 >> 30).collect(),
+        _ => Vec::new(),
+    };
+    let incomings: Vec<Vec<u64>> = scn
+        .events
+        .iter()
+        .filter(|e| matches!(e, vdpa_iova_planner::Event::Incoming(_)))
+        .map(gpas)
+        .collect();
+    // The first destination: without the DIMM unplugged before; the
+    // second: the first's memory after the mirrored hot-plug and unplug.
+    assert_eq!(incomings, [vec![0, 4], vec![0, 16]]);
+    let implied: Vec<(Host, &str)> = scn
+        .events
+        .iter()
+        .zip(&scn.hosts)
+        .zip(&scn.written)
+        .filter(|(_, w)| !**w)
+        .map(|((e, h), _)| (*h, e.name()))
+        .collect();
+    assert_eq!(
+        implied,
+        [
+            (Host::DESTINATION, "hotplug"),
+            (Host::DESTINATION, "unplug"),
+            (Host::DESTINATION, "switchover")
+        ]
+    );
+    let r = run(&scn, "test.toml", StrategyKind::Identity).unwrap();
+    let start = on(&r, Host::DESTINATION)
+        .into_iter()
+        .find(|s| s.event == "start")
+        .unwrap();
+    let at_start: Vec<u64> = start
+        .placements
+        .iter()
+        .map(|p| p.gpa.first().0 >> 30)
+        .collect();
+    assert_eq!(at_start, [0, 16]);
+    assert_eq!(start.unreachable_bytes, 0);
+}
