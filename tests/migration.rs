@@ -400,3 +400,43 @@ fn qemu_destination_maps_hotplugged_memory_once_at_start() {
     let (un, _) = q.step(Event::Unplug(vdpa_iova_planner::Gpa(16 * GIB)));
     assert_eq!(un.cost().unpinned_bytes, GIB);
 }
+
+/// Rule: `switchover` comes only on a destination waiting for the stream,
+/// once; anywhere else it is refused as out of order and changes nothing,
+/// for both strategies. `start` then takes the destination out of it.
+#[test]
+fn switchover_only_on_a_waiting_destination() {
+    let builds: [fn() -> Box<dyn Strategy>; 2] = [
+        || Box::new(vdpa_iova_planner::IdentityPlanner::new(DeviceCaps::default(), None).unwrap()),
+        || Box::new(QemuPlanner::new(DeviceCaps::default()).unwrap()),
+    ];
+    for build in builds {
+        let mut s = build();
+        let refused = |s: &mut Box<dyn Strategy>| {
+            let (mode, mapped) = (s.mode(), s.mapped());
+            assert_eq!(
+                s.switchover(),
+                Err(PlanError::OutOfOrder {
+                    event: "switchover",
+                    mode
+                }),
+                "{} in {mode}",
+                s.name()
+            );
+            assert_eq!((s.mode(), s.mapped()), (mode, mapped));
+        };
+        // A fresh planner and a booted source.
+        refused(&mut s);
+        s.apply(&Event::Boot(guest())).unwrap();
+        refused(&mut s);
+        // A destination: waiting, then paused, then running.
+        let mut d = build();
+        d.incoming(&guest()).unwrap();
+        assert_eq!(d.switchover().map(|p| p.is_empty()), Ok(true));
+        assert_eq!(d.mode(), Mode::Switchover);
+        refused(&mut d);
+        d.start().unwrap();
+        assert_eq!(d.mode(), Mode::Passthrough);
+        refused(&mut d);
+    }
+}
