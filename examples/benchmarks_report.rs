@@ -556,7 +556,7 @@ counting the published first addresses at or below it (eight compares and no bra
 address: a last-hit check first was tried and cost a misprediction at every change of section, \
 11.5 ns on the random pattern against 4.6 ns without it); otherwise, and for \
 larger tables at once, it calls `vdpa_iova_translator_translate` (*call*, the same function called \
-directly: last hit, then a 16-key static B-tree); \
+directly: last hit, then a branch-free binary search over the first addresses); \
 `vdpa_iova_translate` is the planner-wide call; *empty call* is `vdpa_iova_version()`, the cost of \
 entering the library and coming back. Ratio: QEMU / inline.\n\n\
 Layouts: the sections QEMU's vhost-vdpa listener maps for a pc or q35 guest once SeaBIOS has run: \

@@ -462,11 +462,11 @@ struct vdpa_iova_cost {
 
 /**
  * The first bytes of every translator, which the header's inline fast path
- * reads (a `struct vdpa_iova_translator *` points to them): the
- * translator's last hit and, for a small table, the whole snapshot, valid
- * while `*epoch == seen`. Written by the library in calls on that
- * translator; the inline path only reads the snapshot (`entries` to
- * `perms`).
+ * reads (a `struct vdpa_iova_translator *` points to them): for a small
+ * table, the whole snapshot, valid while `*epoch == seen`. Written by the
+ * library only when it takes a snapshot (`_new`, `_refresh`); a translate
+ * call writes nothing here, so the inline path's reads never wait on a
+ * store.
  */
 struct vdpa_iova_translator_hint {
     /**
@@ -478,27 +478,6 @@ struct vdpa_iova_translator_hint {
      * The counter's value at the snapshot.
      */
     uint64_t seen;
-    /**
-     * First guest address of the last hit's entry.
-     */
-    uint64_t first;
-    /**
-     * Last guest address of the last hit's entry; below `first` when the
-     * snapshot is empty.
-     */
-    uint64_t last;
-    /**
-     * `iova - gpa` in that entry, wrapping.
-     */
-    uint64_t delta;
-    /**
-     * `VDPA_IOVA_PERM_*` of that entry.
-     */
-    uint8_t perm;
-    /**
-     * Zero.
-     */
-    uint8_t reserved[7];
     /**
      * Entries of the whole snapshot below, when it has at most
      * [`VDPA_IOVA_HINT_ENTRIES`] (a real guest's sections); 0 otherwise
@@ -1130,8 +1109,7 @@ static inline int vdpa_iova_translator_translate_inline(struct vdpa_iova_transla
         (const struct vdpa_iova_translator_hint *)(const void *)translator;
     uint64_t last = gpa + len - 1;
 
-    /* A large table: the library's own last hit and search (reading the
-     * hint the library has just written would only add a dependency). */
+    /* A large table: the library's own last hit, then its search. */
     if (translator == NULL || h->entries == 0) {
         return vdpa_iova_translator_translate(translator, gpa, len, segs, cap, n);
     }

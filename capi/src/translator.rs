@@ -42,11 +42,11 @@ pub struct vdpa_iova_translator {
 }
 
 /// The first bytes of every translator, which the header's inline fast path
-/// reads (a `struct vdpa_iova_translator *` points to them): the
-/// translator's last hit and, for a small table, the whole snapshot, valid
-/// while `*epoch == seen`. Written by the library in calls on that
-/// translator; the inline path only reads the snapshot (`entries` to
-/// `perms`).
+/// reads (a `struct vdpa_iova_translator *` points to them): for a small
+/// table, the whole snapshot, valid while `*epoch == seen`. Written by the
+/// library only when it takes a snapshot (`_new`, `_refresh`); a translate
+/// call writes nothing here, so the inline path's reads never wait on a
+/// store.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct vdpa_iova_translator_hint {
@@ -55,17 +55,6 @@ pub struct vdpa_iova_translator_hint {
     pub epoch: *const u64,
     /// The counter's value at the snapshot.
     pub seen: u64,
-    /// First guest address of the last hit's entry.
-    pub first: u64,
-    /// Last guest address of the last hit's entry; below `first` when the
-    /// snapshot is empty.
-    pub last: u64,
-    /// `iova - gpa` in that entry, wrapping.
-    pub delta: u64,
-    /// `VDPA_IOVA_PERM_*` of that entry.
-    pub perm: u8,
-    /// Zero.
-    pub reserved: [u8; 7],
     /// Entries of the whole snapshot below, when it has at most
     /// [`VDPA_IOVA_HINT_ENTRIES`] (a real guest's sections); 0 otherwise
     /// (the inline path then calls the library at once).
@@ -94,50 +83,43 @@ struct Slot {
 }
 
 impl Slot {
-    /// Rewrites the hint's entry from the translator's last hit.
-    #[inline]
-    fn publish_hit(&mut self) {
-        if let Some((first, last, delta, perm)) = self.t.inner.last_hit() {
-            self.hint.first = first;
-            self.hint.last = last;
-            self.hint.delta = delta;
-            self.hint.perm = perm.to_kernel();
-        }
+    /// A translator with its hint.
+    fn new(t: vdpa_iova_translator) -> Box<Slot> {
+        Box::new(Slot {
+            hint: hint(&t.inner),
+            t,
+        })
     }
 
-    /// Rewrites the whole hint: after a new snapshot.
+    /// Rewrites the hint: after a new snapshot.
     fn publish(&mut self) {
-        let (counter, seen) = self.t.inner.epoch();
-        let (first, last, delta, perm) = match self.t.inner.last_hit() {
-            Some((f, l, d, p)) => (f, l, d, p.to_kernel()),
-            None => (1, 0, 0, 0),
-        };
-        let mut hint = vdpa_iova_translator_hint {
-            epoch: counter.as_ptr().cast_const(),
-            seen,
-            first,
-            last,
-            delta,
-            perm,
-            reserved: [0; 7],
-            entries: 0,
-            firsts: [u64::MAX; VDPA_IOVA_HINT_ENTRIES],
-            lasts: [0; VDPA_IOVA_HINT_ENTRIES],
-            deltas: [0; VDPA_IOVA_HINT_ENTRIES],
-            perms: [0; VDPA_IOVA_HINT_ENTRIES],
-        };
-        let all = self.t.inner.entries();
-        if all.len() <= VDPA_IOVA_HINT_ENTRIES {
-            hint.entries = all.len() as u64;
-            for (i, (f, l, d, p)) in all.enumerate() {
-                hint.firsts[i] = f;
-                hint.lasts[i] = l;
-                hint.deltas[i] = d;
-                hint.perms[i] = p.to_kernel();
-            }
-        }
-        self.hint = hint;
+        self.hint = hint(&self.t.inner);
     }
+}
+
+/// The hint of `t`'s snapshot.
+fn hint(t: &Translator) -> vdpa_iova_translator_hint {
+    let (counter, seen) = t.epoch();
+    let mut hint = vdpa_iova_translator_hint {
+        epoch: counter.as_ptr().cast_const(),
+        seen,
+        entries: 0,
+        firsts: [u64::MAX; VDPA_IOVA_HINT_ENTRIES],
+        lasts: [0; VDPA_IOVA_HINT_ENTRIES],
+        deltas: [0; VDPA_IOVA_HINT_ENTRIES],
+        perms: [0; VDPA_IOVA_HINT_ENTRIES],
+    };
+    let all = t.entries();
+    if all.len() <= VDPA_IOVA_HINT_ENTRIES {
+        hint.entries = all.len() as u64;
+        for (i, (f, l, d, p)) in all.enumerate() {
+            hint.firsts[i] = f;
+            hint.lasts[i] = l;
+            hint.deltas[i] = d;
+            hint.perms[i] = p.to_kernel();
+        }
+    }
+    hint
 }
 
 fn segment(s: &Segment) -> vdpa_iova_segment {
@@ -173,24 +155,7 @@ pub unsafe extern "C" fn vdpa_iova_translator_new(
             inner: Translator::new(p.strategy())?,
             planner,
         };
-        let mut slot = Box::new(Slot {
-            hint: vdpa_iova_translator_hint {
-                epoch: ptr::null(),
-                seen: 0,
-                first: 1,
-                last: 0,
-                delta: 0,
-                perm: 0,
-                reserved: [0; 7],
-                entries: 0,
-                firsts: [u64::MAX; VDPA_IOVA_HINT_ENTRIES],
-                lasts: [0; VDPA_IOVA_HINT_ENTRIES],
-                deltas: [0; VDPA_IOVA_HINT_ENTRIES],
-                perms: [0; VDPA_IOVA_HINT_ENTRIES],
-            },
-            t,
-        });
-        slot.publish();
+        let slot = Slot::new(t);
         let handle = Box::into_raw(slot).cast::<vdpa_iova_translator>();
         // SAFETY: out was checked writable above.
         unsafe { write(out, "out", handle) }?;
@@ -322,9 +287,6 @@ unsafe fn hot(
     let r = slot.t.inner.translate_single(Gpa(gpa), len);
     match r {
         Ok(Some(s)) if used => {
-            // The last hit may have moved: the inline fast path tries it
-            // next (four stores, cheaper than a branch on whether it did).
-            slot.publish_hit();
             // SAFETY: both checked non-NULL and aligned (segs as cap > 0);
             // the caller promises them writable, segs for cap >= 1 segments.
             unsafe {
@@ -334,7 +296,6 @@ unsafe fn hot(
             0
         }
         Ok(_) => {
-            slot.publish_hit();
             // SAFETY: as this function's contract; n checked.
             unsafe { several(&mut slot.t, gpa, len, segs, cap, n) }
         }
