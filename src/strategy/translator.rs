@@ -246,6 +246,12 @@ impl Translator {
     /// The entry holding `a`: the last hit's if it does, else searched.
     #[inline]
     fn find(&mut self, a: u64) -> Option<Ent> {
+        // A small table is counted at once: the count costs about what the
+        // last-hit check costs, and a check that misses (at every change of
+        // section) costs a misprediction on top.
+        if self.firsts.is_empty() {
+            return self.search(a).map(|i| self.ents[i]);
+        }
         if let Some(&e) = self.ents.get(self.cursor) {
             if e.first <= a && a <= e.last {
                 return Some(e);
