@@ -8,15 +8,17 @@
 //!
 //! * keeps its own copy of the table (no shared writes: the queue's thread
 //!   writes only its own cursor; nothing is allocated per call);
-//! * tries the entry of its last hit first;
-//! * on a miss, in a table of up to [`FANOUT`] entries (a real guest's six
-//!   or seven sections fit in one cache line), counts the first addresses
-//!   at or below the one asked for: one pass, with no unpredictable branch;
-//!   a larger table is searched by halving a dense array of its first
-//!   addresses, without a branch on the address (`partition_point`, which
-//!   compiles to conditional moves). A static B-tree of [`FANOUT`]-key
-//!   nodes was measured against it and lost at every size: 37 against
-//!   24 ns a lookup at 1,024 random entries, 47 against 30 at 4,096;
+//! * in a table of up to [`FANOUT`] entries (a real guest's six or seven
+//!   sections fit in one cache line), counts the first addresses at or
+//!   below the one asked for: one pass, with no unpredictable branch. A
+//!   last-hit check first costs about what the count does, and a
+//!   misprediction at every change of section on top;
+//! * in a larger table, tries the entry of its last hit first, then
+//!   halves a dense array of the first addresses, without a branch on the
+//!   address (`partition_point`, which compiles to conditional moves). A
+//!   static B-tree of [`FANOUT`]-key nodes was measured against it and lost
+//!   at every size: 37 against 24 ns a lookup at 1,024 random entries, 47
+//!   against 30 at 4,096;
 //! * checks the planner's [`Epoch`] on every call, and refuses with
 //!   [`PlanError::StaleTranslator`] once an event (hot-plug, unplug, a guest
 //!   vIOMMU map or unmap, a switch, a failback, a reset, the planner dropped)
