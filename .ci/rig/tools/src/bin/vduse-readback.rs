@@ -15,14 +15,8 @@
 //!
 //! Prints `READBACK-OK` on success; any difference is printed and exits 1.
 
-use std::ffi::c_void;
-use std::fs::OpenOptions;
-use std::io::Read;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::process::{Command, ExitCode};
 
-use rustix::ioctl::{ioctl, opcode, Ioctl, IoctlOutput, Opcode, Setter};
-use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 use vdpa_adapter::apply::{Applier, Limits};
 use vdpa_adapter::device::VhostVdpa;
 use vdpa_adapter::memory::Backing;
@@ -30,212 +24,14 @@ use vdpa_adapter::scenario::Host;
 use vdpa_adapter::session::HostMemory;
 use vdpa_adapter::{Scenario, StrategyKind};
 use vdpa_iova_planner::{DeviceCaps, Entry, Event, Perm, Strategy};
+use vdpa_rig_tools::vduse::{ReadBack, Vduse};
 
 const NAME: &str = "vdpa-rig";
-const BASE: u8 = 0x81;
 const PAGE: u64 = 4096;
-
-#[repr(C)]
-struct DevConfig {
-    name: [u8; 256],
-    vendor_id: u32,
-    device_id: u32,
-    features: u64,
-    vq_num: u32,
-    vq_align: u32,
-    reserved: [u32; 13],
-    config_size: u32,
-    /// `struct virtio_blk_config` (60 bytes), all zero.
-    config: [u8; 60],
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct VqConfig {
-    index: u32,
-    max_size: u16,
-    reserved: [u16; 13],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct IotlbEntry {
-    offset: u64,
-    start: u64,
-    last: u64,
-    perm: u8,
-}
-
-/// The ioctl opcodes encode the size of the header struct only (the
-/// config bytes follow it), as `_IOW(0x81, 0x02, struct vduse_dev_config)`.
-const CREATE_DEV: Opcode = opcode::write::<[u8; 336]>(BASE, 0x02);
-const DESTROY_DEV: Opcode = opcode::write::<[u8; 256]>(BASE, 0x03);
-const SET_API_VERSION: Opcode = opcode::write::<u64>(BASE, 0x01);
-const VQ_SETUP: Opcode = opcode::write::<VqConfig>(BASE, 0x14);
-const IOTLB_GET_FD: Opcode = opcode::read_write::<IotlbEntry>(BASE, 0x10);
-
-/// `VDUSE_IOTLB_GET_FD` returns a new file descriptor as the ioctl's value.
-struct GetFd(IotlbEntry);
-
-// SAFETY: the opcode is `_IOWR(0x81, 0x10, struct vduse_iotlb_entry)` and
-// `as_ptr` points at a `#[repr(C)]` mirror of that struct owned by `self`;
-// the kernel's return value is a new file descriptor we take ownership of.
-unsafe impl Ioctl for GetFd {
-    type Output = (OwnedFd, IotlbEntry);
-    const IS_MUTATING: bool = true;
-
-    fn opcode(&self) -> Opcode {
-        IOTLB_GET_FD
-    }
-
-    fn as_ptr(&mut self) -> *mut c_void {
-        (&mut self.0 as *mut IotlbEntry).cast()
-    }
-
-    unsafe fn output_from_ptr(
-        out: IoctlOutput,
-        ptr: *mut c_void,
-    ) -> rustix::io::Result<Self::Output> {
-        // SAFETY: `out` is the fd the kernel installed for us (a successful
-        // GET_FD), and `ptr` is the entry `as_ptr` gave, filled by the kernel.
-        unsafe { Ok((OwnedFd::from_raw_fd(out), *ptr.cast::<IotlbEntry>())) }
-    }
-}
 
 fn fail(what: String) -> ExitCode {
     println!("READBACK-FAIL {what}");
     ExitCode::FAILURE
-}
-
-fn name_bytes() -> [u8; 256] {
-    let mut n = [0u8; 256];
-    n[..NAME.len()].copy_from_slice(NAME.as_bytes());
-    n
-}
-
-/// Creates the VDUSE device and serves its requests from a thread; returns
-/// a duplicate of the device's fd (it opens only once) for the read-back.
-fn create_device() -> std::io::Result<std::fs::File> {
-    let control = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/vduse/control")?;
-    // SAFETY: `_IOW(0x81, 0x01, __u64)`: the kernel reads one u64.
-    unsafe { ioctl(control.as_fd(), Setter::<SET_API_VERSION, u64>::new(0)) }?;
-    let cfg = DevConfig {
-        name: name_bytes(),
-        vendor_id: 0,
-        device_id: 2,
-        features: (1 << 32) | (1 << 33), // VERSION_1 | ACCESS_PLATFORM
-        vq_num: 1,
-        vq_align: 4096,
-        reserved: [0; 13],
-        config_size: 60,
-        config: [0; 60],
-    };
-    // SAFETY: the kernel reads the 336-byte header and then `config_size`
-    // bytes of config, which `DevConfig` holds right after it (`#[repr(C)]`).
-    unsafe { ioctl(control.as_fd(), Setter::<CREATE_DEV, DevConfig>::new(cfg)) }?;
-    let dev = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/dev/vduse/{NAME}"))?;
-    let vq = VqConfig {
-        index: 0,
-        max_size: 256,
-        ..VqConfig::default()
-    };
-    // SAFETY: `_IOW(0x81, 0x14, struct vduse_vq_config)`, mirrored by `VqConfig`.
-    unsafe { ioctl(dev.as_fd(), Setter::<VQ_SETUP, VqConfig>::new(vq)) }?;
-    let readback = dev.try_clone()?;
-    std::thread::spawn(move || {
-        let mut dev = dev;
-        let mut req = [0u8; 152];
-        // Every request (vq state, status, iotlb update) is answered OK.
-        while dev.read_exact(&mut req).is_ok() {
-            let mut resp = [0u8; 152];
-            resp[..4].copy_from_slice(&req[4..8]);
-            if rustix::io::write(&dev, &resp).is_err() {
-                break;
-            }
-        }
-    });
-    std::mem::forget(control);
-    Ok(readback)
-}
-
-fn destroy_device() {
-    let _ = Command::new("vdpa").args(["dev", "del", NAME]).output();
-    if let Ok(c) = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/vduse/control")
-    {
-        // SAFETY: `_IOW(0x81, 0x03, char[256])`: the kernel reads the name.
-        let _ = unsafe {
-            ioctl(
-                c.as_fd(),
-                Setter::<DESTROY_DEV, [u8; 256]>::new(name_bytes()),
-            )
-        };
-    }
-}
-
-/// One IOTLB entry of the device and the first 16 bytes of each of its pages.
-type ReadBack = (IotlbEntry, Vec<[u8; 16]>);
-
-/// Walks the device's IOTLB.
-fn read_back(dev: &std::fs::File) -> Result<Vec<ReadBack>, String> {
-    let mut out = Vec::new();
-    let mut start = 0u64;
-    loop {
-        let q = IotlbEntry {
-            start,
-            last: u64::MAX,
-            ..IotlbEntry::default()
-        };
-        // SAFETY: see `GetFd`.
-        let (fd, e) = match unsafe { ioctl(dev.as_fd(), GetFd(q)) } {
-            Ok(v) => v,
-            Err(rustix::io::Errno::INVAL) => break,
-            Err(err) => return Err(format!("VDUSE_IOTLB_GET_FD at {start:#x}: {err}")),
-        };
-        let len = (e.last - e.start + 1) as usize;
-        // SAFETY: a fresh read-only shared mapping of the file the device
-        // maps at this entry, at the offset the kernel gave; unmapped below.
-        let p = unsafe {
-            mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ,
-                MapFlags::SHARED,
-                &fd,
-                e.offset,
-            )
-        }
-        .map_err(|err| format!("mmap of entry {:#x}: {err}", e.start))?;
-        let mut tags = Vec::new();
-        for k in 0..len / PAGE as usize {
-            let mut t = [0u8; 16];
-            // SAFETY: `p` maps `len` readable bytes; `k * PAGE + 16 <= len`.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    p.cast::<u8>().add(k * PAGE as usize),
-                    t.as_mut_ptr(),
-                    16,
-                )
-            };
-            tags.push(t);
-        }
-        // SAFETY: the mapping made above, no longer used.
-        let _ = unsafe { munmap(p, len) };
-        out.push((e, tags));
-        match e.last.checked_add(1) {
-            Some(n) => start = n,
-            None => break,
-        }
-    }
-    Ok(out)
 }
 
 fn main() -> ExitCode {
@@ -258,28 +54,11 @@ fn main() -> ExitCode {
             )
         }
     };
-    destroy_device();
-    let vduse = match create_device() {
-        Ok(f) => f,
+    let vduse = match Vduse::create(NAME) {
+        Ok(v) => v,
         Err(e) => return fail(format!("creating the VDUSE device: {e}")),
     };
-    let st = Command::new("vdpa")
-        .args(["dev", "add", "name", NAME, "mgmtdev", "vduse"])
-        .status();
-    if !st.is_ok_and(|s| s.success()) {
-        return fail("vdpa dev add".into());
-    }
-    let node = std::fs::read_dir(format!("/sys/bus/vdpa/devices/{NAME}"))
-        .ok()
-        .and_then(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .find(|n| n.starts_with("vhost-vdpa-"))
-        });
-    let Some(node) = node else {
-        return fail("no vhost-vdpa device for the VDUSE device".into());
-    };
-    let dev_path = format!("/dev/{node}");
+    let dev_path = vduse.node.clone();
     let r = match &what {
         // The source's steps, then (on a fresh open of the device, which
         // starts empty) the destination's, when the scenario migrates.
@@ -300,7 +79,7 @@ fn main() -> ExitCode {
         }
         Check::Exec(cmd) => run_external(cmd, &dev_path, &vduse),
     };
-    destroy_device();
+    drop(vduse);
     let name = match &what {
         Check::Scenario(path, _) => path.to_string(),
         Check::Exec(cmd) => cmd.join(" "),
@@ -407,7 +186,7 @@ fn compare(
 /// every step (`READBACK step`, `ENTRY asid iova size perm uaddr` lines,
 /// `END`) and waits for "go"; the table and every page's tag are checked
 /// against the device's IOTLB in between. Returns the steps checked.
-fn run_external(cmd: &[String], dev_path: &str, vduse: &std::fs::File) -> Result<usize, String> {
+fn run_external(cmd: &[String], dev_path: &str, vduse: &Vduse) -> Result<usize, String> {
     use std::io::{BufRead, BufReader, Write};
     use std::process::Stdio;
 
@@ -450,7 +229,7 @@ fn run_external(cmd: &[String], dev_path: &str, vduse: &std::fs::File) -> Result
                 want.push(parse_entry(&l).map_err(|e| format!("{step}: {l:?}: {e}"))?);
             }
             want.sort();
-            compare(&format!("step {step}"), &want, &read_back(vduse)?, tag)?;
+            compare(&format!("step {step}"), &want, &vduse.read_back(u64::MAX)?, tag)?;
             println!(
                 "step {step}: {} entries read back, every page as planned",
                 want.len()
@@ -513,7 +292,7 @@ fn run(
     scn: &Scenario,
     path: &str,
     dev_path: &str,
-    vduse: &std::fs::File,
+    vduse: &Vduse,
     host: Host,
 ) -> Result<usize, String> {
     let mut d = VhostVdpa::open(std::path::Path::new(dev_path)).map_err(|e| e.to_string())?;
@@ -558,7 +337,7 @@ fn run(
         // ...and the table sent against what the device holds.
         let mut want: Vec<Entry> = a.committed().device_entries(0).copied().collect();
         want.sort();
-        let have = read_back(vduse)?;
+        let have = vduse.read_back(u64::MAX)?;
         compare(&format!("step {i} ({})", ev.name()), &want, &have, |hva| {
             let mut mine = [0u8; 16];
             // SAFETY: every planned `hva` lies in a mapping `mem` owns (the
@@ -609,7 +388,7 @@ fn run(
 
 /// What a reset without `IOTLB_PERSIST` (VDUSE offers none) does to the
 /// device's table, and what the planner's restore (an empty batch) does.
-fn reset_probe(dev_path: &str, vduse: &std::fs::File) -> Result<(), String> {
+fn reset_probe(dev_path: &str, vduse: &Vduse) -> Result<(), String> {
     let mut d = VhostVdpa::open(std::path::Path::new(dev_path)).map_err(|e| e.to_string())?;
     let p = d.probe().map_err(|e| e.to_string())?;
     let caps = p.caps(false).map_err(|e| e.to_string())?;
@@ -628,13 +407,13 @@ fn reset_probe(dev_path: &str, vduse: &std::fs::File) -> Result<(), String> {
     // SAFETY: `m` outlives the device's use of it: everything is unmapped
     // (and the device closed) before it is dropped.
     unsafe { a.apply(&boot, &Limits::current(), None) }.map_err(|e| e.to_string())?;
-    let before = read_back(vduse)?.len();
+    let before = vduse.read_back(u64::MAX)?.len();
     a.device_reset().map_err(|e| e.to_string())?;
-    let after = read_back(vduse)?.len();
+    let after = vduse.read_back(u64::MAX)?.len();
     let plan = s.apply(&Event::Reset).map_err(|e| e.to_string())?;
     // SAFETY: as above.
     unsafe { a.apply(&plan, &Limits::current(), None) }.map_err(|e| e.to_string())?;
-    let restored = read_back(vduse)?.len();
+    let restored = vduse.read_back(u64::MAX)?.len();
     println!(
         "RESET-PROBE persist={} entries before reset {before}, right after {after} ({}), after the planner's restore ({} messages) {restored}",
         caps.persist,

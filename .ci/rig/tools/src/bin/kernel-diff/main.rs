@@ -39,8 +39,6 @@
 //! removes the VDUSE device a finished run leaves (it cannot go while the
 //! run's process holds it open).
 
-mod vduse;
-
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -52,8 +50,14 @@ use vdpa_adapter::sink::MsgSink;
 use vdpa_adapter::uapi::{backend, encode, MsgFormat, MSG_LEN};
 use vdpa_iova_planner::kernel::{MsgType, RawMsg, Violation};
 use vdpa_iova_planner::KernelIotlb;
+use vdpa_rig_tools::vduse;
 
 const PAGE: u64 = 4096;
+/// The VDUSE device's name.
+const VDUSE_NAME: &str = "vdpa-kdiff";
+/// Entries of at most this size are read back page by page (the run maps
+/// no more); a larger one is compared by its range and perm only.
+const TAGGED: u64 = 64 << 20;
 /// The second half of every page's tag.
 const MAGIC: u64 = 0x6b64_6966_665f_7467;
 /// The memory accepted UPDATEs map.
@@ -228,7 +232,7 @@ impl Run {
             if let Device::Vduse(v) = &self.dev {
                 let shown =
                     k.open_batch().is_none() || t.map_style != vdpa_iova_planner::MapStyle::SetMap;
-                if let Err(e) = compare(&k, extra.filter(|_| shown), &v.read_back()?) {
+                if let Err(e) = compare(&k, extra.filter(|_| shown), &v.read_back(TAGGED)?) {
                     return Ok(Some(Divergence {
                         step: i,
                         kind,
@@ -251,7 +255,7 @@ impl Run {
         let Device::Vduse(v) = &self.dev else {
             return Ok(());
         };
-        if v.read_back()?.is_empty() {
+        if v.read_back(TAGGED)?.is_empty() {
             return Ok(());
         }
         self.stale += 1;
@@ -265,7 +269,7 @@ impl Run {
         let Device::Vduse(v) = &self.dev else {
             unreachable!()
         };
-        let left = v.read_back()?;
+        let left = v.read_back(TAGGED)?;
         if !left.is_empty() {
             return Err(format!(
                 "an empty batch left {} entries on the VDUSE device",
@@ -437,7 +441,7 @@ const VDUSE_PERM_WARNING: &str = "invalidate vhost IOTLB permission";
 
 fn run() -> Result<bool, String> {
     if std::env::args().nth(1).as_deref() == Some("--vduse-cleanup") {
-        vduse::destroy();
+        vduse::destroy(VDUSE_NAME);
         return Ok(true);
     }
     let a = args()?;
@@ -448,7 +452,7 @@ fn run() -> Result<bool, String> {
         .unwrap_or(0);
     let dev = match &a.device {
         Some(n) => Device::Node(n.clone()),
-        None => Device::Vduse(vduse::Vduse::create()?),
+        None => Device::Vduse(vduse::Vduse::create(VDUSE_NAME)?),
     };
     let mut mem = Mem::new(MEM, Backing::Memfd, "kernel-diff").map_err(|e| e.to_string())?;
     let base = mem.addr();

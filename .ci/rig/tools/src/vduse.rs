@@ -1,7 +1,7 @@
 //! A VDUSE block device served by a thread of this process, bound to
 //! vhost-vdpa, and the walk of its IOTLB with `VDUSE_IOTLB_GET_FD`: the
-//! same device and walk as `vduse-readback`'s (a copy, until the rig tools
-//! have a library to share them from), under another name so both can run.
+//! device `vduse-readback` plays scenarios on and `kernel-diff` holds the
+//! kernel model to. Each names its own device, so both can run.
 
 use std::ffi::c_void;
 use std::fs::{File, OpenOptions};
@@ -12,7 +12,6 @@ use std::process::Command;
 use rustix::ioctl::{ioctl, opcode, Ioctl, IoctlOutput, Opcode, Setter};
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 
-const NAME: &str = "vdpa-kdiff";
 const BASE: u8 = 0x81;
 const PAGE: u64 = 4096;
 
@@ -91,24 +90,29 @@ unsafe impl Ioctl for GetFd {
 /// One IOTLB entry of the device and the first 16 bytes of each of its pages.
 pub type ReadBack = (IotlbEntry, Vec<[u8; 16]>);
 
-fn name_bytes() -> [u8; 256] {
+/// `name` as `char[256]`, NUL-padded (VDUSE takes at most 255 bytes).
+fn name_bytes(name: &str) -> [u8; 256] {
     let mut n = [0u8; 256];
-    n[..NAME.len()].copy_from_slice(NAME.as_bytes());
+    let len = name.len().min(255);
+    n[..len].copy_from_slice(&name.as_bytes()[..len]);
     n
 }
 
-/// The VDUSE device, its vhost-vdpa node, and a handle for the walk.
+/// The VDUSE device, its vhost-vdpa node, and a handle for the walk. Dropping
+/// it removes the device (see [`destroy`]).
 pub struct Vduse {
     dev: File,
+    name: &'static str,
     /// `/dev/vhost-vdpa-N` of the device.
     pub node: String,
 }
 
 impl Vduse {
-    /// Creates the device, serves its requests (every one answered OK) from
-    /// a thread, and binds it to vhost-vdpa with iproute2's `vdpa`.
-    pub fn create() -> Result<Vduse, String> {
-        destroy();
+    /// Creates the device `name` (removing one of that name an earlier run
+    /// left), serves its requests (every one answered OK) from a thread,
+    /// and binds it to vhost-vdpa with iproute2's `vdpa`.
+    pub fn create(name: &'static str) -> Result<Vduse, String> {
+        destroy(name);
         let control = OpenOptions::new()
             .read(true)
             .write(true)
@@ -118,7 +122,7 @@ impl Vduse {
         unsafe { ioctl(control.as_fd(), Setter::<SET_API_VERSION, u64>::new(0)) }
             .map_err(|e| format!("VDUSE_SET_API_VERSION: {e}"))?;
         let cfg = DevConfig {
-            name: name_bytes(),
+            name: name_bytes(name),
             vendor_id: 0,
             device_id: 2,
             features: (1 << 32) | (1 << 33), // VERSION_1 | ACCESS_PLATFORM
@@ -136,8 +140,8 @@ impl Vduse {
         let dev = OpenOptions::new()
             .read(true)
             .write(true)
-            .open(format!("/dev/vduse/{NAME}"))
-            .map_err(|e| format!("/dev/vduse/{NAME}: {e}"))?;
+            .open(format!("/dev/vduse/{name}"))
+            .map_err(|e| format!("/dev/vduse/{name}: {e}"))?;
         let vq = VqConfig {
             index: 0,
             max_size: 256,
@@ -160,12 +164,12 @@ impl Vduse {
         });
         drop(control);
         let st = Command::new("vdpa")
-            .args(["dev", "add", "name", NAME, "mgmtdev", "vduse"])
+            .args(["dev", "add", "name", name, "mgmtdev", "vduse"])
             .status();
         if !st.is_ok_and(|s| s.success()) {
             return Err("vdpa dev add".into());
         }
-        let node = std::fs::read_dir(format!("/sys/bus/vdpa/devices/{NAME}"))
+        let node = std::fs::read_dir(format!("/sys/bus/vdpa/devices/{name}"))
             .ok()
             .and_then(|d| {
                 d.flatten()
@@ -175,13 +179,16 @@ impl Vduse {
             .ok_or("no vhost-vdpa device for the VDUSE device")?;
         Ok(Vduse {
             dev: walk,
+            name,
             node: format!("/dev/{node}"),
         })
     }
 
     /// The device's IOTLB: every entry, and the first 16 bytes of each of
-    /// its pages read through the device's own mapping.
-    pub fn read_back(&self) -> Result<Vec<ReadBack>, String> {
+    /// its pages read through the device's own mapping, for entries of at
+    /// most `tagged` bytes (a larger one comes with no tags: compare it by
+    /// its range and perm).
+    pub fn read_back(&self, tagged: u64) -> Result<Vec<ReadBack>, String> {
         let mut out = Vec::new();
         let mut start = 0u64;
         loop {
@@ -198,9 +205,7 @@ impl Vduse {
             };
             let len = e.last.wrapping_sub(e.start).wrapping_add(1);
             let mut tags = Vec::new();
-            // Entries of at most 64 MiB are read page by page (the run maps
-            // no more); a larger one is compared by its range and perm only.
-            if len != 0 && len <= 64 << 20 {
+            if len != 0 && len <= tagged {
                 let len = len as usize;
                 // SAFETY: a fresh read-only shared mapping of the file the
                 // device maps at this entry, at the offset the kernel gave;
@@ -245,15 +250,16 @@ impl Vduse {
 
 impl Drop for Vduse {
     fn drop(&mut self) {
-        destroy();
+        destroy(self.name);
     }
 }
 
-/// Removes the device (and any left by an earlier run). The device cannot
-/// go while a process holds it open: the thread serving it keeps it until
-/// this process exits, so `kernel-diff --vduse-cleanup` removes it after.
-pub fn destroy() {
-    let _ = Command::new("vdpa").args(["dev", "del", NAME]).output();
+/// Removes the device `name` (and one an earlier run left). The device
+/// cannot go while a process holds it open: the thread serving it keeps it
+/// until this process exits, so `kernel-diff --vduse-cleanup` removes it
+/// after.
+pub fn destroy(name: &str) {
+    let _ = Command::new("vdpa").args(["dev", "del", name]).output();
     if let Ok(c) = OpenOptions::new()
         .read(true)
         .write(true)
@@ -263,7 +269,7 @@ pub fn destroy() {
         let _ = unsafe {
             ioctl(
                 c.as_fd(),
-                Setter::<DESTROY_DEV, [u8; 256]>::new(name_bytes()),
+                Setter::<DESTROY_DEV, [u8; 256]>::new(name_bytes(name)),
             )
         };
     }
