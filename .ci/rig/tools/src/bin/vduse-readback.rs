@@ -229,7 +229,12 @@ fn run_external(cmd: &[String], dev_path: &str, vduse: &Vduse) -> Result<usize, 
                 want.push(parse_entry(&l).map_err(|e| format!("{step}: {l:?}: {e}"))?);
             }
             want.sort();
-            compare(&format!("step {step}"), &want, &vduse.read_back(u64::MAX)?, tag)?;
+            compare(
+                &format!("step {step}"),
+                &want,
+                &vduse.read_back(u64::MAX)?,
+                tag,
+            )?;
             println!(
                 "step {step}: {} entries read back, every page as planned",
                 want.len()
