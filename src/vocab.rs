@@ -28,7 +28,7 @@ pub enum Perm {
 
 impl Perm {
     /// The value of the `perm` byte in `struct vhost_iotlb_msg`.
-    pub fn to_kernel(self) -> u8 {
+    pub const fn to_kernel(self) -> u8 {
         match self {
             Perm::Ro => 1,
             Perm::Wo => 2,

@@ -4,7 +4,7 @@ use core::ffi::{c_char, c_int};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr;
 
-use ::vdpa_iova_planner::kernel::{MsgType, RawMsg};
+use ::vdpa_iova_planner::kernel::RawMsg;
 use ::vdpa_iova_planner::{
     DeviceCaps, DeviceRange, Gpa, HostBuffer, Hva, IdentityPlanner, Iova, MapStyle, Mode, PageSize,
     Perm, Phase, Plan, PlanError, QemuPlanner, RegionSpec, Strategy, SvqConfig,
@@ -134,15 +134,6 @@ fn phase_code(p: Phase) -> u8 {
     }
 }
 
-pub(crate) fn type_code(t: MsgType) -> u8 {
-    match t {
-        MsgType::Update => VDPA_IOVA_OP_UPDATE,
-        MsgType::Invalidate => VDPA_IOVA_OP_INVALIDATE,
-        MsgType::BatchBegin => VDPA_IOVA_OP_BATCH_BEGIN,
-        MsgType::BatchEnd => VDPA_IOVA_OP_BATCH_END,
-    }
-}
-
 impl vdpa_iova_plan {
     fn new(plan: &Plan) -> Self {
         let ops = plan
@@ -153,7 +144,7 @@ impl vdpa_iova_plan {
                 let m = RawMsg::from(op);
                 vdpa_iova_op {
                     asid: m.asid,
-                    r#type: type_code(m.kind),
+                    r#type: m.kind.code(),
                     perm: m.perm,
                     phase: phase_code(op.phase),
                     reserved: 0,
