@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use vdpa_iova_planner::{
-    DeviceCaps, Event, Gpa, Hva, IdentityPlanner, QemuPlanner, RegionSpec, Strategy, SvqConfig,
+    DeviceCaps, Event, Gpa, Hva, RegionSpec, Strategy, StrategyOptions, SvqConfig,
 };
 
 use crate::apply::{Applier, Limits, Mapping};
@@ -159,15 +159,14 @@ fn new_strategy(
     caps: DeviceCaps,
     cfg: &BenchConfig,
 ) -> Result<Box<dyn Strategy>, AdapterError> {
-    Ok(match kind {
-        StrategyKind::Qemu => {
-            Box::new(QemuPlanner::new(caps).map_err(|e| refused(0, "setup", kind, e))?)
-        }
-        _ => Box::new(
-            IdentityPlanner::new(caps, Some(cfg.guest_mem))
-                .map_err(|e| refused(0, "setup", kind, e))?,
-        ),
-    })
+    let options = StrategyOptions {
+        max_gpa: Some(cfg.guest_mem),
+        ..StrategyOptions::default()
+    };
+    Ok(kind
+        .core()
+        .build(caps, &options)
+        .map_err(|e| refused(0, "setup", kind, e))?)
 }
 
 /// Plans and applies `events` in order, recording the critical phase of
