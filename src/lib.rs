@@ -96,4 +96,4 @@ pub use strategy::{
 };
 pub use svq::{AreaKind, SvqConfig, VringArea};
 pub use verify::{layout, GuestUnit, GuestView};
-pub use vocab::{Mode, Perm, Phase, CVQ_ASID, GUEST_ASID, VRING_ASID};
+pub use vocab::{EventKind, Mode, Perm, Phase, CVQ_ASID, GUEST_ASID, VRING_ASID};
