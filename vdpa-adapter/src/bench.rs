@@ -248,3 +248,32 @@ fn refused(
         source: Box::new(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The identity strategy is told where guest memory ends, not only
+    /// where the regions booted so far end: the window goes above it all.
+    #[test]
+    fn the_identity_window_is_above_all_the_guest_memory() {
+        let cfg = BenchConfig {
+            guest_mem: 1 << 32,
+            queues: 1,
+            regions: 1,
+            repeats: 1,
+            migration: false,
+        };
+        let mut s = new_strategy(StrategyKind::Identity, DeviceCaps::default(), &cfg).unwrap();
+        s.add_regions(&[RegionSpec {
+            gpa: Gpa(0),
+            size: 1 << 20,
+            hva: Hva(1 << 40),
+            readonly: false,
+        }])
+        .unwrap();
+        s.svq_prepare(cfg.svq(Hva(1 << 41))).unwrap();
+        let w = s.window().expect("identity has a window");
+        assert!(w.first().0 >= cfg.guest_mem, "{w:?}");
+    }
+}
