@@ -122,6 +122,8 @@ use crate::entry::Entry;
 use crate::plan::{Op, OpKind};
 use crate::vocab::Perm;
 
+pub mod uapi;
+
 /// Message types of `struct vhost_iotlb_msg`'s `type` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -134,6 +136,30 @@ pub enum MsgType {
     BatchBegin,
     /// `VHOST_IOTLB_BATCH_END` (6).
     BatchEnd,
+}
+
+impl MsgType {
+    /// The value of the `type` field ([`uapi::iotlb`]).
+    pub fn code(self) -> u8 {
+        match self {
+            MsgType::Update => uapi::iotlb::UPDATE,
+            MsgType::Invalidate => uapi::iotlb::INVALIDATE,
+            MsgType::BatchBegin => uapi::iotlb::BATCH_BEGIN,
+            MsgType::BatchEnd => uapi::iotlb::BATCH_END,
+        }
+    }
+
+    /// The message type a `type` field names, or `None` for a type
+    /// userspace never sends (MISS, ACCESS_FAIL) and for unknown values.
+    pub fn from_code(code: u8) -> Option<MsgType> {
+        match code {
+            uapi::iotlb::UPDATE => Some(MsgType::Update),
+            uapi::iotlb::INVALIDATE => Some(MsgType::Invalidate),
+            uapi::iotlb::BATCH_BEGIN => Some(MsgType::BatchBegin),
+            uapi::iotlb::BATCH_END => Some(MsgType::BatchEnd),
+            _ => None,
+        }
+    }
 }
 
 /// A message as the kernel receives it: raw fields, nothing validated.
@@ -1269,5 +1295,22 @@ mod tests {
             partial.contains("cuts through") && partial.ends_with("(strict)"),
             "{partial}"
         );
+    }
+
+    #[test]
+    fn message_types_are_the_kernels_codes() {
+        let all = [
+            (MsgType::Update, 2),
+            (MsgType::Invalidate, 3),
+            (MsgType::BatchBegin, 5),
+            (MsgType::BatchEnd, 6),
+        ];
+        for (t, code) in all {
+            assert_eq!(t.code(), code);
+        }
+        for code in 0..=u8::MAX {
+            let want = all.iter().find(|&&(_, c)| c == code).map(|&(t, _)| t);
+            assert_eq!(MsgType::from_code(code), want, "{code}");
+        }
     }
 }

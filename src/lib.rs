@@ -91,7 +91,9 @@ pub use plan::{Cost, Op, OpKind, Plan};
 pub use strategy::identity::{IdentityPlanner, IdentityPlannerBuilder};
 pub use strategy::qemu::QemuPlanner;
 pub use strategy::translator::Translator;
-pub use strategy::{Epoch, Piece, Placement, Segment, Segments, Strategy};
+pub use strategy::{
+    Epoch, Piece, Placement, Segment, Segments, Strategy, StrategyKind, StrategyOptions,
+};
 pub use svq::{AreaKind, SvqConfig, VringArea};
 pub use verify::{layout, GuestUnit, GuestView};
-pub use vocab::{Mode, Perm, Phase, CVQ_ASID, GUEST_ASID, VRING_ASID};
+pub use vocab::{EventKind, Mode, Perm, Phase, CVQ_ASID, GUEST_ASID, VRING_ASID};

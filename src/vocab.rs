@@ -28,7 +28,7 @@ pub enum Perm {
 
 impl Perm {
     /// The value of the `perm` byte in `struct vhost_iotlb_msg`.
-    pub fn to_kernel(self) -> u8 {
+    pub const fn to_kernel(self) -> u8 {
         match self {
             Perm::Ro => 1,
             Perm::Wo => 2,
@@ -126,6 +126,98 @@ impl fmt::Display for Mode {
             Mode::Incoming => "incoming",
             Mode::Switchover => "switchover",
         })
+    }
+}
+
+/// What a strategy is asked to do, by kind: the column of the order of
+/// events ([`Mode::admits`]). A boot and a hot-plug are both
+/// [`EventKind::Hotplug`]: the same call, and the same rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// Guest memory added (`add_regions`: a boot or a hot-plug).
+    Hotplug,
+    /// A region removed (`remove_region`).
+    Unplug,
+    /// The shadow vrings mapped ahead of the switch.
+    SvqPrepare,
+    /// The device switched to the shadow virtqueues.
+    SvqSwitch,
+    /// Back to the guest's own virtqueues.
+    Failback,
+    /// The migration completed.
+    Complete,
+    /// A migration's destination, its guest memory known.
+    Incoming,
+    /// The source stopped: the destination's downtime begins.
+    Switchover,
+    /// The destination's guest starts.
+    Start,
+    /// The device was reset.
+    Reset,
+    /// Host buffers the device may reach.
+    HostBuffers,
+    /// The guest's vIOMMU mapped.
+    ViommuMap,
+    /// The guest's vIOMMU unmapped.
+    ViommuUnmap,
+}
+
+impl EventKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [EventKind; 13] = [
+        EventKind::Hotplug,
+        EventKind::Unplug,
+        EventKind::SvqPrepare,
+        EventKind::SvqSwitch,
+        EventKind::Failback,
+        EventKind::Complete,
+        EventKind::Incoming,
+        EventKind::Switchover,
+        EventKind::Start,
+        EventKind::Reset,
+        EventKind::HostBuffers,
+        EventKind::ViommuMap,
+        EventKind::ViommuUnmap,
+    ];
+
+    /// The name errors give it (`PlanError::OutOfOrder`'s `event`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Hotplug => "hotplug",
+            EventKind::Unplug => "unplug",
+            EventKind::SvqPrepare => "svq_prepare",
+            EventKind::SvqSwitch => "svq_switch",
+            EventKind::Failback => "failback",
+            EventKind::Complete => "complete",
+            EventKind::Incoming => "incoming",
+            EventKind::Switchover => "switchover",
+            EventKind::Start => "start",
+            EventKind::Reset => "reset",
+            EventKind::HostBuffers => "host_buffers",
+            EventKind::ViommuMap => "viommu_map",
+            EventKind::ViommuUnmap => "viommu_unmap",
+        }
+    }
+}
+
+impl Mode {
+    /// Whether `event` may happen in this mode: the one table of the order
+    /// of events, for every strategy. A strategy may refuse more (an
+    /// incoming on a planner that already holds memory), never less.
+    pub fn admits(self, event: EventKind) -> bool {
+        use EventKind as E;
+        use Mode as M;
+        match event {
+            E::Hotplug | E::Unplug | E::ViommuMap | E::ViommuUnmap => self != M::Completed,
+            E::SvqPrepare | E::Incoming => self == M::Passthrough,
+            E::SvqSwitch => matches!(self, M::Passthrough | M::Prepared),
+            E::Failback => matches!(self, M::Svq | M::Prepared),
+            E::Complete => self == M::Svq,
+            E::Switchover => self == M::Incoming,
+            E::Start => matches!(self, M::Incoming | M::Switchover),
+            E::Reset => true,
+            E::HostBuffers => matches!(self, M::Passthrough | M::Incoming | M::Switchover),
+        }
     }
 }
 

@@ -90,19 +90,13 @@ pub unsafe extern "C" fn vdpa_iova_model_apply_op(
         let m = unsafe { as_mut(model, "model") }?;
         // SAFETY: the caller promises a non-NULL op is readable.
         let op = unsafe { as_ref(op, "op") }?;
-        let kind = match op.r#type {
-            VDPA_IOVA_OP_UPDATE => MsgType::Update,
-            VDPA_IOVA_OP_INVALIDATE => MsgType::Invalidate,
-            VDPA_IOVA_OP_BATCH_BEGIN => MsgType::BatchBegin,
-            VDPA_IOVA_OP_BATCH_END => MsgType::BatchEnd,
-            t => {
-                return Err(Error::arg(
-                    "op->type",
-                    t.into(),
-                    "must be VDPA_IOVA_OP_UPDATE, _INVALIDATE, _BATCH_BEGIN or _BATCH_END",
-                ))
-            }
-        };
+        let kind = MsgType::from_code(op.r#type).ok_or_else(|| {
+            Error::arg(
+                "op->type",
+                op.r#type.into(),
+                "must be VDPA_IOVA_OP_UPDATE, _INVALIDATE, _BATCH_BEGIN or _BATCH_END",
+            )
+        })?;
         let msg = RawMsg {
             asid: op.asid,
             kind,

@@ -4,10 +4,10 @@ use core::ffi::{c_char, c_int};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr;
 
-use ::vdpa_iova_planner::kernel::{MsgType, RawMsg};
+use ::vdpa_iova_planner::kernel::RawMsg;
 use ::vdpa_iova_planner::{
-    DeviceCaps, DeviceRange, Gpa, HostBuffer, Hva, IdentityPlanner, Iova, MapStyle, Mode, PageSize,
-    Perm, Phase, Plan, PlanError, QemuPlanner, RegionSpec, Strategy, SvqConfig,
+    DeviceCaps, DeviceRange, Gpa, HostBuffer, Hva, Iova, MapStyle, Mode, PageSize, Perm, Phase,
+    Plan, PlanError, RegionSpec, Strategy, StrategyKind, StrategyOptions, SvqConfig,
 };
 
 use crate::error::{guard, guard_free, guard_ptr, Error};
@@ -94,17 +94,10 @@ fn strategy(caps: DeviceCaps, o: &vdpa_iova_options) -> Result<Box<dyn Strategy 
             "must be 0 unless options->viommu is 1",
         ));
     }
-    match o.strategy {
-        VDPA_IOVA_STRATEGY_IDENTITY => {
-            let mut b = IdentityPlanner::builder(caps).separate_vring_asid(separate);
-            if o.max_gpa != 0 {
-                b = b.max_gpa(o.max_gpa);
-            }
-            if viommu {
-                b = b.viommu(o.viommu_last);
-            }
-            Ok(Box::new(b.build()?))
-        }
+    let kind = match o.strategy {
+        VDPA_IOVA_STRATEGY_IDENTITY => StrategyKind::Identity {
+            separate_vring_asid: separate,
+        },
         VDPA_IOVA_STRATEGY_QEMU => {
             if separate {
                 return Err(Error::unsupported(
@@ -112,18 +105,22 @@ fn strategy(caps: DeviceCaps, o: &vdpa_iova_options) -> Result<Box<dyn Strategy 
                      options->separate_vring_asid needs VDPA_IOVA_STRATEGY_IDENTITY",
                 ));
             }
-            Ok(if viommu {
-                Box::new(QemuPlanner::with_viommu(caps, o.viommu_last)?)
-            } else {
-                Box::new(QemuPlanner::new(caps)?)
-            })
+            StrategyKind::Qemu
         }
-        v => Err(Error::arg(
-            "options->strategy",
-            v.into(),
-            "must be a VDPA_IOVA_STRATEGY_* value",
-        )),
-    }
+        v => {
+            return Err(Error::arg(
+                "options->strategy",
+                v.into(),
+                "must be a VDPA_IOVA_STRATEGY_* value",
+            ))
+        }
+    };
+    let options = StrategyOptions {
+        max_gpa: (o.max_gpa != 0).then_some(o.max_gpa),
+        viommu_last: viommu.then_some(o.viommu_last),
+        max_entries: None,
+    };
+    Ok(kind.build(caps, &options)?)
 }
 
 fn phase_code(p: Phase) -> u8 {
@@ -131,15 +128,6 @@ fn phase_code(p: Phase) -> u8 {
         Phase::Prepare => VDPA_IOVA_PHASE_PREPARE,
         Phase::Critical => VDPA_IOVA_PHASE_CRITICAL,
         Phase::Background => VDPA_IOVA_PHASE_BACKGROUND,
-    }
-}
-
-pub(crate) fn type_code(t: MsgType) -> u8 {
-    match t {
-        MsgType::Update => VDPA_IOVA_OP_UPDATE,
-        MsgType::Invalidate => VDPA_IOVA_OP_INVALIDATE,
-        MsgType::BatchBegin => VDPA_IOVA_OP_BATCH_BEGIN,
-        MsgType::BatchEnd => VDPA_IOVA_OP_BATCH_END,
     }
 }
 
@@ -153,7 +141,7 @@ impl vdpa_iova_plan {
                 let m = RawMsg::from(op);
                 vdpa_iova_op {
                     asid: m.asid,
-                    r#type: type_code(m.kind),
+                    r#type: m.kind.code(),
                     perm: m.perm,
                     phase: phase_code(op.phase),
                     reserved: 0,

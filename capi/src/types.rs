@@ -40,6 +40,21 @@ pub const VDPA_IOVA_PERM_WO: u8 = 2;
 /// `VHOST_ACCESS_RW`: the device may read and write.
 pub const VDPA_IOVA_PERM_RW: u8 = 3;
 
+// The C ABI passes the kernel's own values, converted by the core's
+// `MsgType::code`/`from_code` and `Perm::to_kernel`/`from_kernel`; cbindgen
+// needs the literals above, so the compiler checks that they agree.
+const _: () = {
+    use vdpa_iova_planner::kernel::uapi::iotlb;
+    use vdpa_iova_planner::Perm;
+    assert!(VDPA_IOVA_OP_UPDATE == iotlb::UPDATE);
+    assert!(VDPA_IOVA_OP_INVALIDATE == iotlb::INVALIDATE);
+    assert!(VDPA_IOVA_OP_BATCH_BEGIN == iotlb::BATCH_BEGIN);
+    assert!(VDPA_IOVA_OP_BATCH_END == iotlb::BATCH_END);
+    assert!(VDPA_IOVA_PERM_RO == Perm::Ro.to_kernel());
+    assert!(VDPA_IOVA_PERM_WO == Perm::Wo.to_kernel());
+    assert!(VDPA_IOVA_PERM_RW == Perm::Rw.to_kernel());
+};
+
 /// Write while the device still runs (before a switch stops it, before
 /// hot-plugged memory is announced to the guest, before unplugged memory is
 /// freed).

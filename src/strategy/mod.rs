@@ -15,11 +15,13 @@ use crate::svq::{SvqConfig, VringArea};
 use crate::vocab::{Mode, Perm};
 
 pub mod identity;
+mod kind;
 pub mod qemu;
 pub(crate) mod shared;
 pub mod translator;
 pub(crate) mod xlate;
 
+pub use kind::{StrategyKind, StrategyOptions};
 pub use xlate::Epoch;
 
 /// A part of a region mapped by one IOTLB entry.

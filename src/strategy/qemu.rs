@@ -121,13 +121,13 @@ use crate::error::PlanError;
 use crate::event::{HostBuffer, RegionSpec};
 use crate::plan::{plan_from_ops, plan_with_unpins, Op, OpKind, Plan};
 use crate::strategy::shared::{
-    fresh, guest_map, guest_unmap, in_mode, new_regions, removed_region, reset_phase, start_from,
-    switchover_from, valid_buffers, validate_regions, GuestMemory, UnitSpan,
+    admit, fresh, guest_map, guest_unmap, in_mode, new_regions, removed_region, reset_phase,
+    valid_buffers, validate_regions, GuestMemory, UnitSpan,
 };
 use crate::strategy::xlate::{translate_map, xlate_entry, XlateMap};
 use crate::strategy::{Piece, Placement, Segments, Strategy};
 use crate::svq::{areas, AreaKind, QueueLayout, SvqConfig, VringArea};
-use crate::vocab::{Mode, Perm, Phase, CVQ_ASID};
+use crate::vocab::{EventKind, Mode, Perm, Phase, CVQ_ASID};
 
 const ASID: u32 = 0;
 
@@ -549,9 +549,7 @@ impl Strategy for QemuPlanner {
     }
 
     fn svq_prepare(&mut self, cfg: SvqConfig) -> Result<Plan, PlanError> {
-        if self.mode != Mode::Passthrough {
-            return Err(self.out_of_order("svq_prepare"));
-        }
+        admit(self.mode, EventKind::SvqPrepare)?;
         cfg.layout(self.caps.page_size)?;
         self.prepared = Some(cfg);
         self.mode = Mode::Prepared;
@@ -560,6 +558,7 @@ impl Strategy for QemuPlanner {
 
     fn svq_switch(&mut self, cfg: Option<SvqConfig>) -> Result<Plan, PlanError> {
         self.no_svq_with_viommu()?;
+        admit(self.mode, EventKind::SvqSwitch)?;
         let cfg = match (self.mode, self.prepared, cfg) {
             (Mode::Prepared, Some(c), _) => c,
             (Mode::Passthrough, _, Some(c)) => c,
@@ -654,52 +653,46 @@ impl Strategy for QemuPlanner {
     }
 
     fn failback(&mut self) -> Result<Plan, PlanError> {
-        match self.mode {
-            Mode::Prepared => {
-                self.prepared = None;
-                self.mode = Mode::Passthrough;
-                Ok(Plan::default())
-            }
-            Mode::Svq => {
-                let phase = Phase::Critical;
-                let mut ops = Vec::new();
-                self.ring_unmaps(&mut ops, phase);
-                self.batch(&mut ops, phase, self.unmap_guest());
-                self.buffer_unmaps(&mut ops, phase);
-                let cvq_alone = self.cvq_alone_maps(&mut ops, phase)?;
-                let maps: Vec<OpKind> = self
-                    .regions
-                    .values()
-                    .filter(|r| self.in_range(&r.gpa))
-                    .map(|r| OpKind::Update {
-                        iova: Span::trusted(r.gpa.first().raw(), r.gpa.size()),
-                        hva: r.hva,
-                        perm: r.perm,
-                    })
-                    .collect();
-                self.batch(&mut ops, phase, maps);
-                self.cvq_alone = cvq_alone;
-                self.svq = None;
-                self.tree.clear();
-                let keys: Vec<u64> = self.regions.keys().copied().collect();
-                for k in keys {
-                    let inr = self.in_range(&self.regions[&k].gpa);
-                    let r = self.regions.get_mut(&k).expect("present");
-                    r.iova = inr.then(|| Span::trusted(r.gpa.first().raw(), r.gpa.size()));
-                    let r = r.clone();
-                    self.set_xlate(&r);
-                }
-                self.mode = Mode::Passthrough;
-                Ok(self.finish(ops))
-            }
-            _ => Err(self.out_of_order("failback")),
+        admit(self.mode, EventKind::Failback)?;
+        if self.mode == Mode::Prepared {
+            self.prepared = None;
+            self.mode = Mode::Passthrough;
+            return Ok(Plan::default());
         }
+        let phase = Phase::Critical;
+        let mut ops = Vec::new();
+        self.ring_unmaps(&mut ops, phase);
+        self.batch(&mut ops, phase, self.unmap_guest());
+        self.buffer_unmaps(&mut ops, phase);
+        let cvq_alone = self.cvq_alone_maps(&mut ops, phase)?;
+        let maps: Vec<OpKind> = self
+            .regions
+            .values()
+            .filter(|r| self.in_range(&r.gpa))
+            .map(|r| OpKind::Update {
+                iova: Span::trusted(r.gpa.first().raw(), r.gpa.size()),
+                hva: r.hva,
+                perm: r.perm,
+            })
+            .collect();
+        self.batch(&mut ops, phase, maps);
+        self.cvq_alone = cvq_alone;
+        self.svq = None;
+        self.tree.clear();
+        let keys: Vec<u64> = self.regions.keys().copied().collect();
+        for k in keys {
+            let inr = self.in_range(&self.regions[&k].gpa);
+            let r = self.regions.get_mut(&k).expect("present");
+            r.iova = inr.then(|| Span::trusted(r.gpa.first().raw(), r.gpa.size()));
+            let r = r.clone();
+            self.set_xlate(&r);
+        }
+        self.mode = Mode::Passthrough;
+        Ok(self.finish(ops))
     }
 
     fn complete(&mut self) -> Result<Plan, PlanError> {
-        if self.mode != Mode::Svq {
-            return Err(self.out_of_order("complete"));
-        }
+        admit(self.mode, EventKind::Complete)?;
         // vm_stop -> vhost_net_stop: the rings, then (vhost_vdpa_reset_device
         // unregistering the listener) all guest memory in one batch, while
         // the source is paused for stop-and-copy, before its device state is
@@ -864,7 +857,7 @@ impl Strategy for QemuPlanner {
     }
 
     fn switchover(&mut self) -> Result<Plan, PlanError> {
-        switchover_from(self.mode)?;
+        admit(self.mode, EventKind::Switchover)?;
         // QEMU's destination does nothing for the device until
         // vhost_vdpa_dev_start: the stream's last sections only load state.
         self.mode = Mode::Switchover;
@@ -872,7 +865,7 @@ impl Strategy for QemuPlanner {
     }
 
     fn start(&mut self) -> Result<Plan, PlanError> {
-        start_from(self.mode)?;
+        admit(self.mode, EventKind::Start)?;
         // vhost_vdpa_dev_start on the last device registers the listener
         // again, after the stream has ended: every section mapped (pinned)
         // inside the downtime.

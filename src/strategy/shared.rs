@@ -11,7 +11,7 @@ use crate::entry::Entry;
 use crate::error::PlanError;
 use crate::event::RegionSpec;
 use crate::plan::{plan_from_ops, Op, OpKind, Plan, PlanBuilder};
-use crate::vocab::{Mode, Perm, Phase};
+use crate::vocab::{EventKind, Mode, Perm, Phase};
 
 /// Keys of the entries of `map` (keyed by first address, `last` giving each
 /// one's last address) that overlap `[f, l]`, in order.
@@ -268,12 +268,7 @@ pub(crate) fn valid_buffers(
     mode: Mode,
     bufs: &[crate::event::HostBuffer],
 ) -> Result<(), PlanError> {
-    if !matches!(mode, Mode::Passthrough | Mode::Incoming | Mode::Switchover) {
-        return Err(PlanError::OutOfOrder {
-            event: "host_buffers",
-            mode,
-        });
-    }
+    admit(mode, EventKind::HostBuffers)?;
     for b in bufs {
         Span::new(b.hva, b.size, caps.page_size)?;
     }
@@ -286,9 +281,10 @@ pub(crate) fn fresh<U>(
     viommu: Option<&GuestMemory>,
     units: &BTreeMap<u64, U>,
 ) -> Result<(), PlanError> {
-    if mode != Mode::Passthrough || !units.is_empty() || viommu.is_some_and(|v| !v.is_empty()) {
+    admit(mode, EventKind::Incoming)?;
+    if !units.is_empty() || viommu.is_some_and(|v| !v.is_empty()) {
         return Err(PlanError::OutOfOrder {
-            event: "incoming",
+            event: EventKind::Incoming.name(),
             mode,
         });
     }
@@ -315,34 +311,16 @@ pub(crate) fn in_mode(mode: Mode, plan: Plan) -> Plan {
     }
 }
 
-/// The guard of `switchover`: a destination waiting for the stream.
-pub(crate) fn switchover_from(mode: Mode) -> Result<(), PlanError> {
-    match mode {
-        Mode::Incoming => Ok(()),
-        _ => Err(PlanError::OutOfOrder {
-            event: "switchover",
+/// The guard of every event: refused, without a change, in a mode that
+/// does not admit it ([`Mode::admits`]).
+pub(crate) fn admit(mode: Mode, event: EventKind) -> Result<(), PlanError> {
+    if mode.admits(event) {
+        Ok(())
+    } else {
+        Err(PlanError::OutOfOrder {
+            event: event.name(),
             mode,
-        }),
-    }
-}
-
-/// The guard of `start`: a destination waiting for the stream, or after
-/// the source stopped.
-pub(crate) fn start_from(mode: Mode) -> Result<(), PlanError> {
-    match mode {
-        Mode::Incoming | Mode::Switchover => Ok(()),
-        _ => Err(PlanError::OutOfOrder {
-            event: "start",
-            mode,
-        }),
-    }
-}
-
-/// `event` is refused after a completed migration.
-pub(crate) fn not_completed(mode: Mode, event: &'static str) -> Result<(), PlanError> {
-    match mode {
-        Mode::Completed => Err(PlanError::OutOfOrder { event, mode }),
-        _ => Ok(()),
+        })
     }
 }
 
@@ -359,7 +337,7 @@ pub(crate) fn new_regions<U: UnitSpan>(
     units: &BTreeMap<u64, U>,
     specs: &[RegionSpec],
 ) -> Result<Option<ValidRegions>, PlanError> {
-    not_completed(mode, "hotplug")?;
+    admit(mode, EventKind::Hotplug)?;
     if let Some(v) = viommu {
         // Guest memory is only declared: the guest maps it through its vIOMMU.
         v.add(caps, specs)?;
@@ -383,7 +361,7 @@ pub(crate) fn removed_region<U: UnitSpan>(
     hva_of: impl Fn(&U) -> Hva,
     gpa: Gpa,
 ) -> Result<bool, PlanError> {
-    not_completed(mode, "unplug")?;
+    admit(mode, EventKind::Unplug)?;
     let Some(v) = viommu else {
         return Ok(false);
     };
@@ -415,7 +393,7 @@ pub(crate) fn guest_map<U: UnitSpan>(
             event: "viommu_map",
         });
     };
-    not_completed(mode, "viommu_map")?;
+    admit(mode, EventKind::ViommuMap)?;
     let (gi, hva) = v.resolve(caps, giova, size, gpa, perm)?;
     let (f, l) = gi.bounds();
     if let Some(k) = overlapping_keys(units, |u| u.span().last().raw(), f, l).first() {
@@ -443,7 +421,7 @@ pub(crate) fn guest_unmap<U: UnitSpan>(
             event: "viommu_unmap",
         });
     }
-    not_completed(mode, "viommu_unmap")?;
+    admit(mode, EventKind::ViommuUnmap)?;
     let span = Span::new(giova, size, caps.page_size)?;
     let (f, l) = span.bounds();
     let hit = overlapping_keys(units, |u| u.span().last().raw(), f, l);

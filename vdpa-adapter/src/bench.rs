@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use vdpa_iova_planner::{
-    DeviceCaps, Event, Gpa, Hva, IdentityPlanner, QemuPlanner, RegionSpec, Strategy, SvqConfig,
+    DeviceCaps, Event, Gpa, Hva, RegionSpec, Strategy, StrategyOptions, SvqConfig,
 };
 
 use crate::apply::{Applier, Limits, Mapping};
@@ -159,15 +159,14 @@ fn new_strategy(
     caps: DeviceCaps,
     cfg: &BenchConfig,
 ) -> Result<Box<dyn Strategy>, AdapterError> {
-    Ok(match kind {
-        StrategyKind::Qemu => {
-            Box::new(QemuPlanner::new(caps).map_err(|e| refused(0, "setup", kind, e))?)
-        }
-        _ => Box::new(
-            IdentityPlanner::new(caps, Some(cfg.guest_mem))
-                .map_err(|e| refused(0, "setup", kind, e))?,
-        ),
-    })
+    let options = StrategyOptions {
+        max_gpa: Some(cfg.guest_mem),
+        ..StrategyOptions::default()
+    };
+    Ok(kind
+        .core()
+        .build(caps, &options)
+        .map_err(|e| refused(0, "setup", kind, e))?)
 }
 
 /// Plans and applies `events` in order, recording the critical phase of
@@ -247,5 +246,34 @@ fn refused(
         event,
         strategy: format!("{kind:?}").to_lowercase(),
         source: Box::new(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The identity strategy is told where guest memory ends, not only
+    /// where the regions booted so far end: the window goes above it all.
+    #[test]
+    fn the_identity_window_is_above_all_the_guest_memory() {
+        let cfg = BenchConfig {
+            guest_mem: 1 << 32,
+            queues: 1,
+            regions: 1,
+            repeats: 1,
+            migration: false,
+        };
+        let mut s = new_strategy(StrategyKind::Identity, DeviceCaps::default(), &cfg).unwrap();
+        s.add_regions(&[RegionSpec {
+            gpa: Gpa(0),
+            size: 1 << 20,
+            hva: Hva(1 << 40),
+            readonly: false,
+        }])
+        .unwrap();
+        s.svq_prepare(cfg.svq(Hva(1 << 41))).unwrap();
+        let w = s.window().expect("identity has a window");
+        assert!(w.first().0 >= cfg.guest_mem, "{w:?}");
     }
 }

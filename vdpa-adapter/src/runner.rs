@@ -4,8 +4,7 @@
 use vdpa_iova_planner::kernel::{KernelIotlb, Violation};
 use vdpa_iova_planner::verify::replay::{self, Refusal, StepError};
 use vdpa_iova_planner::{
-    Cost, GuestView, IdentityPlanner, Mode, Op, Placement, PlanError, QemuPlanner, Strategy,
-    VringArea,
+    Cost, GuestView, Mode, Op, Placement, PlanError, Strategy, StrategyOptions, VringArea,
 };
 
 use crate::error::AdapterError;
@@ -35,32 +34,33 @@ impl StrategyKind {
         v
     }
 
+    /// The core's kind this names.
+    pub fn core(self) -> vdpa_iova_planner::StrategyKind {
+        match self {
+            StrategyKind::Identity => vdpa_iova_planner::StrategyKind::Identity {
+                separate_vring_asid: false,
+            },
+            StrategyKind::IdentityAsid => vdpa_iova_planner::StrategyKind::Identity {
+                separate_vring_asid: true,
+            },
+            StrategyKind::Qemu => vdpa_iova_planner::StrategyKind::Qemu,
+        }
+    }
+
     /// Builds the strategy for a scenario.
     ///
     /// # Errors
     /// Capabilities the planner refuses.
     pub fn build(self, scn: &Scenario, file: &str) -> Result<Box<dyn Strategy>, AdapterError> {
-        let r = match self {
-            StrategyKind::Identity | StrategyKind::IdentityAsid => {
-                let mut b = IdentityPlanner::builder(scn.caps)
-                    .separate_vring_asid(self == StrategyKind::IdentityAsid);
-                if let Some(m) = scn.max_gpa {
-                    b = b.max_gpa(m);
-                }
-                if let Some(l) = scn.viommu_last {
-                    b = b.viommu(l);
-                }
-                if let Some(n) = scn.max_entries {
-                    b = b.max_entries(n);
-                }
-                b.build().map(|p| Box::new(p) as Box<dyn Strategy>)
-            }
-            StrategyKind::Qemu => match scn.viommu_last {
-                Some(l) => QemuPlanner::with_viommu(scn.caps, l),
-                None => QemuPlanner::new(scn.caps),
-            }
-            .map(|p| Box::new(p) as Box<dyn Strategy>),
+        let options = StrategyOptions {
+            max_gpa: scn.max_gpa,
+            viommu_last: scn.viommu_last,
+            max_entries: scn.max_entries,
         };
+        let r = self
+            .core()
+            .build(scn.caps, &options)
+            .map(|p| p as Box<dyn Strategy>);
         r.map_err(|e| AdapterError::Scenario {
             file: file.to_string(),
             what: format!("[device]: {e}"),
@@ -265,7 +265,7 @@ impl Side {
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         let k = match kind {
             StrategyKind::Qemu => KernelIotlb::permissive(&scn.caps),
-            _ => KernelIotlb::new(&scn.caps),
+            StrategyKind::Identity | StrategyKind::IdentityAsid => KernelIotlb::new(&scn.caps),
         }
         .with_entry_limit(limit);
         Ok(Side {

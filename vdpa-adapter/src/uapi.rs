@@ -9,13 +9,12 @@ use core::fmt;
 
 use vdpa_iova_planner::kernel::{MsgType, RawMsg};
 
+/// The message numbers and backend feature bits, defined in the core beside
+/// its model of the kernel.
+pub use vdpa_iova_planner::kernel::uapi::{backend, iotlb, VHOST_IOTLB_MSG, VHOST_IOTLB_MSG_V2};
+
 /// Bytes of one message (`struct vhost_msg` and `struct vhost_msg_v2` alike).
 pub const MSG_LEN: usize = 72;
-/// Outer `type` of a v1 message (`VHOST_IOTLB_MSG`).
-pub const VHOST_IOTLB_MSG: u32 = 1;
-/// Outer `type` of a v2 message (`VHOST_IOTLB_MSG_V2`).
-pub const VHOST_IOTLB_MSG_V2: u32 = 2;
-
 /// Offset of `struct vhost_iotlb_msg` in both message versions.
 pub const IOTLB_OFFSET: usize = 8;
 /// Offset of `asid` in `struct vhost_msg_v2`.
@@ -30,42 +29,6 @@ pub const UADDR_OFFSET: usize = 16;
 pub const PERM_OFFSET: usize = 24;
 /// See [`IOVA_OFFSET`].
 pub const TYPE_OFFSET: usize = 25;
-
-/// `struct vhost_iotlb_msg`'s `type` values.
-pub mod iotlb {
-    /// Device to userspace: a translation is missing.
-    pub const MISS: u8 = 1;
-    /// Map.
-    pub const UPDATE: u8 = 2;
-    /// Unmap.
-    pub const INVALIDATE: u8 = 3;
-    /// Device to userspace: an access was refused.
-    pub const ACCESS_FAIL: u8 = 4;
-    /// Open a batch.
-    pub const BATCH_BEGIN: u8 = 5;
-    /// Close a batch.
-    pub const BATCH_END: u8 = 6;
-}
-
-/// Backend feature **bit numbers** (`VHOST_BACKEND_F_*`); the mask is `1 << bit`.
-pub mod backend {
-    /// `vhost_msg_v2` messages.
-    pub const IOTLB_MSG_V2: u32 = 1;
-    /// BATCH_BEGIN / BATCH_END.
-    pub const IOTLB_BATCH: u32 = 2;
-    /// The `asid` field of v2 messages.
-    pub const IOTLB_ASID: u32 = 3;
-    /// `VHOST_VDPA_SUSPEND`.
-    pub const SUSPEND: u32 = 4;
-    /// `VHOST_VDPA_RESUME`.
-    pub const RESUME: u32 = 5;
-    /// Rings may be enabled after DRIVER_OK.
-    pub const ENABLE_AFTER_DRIVER_OK: u32 = 6;
-    /// Descriptor rings in an address space of their own.
-    pub const DESC_ASID: u32 = 7;
-    /// Maps survive a device reset.
-    pub const IOTLB_PERSIST: u32 = 8;
-}
 
 /// ioctl numbers (x86_64 encoding), as `rustix` opcodes.
 pub mod ioctl {
@@ -240,12 +203,7 @@ pub fn encode(m: &RawMsg, format: MsgFormat) -> Result<[u8; MSG_LEN], CodecError
     b[at(SIZE_OFFSET)..at(SIZE_OFFSET) + 8].copy_from_slice(&m.size.to_ne_bytes());
     b[at(UADDR_OFFSET)..at(UADDR_OFFSET) + 8].copy_from_slice(&m.uaddr.to_ne_bytes());
     b[at(PERM_OFFSET)] = m.perm;
-    b[at(TYPE_OFFSET)] = match m.kind {
-        MsgType::Update => iotlb::UPDATE,
-        MsgType::Invalidate => iotlb::INVALIDATE,
-        MsgType::BatchBegin => iotlb::BATCH_BEGIN,
-        MsgType::BatchEnd => iotlb::BATCH_END,
-    };
+    b[at(TYPE_OFFSET)] = m.kind.code();
     Ok(b)
 }
 
@@ -270,13 +228,7 @@ pub fn decode(b: &[u8], format: MsgFormat) -> Result<RawMsg, CodecError> {
         return Err(CodecError::OuterType { found, expected });
     }
     let t = b[IOTLB_OFFSET + TYPE_OFFSET];
-    let kind = match t {
-        iotlb::UPDATE => MsgType::Update,
-        iotlb::INVALIDATE => MsgType::Invalidate,
-        iotlb::BATCH_BEGIN => MsgType::BatchBegin,
-        iotlb::BATCH_END => MsgType::BatchEnd,
-        found => return Err(CodecError::IotlbType { found }),
-    };
+    let kind = MsgType::from_code(t).ok_or(CodecError::IotlbType { found: t })?;
     Ok(RawMsg {
         asid,
         kind,

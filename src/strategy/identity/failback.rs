@@ -4,9 +4,10 @@ use super::*;
 
 impl IdentityPlanner {
     pub(super) fn plan_failback(&mut self) -> Result<Plan, PlanError> {
-        let s = match (&self.svq, self.mode) {
-            (Some(s), Mode::Svq | Mode::Prepared) => s,
-            _ => return Err(self.out_of_order("failback")),
+        admit(self.mode, EventKind::Failback)?;
+        let Some(s) = &self.svq else {
+            // Not reached: both modes that admit a failback have shadow vrings.
+            return Err(self.out_of_order("failback"));
         };
         let mut b = PlanBuilder::new();
         let mut critical: BTreeMap<u64, ()> = BTreeMap::new();
@@ -59,9 +60,7 @@ impl IdentityPlanner {
     }
 
     pub(super) fn plan_complete(&mut self) -> Result<Plan, PlanError> {
-        if self.mode != Mode::Svq {
-            return Err(self.out_of_order("complete"));
-        }
+        admit(self.mode, EventKind::Complete)?;
         let s = self.svq.as_ref().expect("svq mode has svq state");
         let mut b = PlanBuilder::new();
         for r in self.regions.values() {

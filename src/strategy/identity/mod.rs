@@ -59,8 +59,8 @@ use crate::error::PlanError;
 use crate::event::{HostBuffer, RegionSpec};
 use crate::plan::{Plan, PlanBuilder};
 use crate::strategy::shared::{
-    fresh, guest_map, guest_unmap, in_mode, new_regions, removed_region, reset_phase, reset_plan,
-    start_from, switchover_from, valid_buffers, GuestMemory, UnitSpan,
+    admit, fresh, guest_map, guest_unmap, in_mode, new_regions, removed_region, reset_phase,
+    reset_plan, valid_buffers, GuestMemory, UnitSpan,
 };
 use crate::strategy::xlate::{translate_with, Flat, Xlate};
 use crate::strategy::{Piece, Placement, Segments, Strategy};
@@ -72,7 +72,7 @@ mod hotplug;
 mod viommu;
 mod window;
 
-use crate::vocab::{Mode, Perm, Phase, GUEST_ASID, VRING_ASID};
+use crate::vocab::{EventKind, Mode, Perm, Phase, GUEST_ASID, VRING_ASID};
 use cvq::CvqSpace;
 use window::{SvqEntry, SvqState};
 
@@ -427,9 +427,7 @@ impl Strategy for IdentityPlanner {
         self.remove_unit(gpa).map(|p| in_mode(mode, p))
     }
     fn svq_prepare(&mut self, cfg: SvqConfig) -> Result<Plan, PlanError> {
-        if self.mode != Mode::Passthrough {
-            return Err(self.out_of_order("svq_prepare"));
-        }
+        admit(self.mode, EventKind::SvqPrepare)?;
         let (plan, s, staged) = self.setup_svq(cfg, Phase::Prepare)?;
         self.svq = Some(s);
         self.commit_regions(staged);
@@ -438,22 +436,18 @@ impl Strategy for IdentityPlanner {
     }
 
     fn svq_switch(&mut self, cfg: Option<SvqConfig>) -> Result<Plan, PlanError> {
-        match self.mode {
-            Mode::Prepared => {
-                // Everything is mapped already: the switch itself is free.
-                self.mode = Mode::Svq;
-                Ok(Plan::default())
-            }
-            Mode::Passthrough => {
-                let cfg = cfg.ok_or(PlanError::MissingSvqConfig)?;
-                let (plan, s, staged) = self.setup_svq(cfg, Phase::Critical)?;
-                self.svq = Some(s);
-                self.commit_regions(staged);
-                self.mode = Mode::Svq;
-                Ok(plan)
-            }
-            _ => Err(self.out_of_order("svq_switch")),
+        admit(self.mode, EventKind::SvqSwitch)?;
+        if self.mode == Mode::Prepared {
+            // Everything is mapped already: the switch itself is free.
+            self.mode = Mode::Svq;
+            return Ok(Plan::default());
         }
+        let cfg = cfg.ok_or(PlanError::MissingSvqConfig)?;
+        let (plan, s, staged) = self.setup_svq(cfg, Phase::Critical)?;
+        self.svq = Some(s);
+        self.commit_regions(staged);
+        self.mode = Mode::Svq;
+        Ok(plan)
     }
 
     fn failback(&mut self) -> Result<Plan, PlanError> {
@@ -486,7 +480,7 @@ impl Strategy for IdentityPlanner {
     }
 
     fn switchover(&mut self) -> Result<Plan, PlanError> {
-        switchover_from(self.mode)?;
+        admit(self.mode, EventKind::Switchover)?;
         // Guest memory was mapped while the stream ran: nothing to send.
         // What arrives from now on (a vIOMMU's maps, a reset's restore) is
         // planned as it comes, inside the downtime.
@@ -495,7 +489,7 @@ impl Strategy for IdentityPlanner {
     }
 
     fn start(&mut self) -> Result<Plan, PlanError> {
-        start_from(self.mode)?;
+        admit(self.mode, EventKind::Start)?;
         // Everything the device needs is mapped (and restored after any
         // reset): the start sends nothing.
         self.mode = Mode::Passthrough;
