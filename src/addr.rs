@@ -13,6 +13,7 @@
 //! whole 64-bit space.
 
 use core::fmt;
+use std::collections::BTreeMap;
 
 use crate::error::PlanError;
 
@@ -251,6 +252,28 @@ impl<A: Address> Span<A> {
     pub fn bounds(&self) -> (u64, u64) {
         (self.first.raw(), self.last.raw())
     }
+}
+
+/// The entries of `map` that overlap `[f, l]` (`f <= l`), by address.
+///
+/// `map` is keyed by each entry's first address, and its entries do not
+/// overlap one another; `last` gives an entry's last address from its key
+/// and value. Only the entry starting below `f` needs it: every entry
+/// starting inside `[f, l]` overlaps. O(log n + k) for k entries found.
+pub(crate) fn overlapping<'a, V>(
+    map: &'a BTreeMap<u64, V>,
+    last: impl Fn(u64, &V) -> u64,
+    f: u64,
+    l: u64,
+) -> impl Iterator<Item = (u64, &'a V)> + 'a {
+    let before = map
+        .range(..f)
+        .next_back()
+        .filter(|&(&k, v)| last(k, v) >= f)
+        .map(|(&k, v)| (k, v));
+    before
+        .into_iter()
+        .chain(map.range(f..=l).map(|(&k, v)| (k, v)))
 }
 
 impl<A: Address> fmt::Debug for Span<A> {

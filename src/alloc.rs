@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::addr::{Iova, PageSize, Span};
+use crate::addr::{overlapping, Iova, PageSize, Span};
 
 /// Best-fit allocator over one inclusive IOVA window.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,17 +104,33 @@ impl IovaAllocator {
     }
 
     /// Allocates `size` bytes (a non-zero multiple of the page size) from the
-    /// smallest hole that fits, at that hole's lowest address.
+    /// smallest hole that fits, at that hole's lowest address
+    /// ([`Fit::Best`]).
     pub fn alloc(&mut self, size: u64) -> Option<Span<Iova>> {
+        self.take(size, Fit::Best)
+    }
+
+    /// Allocates `size` bytes (a non-zero multiple of the page size) where
+    /// `policy` puts them in the free holes. [`Fit::Best`] is answered by
+    /// the length index in O(log n); the other policies walk the holes by
+    /// address.
+    pub(crate) fn take(&mut self, size: u64, policy: Fit) -> Option<Span<Iova>> {
         if size == 0 || !self.page.is_aligned(size) {
             return None;
         }
-        let &(len_m1, f) = self.by_len.range((size - 1, 0)..).next()?;
-        let l = f + len_m1;
-        self.remove_hole(f, l);
-        if len_m1 > size - 1 {
-            self.insert_hole(f + size, l);
+        if policy == Fit::Best {
+            // The smallest hole that holds it, lowest first: the index's
+            // order is that policy's.
+            let &(len_m1, f) = self.by_len.range((size - 1, 0)..).next()?;
+            let l = f + len_m1;
+            self.remove_hole(f, l);
+            if len_m1 > size - 1 {
+                self.insert_hole(f + size, l);
+            }
+            return Some(Span::trusted(f, size));
         }
+        let f = fit(self.free_bounds(), size, policy)?;
+        self.carve(f, f + (size - 1));
         Some(Span::trusted(f, size))
     }
 
@@ -163,13 +179,9 @@ impl IovaAllocator {
         };
         // Collect the holes overlapping [f, l]: the one starting before f
         // that may reach in, and every one starting inside.
-        let mut hit: Vec<(u64, u64)> = Vec::new();
-        if let Some((&hf, &hl)) = self.by_start.range(..f).next_back() {
-            if hl >= f {
-                hit.push((hf, hl));
-            }
-        }
-        hit.extend(self.by_start.range(f..=l).map(|(&a, &b)| (a, b)));
+        let hit: Vec<(u64, u64)> = overlapping(&self.by_start, |_, &hl| hl, f, l)
+            .map(|(a, &b)| (a, b))
+            .collect();
         for (hf, hl) in hit {
             self.remove_hole(hf, hl);
             if hf < f {
@@ -180,6 +192,65 @@ impl IovaAllocator {
             }
         }
     }
+}
+
+/// Where an allocation goes among free ranges: the policy, as data, of
+/// every IOVA allocation in the crate. (Exact placement is
+/// [`IovaAllocator::carve`]: memory that lands where it lands.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fit {
+    /// The smallest free range that holds it, at that range's lowest
+    /// address; among equal ranges the lowest (the identity planner's
+    /// window).
+    Best,
+    /// The lowest address that holds it (QEMU's `iova_tree_alloc_map`;
+    /// a free page beside the live entries for a reset's restore).
+    First,
+}
+
+/// The first address of `size` bytes (non-zero) placed in `free` by
+/// `policy`. `free` holds inclusive ranges `(first, last)` by address, none
+/// touching another.
+pub(crate) fn fit(
+    free: impl IntoIterator<Item = (u64, u64)>,
+    size: u64,
+    policy: Fit,
+) -> Option<u64> {
+    let need = size.checked_sub(1)?;
+    let mut holding = free.into_iter().filter(|&(f, l)| l - f >= need);
+    match policy {
+        Fit::First => holding.next().map(|(f, _)| f),
+        Fit::Best => holding.min_by_key(|&(f, l)| (l - f, f)).map(|(f, _)| f),
+    }
+}
+
+/// The free ranges of `[lo, hi]` around `taken`: inclusive ranges by
+/// address that do not overlap one another (they may reach outside
+/// `[lo, hi]`).
+pub(crate) fn gaps(
+    taken: impl IntoIterator<Item = (u64, u64)>,
+    lo: u64,
+    hi: u64,
+) -> impl Iterator<Item = (u64, u64)> {
+    // The next free address (`None` once past 2^64 - 1).
+    let mut cur = Some(lo);
+    let mut taken = taken.into_iter();
+    core::iter::from_fn(move || loop {
+        let c = cur.filter(|&c| c <= hi)?;
+        match taken.next() {
+            Some((_, l)) if l < c => {}
+            Some((f, l)) => {
+                cur = l.checked_add(1);
+                if f > c {
+                    return Some((c, (f - 1).min(hi)));
+                }
+            }
+            None => {
+                cur = None;
+                return Some((c, hi));
+            }
+        }
+    })
 }
 
 fn clip(window: (u64, u64), f: u64, l: u64) -> Option<(u64, u64)> {
@@ -284,5 +355,72 @@ mod tests {
         }
         assert_eq!(a, before);
         assert_eq!(a.alloc(0x2000).map(|s| s.size()), Some(0x2000));
+    }
+
+    #[test]
+    fn gaps_are_the_free_ranges_between_taken_ones() {
+        let taken = [
+            (0x0, 0xfff),
+            (0x3000, 0x3fff),
+            (0x4000, 0x5fff),
+            (0x9000, 0xffff),
+        ];
+        let v: Vec<_> = gaps(taken, 0x1000, 0xcfff).collect();
+        assert_eq!(v, [(0x1000, 0x2fff), (0x6000, 0x8fff)]);
+        let v: Vec<_> = gaps(taken, 0x1000, 0x1_ffff).collect();
+        assert_eq!(
+            v,
+            [(0x1000, 0x2fff), (0x6000, 0x8fff), (0x1_0000, 0x1_ffff)]
+        );
+        assert_eq!(gaps([], 0x5000, 0x4fff).count(), 0, "an empty range");
+        assert_eq!(gaps([(0, u64::MAX)], 0, u64::MAX).count(), 0, "all taken");
+        let v: Vec<_> = gaps([(0x1000, u64::MAX)], 0, u64::MAX).collect();
+        assert_eq!(v, [(0, 0xfff)], "ends at 2^64 - 1 without wrapping");
+    }
+
+    #[test]
+    fn fit_places_by_policy() {
+        let free = [(0x1000, 0x4fff), (0x6000, 0x6fff), (0x8000, 0x9fff)];
+        assert_eq!(fit(free, 0x1000, Fit::First), Some(0x1000));
+        assert_eq!(fit(free, 0x1000, Fit::Best), Some(0x6000));
+        assert_eq!(fit(free, 0x2000, Fit::Best), Some(0x8000));
+        assert_eq!(fit(free, 0x2000, Fit::First), Some(0x1000));
+        assert_eq!(fit(free, 0x5000, Fit::First), None);
+        assert_eq!(fit(free, 0, Fit::First), None, "no zero-size allocation");
+        assert_eq!(fit([(0, u64::MAX)], u64::MAX, Fit::Best), Some(0));
+    }
+
+    /// The length index answers best fit exactly as the policy over the
+    /// holes by address does, and first fit takes the lowest hole that
+    /// holds the request, through any sequence of allocations and frees.
+    #[test]
+    fn the_index_and_the_walk_agree() {
+        let mut a = IovaAllocator::new(0, 0x3ff_ffff, P).unwrap();
+        let mut live: Vec<Span<Iova>> = Vec::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for step in 0..4000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let size = ((x >> 8) % 16 + 1) * P.get();
+            if x % 3 == 0 && !live.is_empty() {
+                let i = (x >> 20) as usize % live.len();
+                assert!(a.free(live.swap_remove(i)));
+                continue;
+            }
+            let policy = if x % 5 == 0 { Fit::First } else { Fit::Best };
+            let want = fit(a.free_bounds(), size, policy);
+            if policy == Fit::First {
+                let lowest = a.free_bounds().find(|&(f, l)| l - f >= size - 1);
+                assert_eq!(want, lowest.map(|(f, _)| f), "step {step}");
+            }
+            let got = a.take(size, policy);
+            assert_eq!(
+                got.map(|s| s.first().0),
+                want,
+                "step {step}: {policy:?} {size:#x}"
+            );
+            live.extend(got);
+        }
     }
 }

@@ -112,312 +112,21 @@
 
 use std::collections::BTreeMap;
 
-use core::fmt;
-
 use smallvec::SmallVec;
 
-use crate::addr::{DeviceRange, Hva, Iova, Span};
+use crate::addr::{overlapping, DeviceRange, Hva, Iova, Span};
 use crate::caps::{DeviceCaps, MapStyle};
 use crate::entry::Entry;
-use crate::plan::{Op, OpKind};
+use crate::plan::Op;
 use crate::vocab::Perm;
 
 pub mod uapi;
 
-/// Message types of `struct vhost_iotlb_msg`'s `type` field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub enum MsgType {
-    /// `VHOST_IOTLB_UPDATE` (2).
-    Update,
-    /// `VHOST_IOTLB_INVALIDATE` (3).
-    Invalidate,
-    /// `VHOST_IOTLB_BATCH_BEGIN` (5).
-    BatchBegin,
-    /// `VHOST_IOTLB_BATCH_END` (6).
-    BatchEnd,
-}
+mod msg;
+mod violation;
 
-impl MsgType {
-    /// The value of the `type` field ([`uapi::iotlb`]).
-    pub fn code(self) -> u8 {
-        match self {
-            MsgType::Update => uapi::iotlb::UPDATE,
-            MsgType::Invalidate => uapi::iotlb::INVALIDATE,
-            MsgType::BatchBegin => uapi::iotlb::BATCH_BEGIN,
-            MsgType::BatchEnd => uapi::iotlb::BATCH_END,
-        }
-    }
-
-    /// The message type a `type` field names, or `None` for a type
-    /// userspace never sends (MISS, ACCESS_FAIL) and for unknown values.
-    pub fn from_code(code: u8) -> Option<MsgType> {
-        match code {
-            uapi::iotlb::UPDATE => Some(MsgType::Update),
-            uapi::iotlb::INVALIDATE => Some(MsgType::Invalidate),
-            uapi::iotlb::BATCH_BEGIN => Some(MsgType::BatchBegin),
-            uapi::iotlb::BATCH_END => Some(MsgType::BatchEnd),
-            _ => None,
-        }
-    }
-}
-
-/// A message as the kernel receives it: raw fields, nothing validated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct RawMsg {
-    /// Address space.
-    pub asid: u32,
-    /// Message type.
-    pub kind: MsgType,
-    /// `iova` field.
-    pub iova: u64,
-    /// `size` field.
-    pub size: u64,
-    /// `uaddr` field.
-    pub uaddr: u64,
-    /// `perm` field.
-    pub perm: u8,
-}
-
-impl RawMsg {
-    /// A BATCH_BEGIN or BATCH_END for `asid` (other fields zero).
-    pub fn marker(asid: u32, kind: MsgType) -> RawMsg {
-        RawMsg {
-            asid,
-            kind,
-            iova: 0,
-            size: 0,
-            uaddr: 0,
-            perm: 0,
-        }
-    }
-}
-
-impl From<&Op> for RawMsg {
-    fn from(op: &Op) -> Self {
-        let (kind, iova, size, uaddr, perm) = match op.kind {
-            OpKind::BatchBegin => (MsgType::BatchBegin, 0, 0, 0, 0),
-            OpKind::BatchEnd => (MsgType::BatchEnd, 0, 0, 0, 0),
-            OpKind::Update { iova, hva, perm } => (
-                MsgType::Update,
-                iova.first().0,
-                iova.size(),
-                hva.0,
-                perm.to_kernel(),
-            ),
-            OpKind::Invalidate { iova } => (MsgType::Invalidate, iova.first().0, iova.size(), 0, 0),
-        };
-        RawMsg {
-            asid: op.asid,
-            kind,
-            iova,
-            size,
-            uaddr,
-            perm,
-        }
-    }
-}
-
-/// A rule a message broke.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Violation {
-    /// `asid` is not below the number of address spaces (EINVAL).
-    AsidOutOfRange {
-        /// Asid of the message.
-        asid: u32,
-        /// Address spaces the device has.
-        address_spaces: u32,
-    },
-    /// INVALIDATE or BATCH_END for an address space never created by an
-    /// UPDATE or BATCH_BEGIN (EINVAL).
-    NoAddressSpace {
-        /// Asid of the message.
-        asid: u32,
-    },
-    /// A message for another asid inside a batch (EINVAL).
-    BatchAsidMismatch {
-        /// Asid the open batch belongs to.
-        batch: u32,
-        /// Asid of the message.
-        asid: u32,
-    },
-    /// UPDATE of size 0 (EINVAL).
-    ZeroSize,
-    /// UPDATE whose `iova + size` wraps past `2^64` (EINVAL).
-    Wraps {
-        /// `iova` field.
-        iova: u64,
-        /// `size` field.
-        size: u64,
-    },
-    /// UPDATE with bytes outside the device range (EINVAL).
-    OutsideRange {
-        /// First IOVA of the update.
-        first: u64,
-        /// Last IOVA of the update.
-        last: u64,
-        /// The device range.
-        range: DeviceRange,
-    },
-    /// UPDATE overlapping a live entry (EEXIST).
-    Overlap {
-        /// The first live entry it overlaps.
-        existing: Entry,
-    },
-    /// UPDATE into an address space that already holds as many entries as
-    /// the kernel allows (ENOSPC; see [`KernelIotlb::with_entry_limit`]).
-    EntryLimit {
-        /// Asid of the message.
-        asid: u32,
-        /// Entries allowed per address space.
-        limit: usize,
-    },
-    /// Strict: UPDATE with a perm other than RO, WO, RW (the kernel maps it anyway).
-    BadPerm {
-        /// `perm` field.
-        perm: u8,
-    },
-    /// Strict: INVALIDATE of size 0 (the kernel computes `iova - 1` as the
-    /// last address; at iova 0 that removes every entry).
-    InvalidateZeroSize {
-        /// `iova` field.
-        iova: u64,
-    },
-    /// Strict: INVALIDATE whose range wraps past `2^64`.
-    InvalidateWraps {
-        /// `iova` field.
-        iova: u64,
-        /// `size` field.
-        size: u64,
-    },
-    /// Strict: INVALIDATE that covers only part of an entry (the kernel
-    /// drops the whole entry, or on pinning devices some of its pieces).
-    PartialInvalidate {
-        /// First IOVA of the invalidate.
-        first: u64,
-        /// Last IOVA of the invalidate.
-        last: u64,
-        /// The entry it cuts.
-        entry: Entry,
-    },
-    /// Strict: BATCH_BEGIN while a batch is open.
-    BatchAlreadyOpen {
-        /// Asid of the open batch.
-        batch: u32,
-    },
-    /// Strict: BATCH_END with no batch open.
-    BatchNotOpen,
-}
-
-impl Violation {
-    /// The errno the kernel's message handler returns (userspace sees EFAULT
-    /// for all of them), or `None` for the strict rules the kernel does not enforce.
-    pub fn kernel_errno(&self) -> Option<i32> {
-        const EINVAL: i32 = 22;
-        const EEXIST: i32 = 17;
-        const ENOSPC: i32 = 28;
-        match self {
-            Violation::AsidOutOfRange { .. }
-            | Violation::NoAddressSpace { .. }
-            | Violation::BatchAsidMismatch { .. }
-            | Violation::ZeroSize
-            | Violation::Wraps { .. }
-            | Violation::OutsideRange { .. } => Some(EINVAL),
-            Violation::Overlap { .. } => Some(EEXIST),
-            Violation::EntryLimit { .. } => Some(ENOSPC),
-            _ => None,
-        }
-    }
-}
-
-impl Violation {
-    /// What `write(2)` of the message returns to userspace: EINVAL for an
-    /// UPDATE of size 0 (refused by `vhost_chr_write_iter` before the
-    /// vhost-vdpa handler), EFAULT for every refusal of the handler, `None`
-    /// for the strict rules the kernel does not enforce.
-    pub fn user_errno(&self) -> Option<i32> {
-        const EINVAL: i32 = 22;
-        const EFAULT: i32 = 14;
-        match self {
-            Violation::ZeroSize => Some(EINVAL),
-            v => v.kernel_errno().map(|_| EFAULT),
-        }
-    }
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Violation::AsidOutOfRange {
-                asid,
-                address_spaces,
-            } => {
-                write!(
-                    f,
-                    "asid {asid} but the device has {address_spaces} address spaces (EINVAL)"
-                )
-            }
-            Violation::NoAddressSpace { asid } => {
-                write!(
-                    f,
-                    "asid {asid} was never created by an update or batch begin (EINVAL)"
-                )
-            }
-            Violation::BatchAsidMismatch { batch, asid } => {
-                write!(
-                    f,
-                    "message for asid {asid} inside a batch of asid {batch} (EINVAL)"
-                )
-            }
-            Violation::ZeroSize => write!(f, "update of size 0 (EINVAL)"),
-            Violation::Wraps { iova, size } => {
-                write!(
-                    f,
-                    "update at {iova:#x} of size {size:#x} wraps past 2^64 (EINVAL)"
-                )
-            }
-            Violation::OutsideRange { first, last, range } => write!(
-                f,
-                "update [{first:#x}, {last:#x}] is not inside the device range {range} (EINVAL)"
-            ),
-            Violation::Overlap { existing } => write!(
-                f,
-                "update overlaps the live entry {} -> {:#x} (EEXIST)",
-                existing.iova, existing.hva.0
-            ),
-            Violation::EntryLimit { asid, limit } => write!(
-                f,
-                "address space {asid} already holds {limit} entries, the most the kernel allows (ENOSPC)"
-            ),
-            Violation::BadPerm { perm } => write!(f, "update with perm {perm} (strict)"),
-            Violation::InvalidateZeroSize { iova } => {
-                write!(f, "invalidate at {iova:#x} of size 0 (strict)")
-            }
-            Violation::InvalidateWraps { iova, size } => {
-                write!(
-                    f,
-                    "invalidate at {iova:#x} of size {size:#x} wraps (strict)"
-                )
-            }
-            Violation::PartialInvalidate { first, last, entry } => write!(
-                f,
-                "invalidate [{first:#x}, {last:#x}] cuts through the entry {} (strict)",
-                entry.iova
-            ),
-            Violation::BatchAlreadyOpen { batch } => {
-                write!(
-                    f,
-                    "batch begin while the batch of asid {batch} is open (strict)"
-                )
-            }
-            Violation::BatchNotOpen => write!(f, "batch end with no batch open (strict)"),
-        }
-    }
-}
-
-impl std::error::Error for Violation {}
+pub use msg::{MsgType, RawMsg};
+pub use violation::Violation;
 
 /// What an accepted message did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -750,10 +459,9 @@ impl KernelIotlb {
             });
         }
         let map = self.space(m.asid).expect("created above");
-        if let Some((_, e)) = map.range(..=last).next_back() {
-            if e.iova.last().0 >= m.iova {
-                return Err(Violation::Overlap { existing: *e });
-            }
+        // The entry reported is the last that overlaps.
+        if let Some((_, e)) = overlapping(map, |_, e| e.iova.last().0, m.iova, last).last() {
+            return Err(Violation::Overlap { existing: *e });
         }
         if let Some(limit) = self.max_entries {
             if map.len() >= limit {
@@ -807,14 +515,7 @@ impl KernelIotlb {
                 }
             }
         } else {
-            // Entries starting inside the range, plus the one starting before
-            // it that may reach into it.
-            if let Some((_, e)) = map.range(..m.iova).next_back() {
-                if e.iova.last().0 >= m.iova {
-                    hit.push(*e);
-                }
-            }
-            hit.extend(map.range(m.iova..=last).map(|(_, e)| *e));
+            hit.extend(overlapping(map, |_, e| e.iova.last().0, m.iova, last).map(|(_, e)| *e));
         }
         if let Some(v) = odd {
             self.lenient(v)?;
@@ -841,6 +542,7 @@ impl KernelIotlb {
 mod tests {
     use super::*;
     use crate::addr::{DeviceRange, PageSize};
+    use crate::plan::OpKind;
     use crate::vocab::Phase;
 
     fn caps() -> DeviceCaps {

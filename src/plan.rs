@@ -115,7 +115,12 @@ impl Cost {
                     }
                 }
                 OpKind::BatchEnd if crit => c.critical_batch_ends += 1,
-                _ => {}
+                // Nothing pinned or unpinned: a non-pinning device, a batch
+                // marker, or a batch end outside the downtime.
+                OpKind::Update { .. }
+                | OpKind::Invalidate { .. }
+                | OpKind::BatchBegin
+                | OpKind::BatchEnd => {}
             }
         }
         c

@@ -14,6 +14,7 @@ use crate::plan::Plan;
 use crate::svq::{SvqConfig, VringArea};
 use crate::vocab::{Mode, Perm};
 
+pub(crate) mod guest;
 pub mod identity;
 mod kind;
 pub mod qemu;

@@ -1,35 +1,17 @@
-//! What both strategies share: input guards, vIOMMU guest memory, and the
+//! What both strategies share beside their [`Guest`](super::guest::Guest):
+//! vIOMMU guest memory, region validation, the mode's rules and the
 //! cheapest correct restore after a device reset.
 
 use std::collections::BTreeMap;
 
-use smallvec::SmallVec;
-
 use crate::addr::{Address, Gpa, Hva, Iova, Span};
+use crate::alloc::{fit, gaps, Fit};
 use crate::caps::{DeviceCaps, MapStyle};
 use crate::entry::Entry;
 use crate::error::PlanError;
 use crate::event::RegionSpec;
 use crate::plan::{plan_from_ops, Op, OpKind, Plan, PlanBuilder};
 use crate::vocab::{EventKind, Mode, Perm, Phase};
-
-/// Keys of the entries of `map` (keyed by first address, `last` giving each
-/// one's last address) that overlap `[f, l]`, in order.
-pub(crate) fn overlapping_keys<V>(
-    map: &BTreeMap<u64, V>,
-    last: impl Fn(&V) -> u64,
-    f: u64,
-    l: u64,
-) -> SmallVec<[u64; 2]> {
-    let mut hit = SmallVec::new();
-    if let Some((&k, v)) = map.range(..f).next_back() {
-        if last(v) >= f {
-            hit.push(k);
-        }
-    }
-    hit.extend(map.range(f..=l).map(|(&k, _)| k));
-    hit
-}
 
 /// Guest memory of a vIOMMU guest: declared, not mapped until the guest maps it.
 #[derive(Clone, Debug)]
@@ -239,56 +221,9 @@ pub(crate) fn reset_plan(
 /// entries of one address space.
 fn free_page(caps: &DeviceCaps, taken: &[Span<Iova>]) -> Option<Span<Iova>> {
     let p = caps.page_size;
-    let mut cand = p.align_up(caps.range.first().max(p.get()))?;
-    for t in taken {
-        let (f, l) = (t.first().0, t.last().0);
-        // Entries and `cand` are page aligned: a gap is a page at least.
-        if f > cand {
-            break;
-        }
-        if l >= cand {
-            cand = l.checked_add(1)?;
-        }
-    }
-    let last = cand.checked_add(p.get() - 1)?;
-    (last <= caps.range.last()).then(|| Span::trusted(cand, p.get()))
-}
-
-/// Guest units (regions, or guest maps) by first address: what the guards
-/// below look through. Both strategies keep one.
-pub(crate) trait UnitSpan {
-    /// The guest addresses the unit covers.
-    fn span(&self) -> Span<Gpa>;
-}
-
-/// The guard of `host_buffers`: whole pages, declared while no shadow vring
-/// is mapped (passthrough, or a destination waiting for the stream).
-pub(crate) fn valid_buffers(
-    caps: &DeviceCaps,
-    mode: Mode,
-    bufs: &[crate::event::HostBuffer],
-) -> Result<(), PlanError> {
-    admit(mode, EventKind::HostBuffers)?;
-    for b in bufs {
-        Span::new(b.hva, b.size, caps.page_size)?;
-    }
-    Ok(())
-}
-
-/// The guard of `incoming`: nothing declared or mapped before.
-pub(crate) fn fresh<U>(
-    mode: Mode,
-    viommu: Option<&GuestMemory>,
-    units: &BTreeMap<u64, U>,
-) -> Result<(), PlanError> {
-    admit(mode, EventKind::Incoming)?;
-    if !units.is_empty() || viommu.is_some_and(|v| !v.is_empty()) {
-        return Err(PlanError::OutOfOrder {
-            event: EventKind::Incoming.name(),
-            mode,
-        });
-    }
-    Ok(())
+    let lo = p.align_up(caps.range.first().max(p.get()))?;
+    let free = gaps(taken.iter().map(Span::bounds), lo, caps.range.last());
+    fit(free, p.get(), Fit::First).map(|f| Span::trusted(f, p.get()))
 }
 
 /// The phase of what a reset's plan sends: prepare on a destination still
@@ -322,111 +257,4 @@ pub(crate) fn admit(mode: Mode, event: EventKind) -> Result<(), PlanError> {
             mode,
         })
     }
-}
-
-/// Validated new regions, sorted by GPA.
-pub(crate) type ValidRegions = Vec<(Span<Gpa>, RegionSpec)>;
-
-/// The guard of `add_regions`: refused after completion; with a vIOMMU the
-/// regions are only declared (`Ok(None)`); otherwise validated against each
-/// other and the present units, sorted.
-pub(crate) fn new_regions<U: UnitSpan>(
-    caps: &DeviceCaps,
-    mode: Mode,
-    viommu: Option<&mut GuestMemory>,
-    units: &BTreeMap<u64, U>,
-    specs: &[RegionSpec],
-) -> Result<Option<ValidRegions>, PlanError> {
-    admit(mode, EventKind::Hotplug)?;
-    if let Some(v) = viommu {
-        // Guest memory is only declared: the guest maps it through its vIOMMU.
-        v.add(caps, specs)?;
-        return Ok(None);
-    }
-    validate_regions(caps, specs, |f, l| {
-        let (_, u) = units.range(..=l).next_back()?;
-        let s = u.span();
-        (s.last().raw() >= f).then(|| s.bounds())
-    })
-    .map(Some)
-}
-
-/// The guard of `remove_region`: refused after completion; with a vIOMMU
-/// the region is removed from the declared memory unless a guest map still
-/// uses it (`true`: done, nothing to unmap).
-pub(crate) fn removed_region<U: UnitSpan>(
-    mode: Mode,
-    viommu: Option<&mut GuestMemory>,
-    units: &BTreeMap<u64, U>,
-    hva_of: impl Fn(&U) -> Hva,
-    gpa: Gpa,
-) -> Result<bool, PlanError> {
-    admit(mode, EventKind::Unplug)?;
-    let Some(v) = viommu else {
-        return Ok(false);
-    };
-    v.remove(
-        gpa,
-        units
-            .values()
-            .map(|u| (u.span().first().raw(), hva_of(u), u.span().size())),
-    )?;
-    Ok(true)
-}
-
-/// The guard of `viommu_map`: a vIOMMU guest, not completed, a map of
-/// memory inside one region with an allowed perm, overlapping no live map.
-/// Gives the guest IOVA span and the host address of its first byte.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn guest_map<U: UnitSpan>(
-    caps: &DeviceCaps,
-    mode: Mode,
-    viommu: Option<&GuestMemory>,
-    units: &BTreeMap<u64, U>,
-    giova: Iova,
-    size: u64,
-    gpa: Gpa,
-    perm: Perm,
-) -> Result<(Span<Gpa>, Hva), PlanError> {
-    let Some(v) = viommu else {
-        return Err(PlanError::NoViommu {
-            event: "viommu_map",
-        });
-    };
-    admit(mode, EventKind::ViommuMap)?;
-    let (gi, hva) = v.resolve(caps, giova, size, gpa, perm)?;
-    let (f, l) = gi.bounds();
-    if let Some(k) = overlapping_keys(units, |u| u.span().last().raw(), f, l).first() {
-        return Err(PlanError::GuestMapOverlap {
-            new: (f, l),
-            existing: units[k].span().bounds(),
-        });
-    }
-    Ok((gi, hva))
-}
-
-/// The guard of `viommu_unmap`: a vIOMMU guest, not completed, a valid
-/// range that hits at least one live map. Gives the range and the keys of
-/// the maps it hits.
-pub(crate) fn guest_unmap<U: UnitSpan>(
-    caps: &DeviceCaps,
-    mode: Mode,
-    viommu: bool,
-    units: &BTreeMap<u64, U>,
-    giova: Iova,
-    size: u64,
-) -> Result<(Span<Iova>, SmallVec<[u64; 2]>), PlanError> {
-    if !viommu {
-        return Err(PlanError::NoViommu {
-            event: "viommu_unmap",
-        });
-    }
-    admit(mode, EventKind::ViommuUnmap)?;
-    let span = Span::new(giova, size, caps.page_size)?;
-    let (f, l) = span.bounds();
-    let hit = overlapping_keys(units, |u| u.span().last().raw(), f, l);
-    if hit.is_empty() {
-        return Err(PlanError::NotMapped { first: f, last: l });
-    }
-    Ok((span, hit))
 }

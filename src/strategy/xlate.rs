@@ -1,7 +1,6 @@
 //! The GPA -> IOVA translation table both strategies keep for `translate`,
 //! the per-descriptor hot path of the shadow virtqueues.
 
-use core::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -133,51 +132,68 @@ pub(crate) fn translate_with(
     }
 }
 
-/// [`translate_with`] over a range map (the baseline strategy's).
-pub(crate) fn translate_map(
-    xlate: &XlateMap,
-    gpa: Gpa,
-    len: u64,
-    is_guest: impl Fn(u64) -> bool,
-) -> Result<Segments, PlanError> {
-    translate_with(
-        |a| xlate.map.get_key_value(&a).map(|(r, x)| (*r.end(), *x)),
-        gpa,
-        len,
-        is_guest,
-    )
-}
-
-/// The GPA -> IOVA translation map of the baseline strategy: a range map
-/// whose every change bumps its [`Epoch`].
+/// The GPA -> IOVA translation table of a strategy: a range map that
+/// changes take effect in, and its [`Flat`] copy that `translate` reads.
+///
+/// Changes ([`Table::set`], [`Table::remove`], [`Table::clear`]) reach
+/// lookups only at [`Table::publish`], which rebuilds the arrays (O(n))
+/// and bumps the [`Epoch`]: an event publishes once, however many ranges
+/// it changed. A lookup of an unpublished table is a bug (checked in debug
+/// builds).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct XlateMap {
+pub(crate) struct Table {
     map: RangeInclusiveMap<u64, Xlate>,
-    epoch: Epoch,
+    flat: Flat,
+    dirty: bool,
 }
 
-impl XlateMap {
-    pub(crate) fn new() -> Self {
-        Self::default()
+impl Table {
+    /// Guest addresses `[first, last]` translate by `delta` with `perm`.
+    pub(crate) fn set(&mut self, first: u64, last: u64, delta: u64, perm: Perm) {
+        self.map.insert(first..=last, Xlate { delta, perm });
+        self.dirty = true;
     }
 
-    pub(crate) fn insert(&mut self, r: RangeInclusive<u64>, x: Xlate) {
-        self.map.insert(r, x);
-        self.epoch.bump();
+    /// Guest addresses `[first, last]` no longer translate.
+    pub(crate) fn remove(&mut self, first: u64, last: u64) {
+        self.map.remove(first..=last);
+        self.dirty = true;
     }
 
-    pub(crate) fn remove(&mut self, r: RangeInclusive<u64>) {
-        self.map.remove(r);
-        self.epoch.bump();
+    /// Nothing translates.
+    pub(crate) fn clear(&mut self) {
+        self.map = RangeInclusiveMap::new();
+        self.dirty = true;
     }
 
+    /// Makes the changes since the last publish visible to lookups (the
+    /// arrays are rebuilt only when something changed), and every
+    /// translator made before stale: an event that publishes invalidates
+    /// translators even when it changed nothing, which costs a refresh and
+    /// never a wrong answer.
+    pub(crate) fn publish(&mut self) {
+        if self.dirty {
+            self.flat.firsts.clear();
+            self.flat.rest.clear();
+            for (r, x) in self.map.iter() {
+                self.flat.firsts.push(*r.start());
+                self.flat.rest.push((*r.end(), *x));
+            }
+            self.dirty = false;
+        }
+        self.flat.epoch.bump();
+    }
+
+    /// The entry holding `addr`: its last address and translation.
+    pub(crate) fn lookup(&self, addr: u64) -> Option<(u64, Xlate)> {
+        debug_assert!(!self.dirty, "a translation table changed but not published");
+        self.flat.lookup(addr)
+    }
+
+    /// The table's generation, which translators watch.
     pub(crate) fn epoch(&self) -> &Epoch {
-        &self.epoch
+        &self.flat.epoch
     }
-}
-
-pub(crate) fn xlate_entry(delta: u64, perm: Perm) -> Xlate {
-    Xlate { delta, perm }
 }
 
 #[cfg(test)]

@@ -95,7 +95,16 @@ impl GuestView {
                 }
                 self.maps = out;
             }
-            _ => {}
+            // What the guest can reach does not change with the device's
+            // mode, a reset or host buffers.
+            Event::SvqPrepare(_)
+            | Event::SvqSwitch(_)
+            | Event::Failback
+            | Event::Complete
+            | Event::Switchover
+            | Event::Start
+            | Event::Reset
+            | Event::HostBuffers(_) => {}
         }
     }
 

@@ -4,7 +4,7 @@ use super::*;
 
 impl IdentityPlanner {
     pub(super) fn plan_failback(&mut self) -> Result<Plan, PlanError> {
-        admit(self.mode, EventKind::Failback)?;
+        self.guest.admit(EventKind::Failback)?;
         let Some(s) = &self.svq else {
             // Not reached: both modes that admit a failback have shadow vrings.
             return Err(self.out_of_order("failback"));
@@ -16,7 +16,7 @@ impl IdentityPlanner {
         let mut targets: SmallVec<[(u64, Piece); 4]> = SmallVec::new();
         for e in s.entries.values() {
             if let SvqEntry::Displaced { region, piece } = e {
-                let r = &self.regions[region];
+                let r = &self.guest.units[region];
                 staged.entry(*region).or_insert_with(|| {
                     let mut nr = r.clone();
                     nr.pieces.retain(|p| p.is_identity());
@@ -31,15 +31,7 @@ impl IdentityPlanner {
             let (f, l) = p.gpa.bounds();
             for (at, e) in s.overlapping(f, l) {
                 if critical.insert(at, ()).is_none() {
-                    match e {
-                        SvqEntry::Queue { .. } => s.unmap_queue(&mut b, Phase::Critical, at),
-                        SvqEntry::Buffer { idx, .. } => {
-                            s.unmap_buffer(&mut b, Phase::Critical, idx, at)
-                        }
-                        SvqEntry::Displaced { piece, .. } => {
-                            b.invalidate(Phase::Critical, ASID, piece.iova)
-                        }
-                    }
+                    s.unmap_entry(&mut b, Phase::Critical, at, &e);
                 }
             }
         }
@@ -52,18 +44,18 @@ impl IdentityPlanner {
         }
         // The device runs on the guest's rings again: the rest can wait.
         Self::teardown_svq(s, &mut b, Phase::Background, &critical);
-        let plan = b.finish(&self.caps);
+        let plan = b.finish(&self.guest.caps);
         self.svq = None;
         self.commit_regions(staged);
-        self.mode = Mode::Passthrough;
+        self.guest.mode = Mode::Passthrough;
         Ok(plan)
     }
 
     pub(super) fn plan_complete(&mut self) -> Result<Plan, PlanError> {
-        admit(self.mode, EventKind::Complete)?;
+        self.guest.admit(EventKind::Complete)?;
         let s = self.svq.as_ref().expect("svq mode has svq state");
         let mut b = PlanBuilder::new();
-        for r in self.regions.values() {
+        for r in self.guest.units.values() {
             for p in r.pieces.iter().filter(|p| p.is_identity()) {
                 b.invalidate(Phase::Background, ASID, p.iova);
             }
@@ -72,14 +64,14 @@ impl IdentityPlanner {
         if let Some(c) = &mut self.cvq {
             c.teardown(&mut b, Phase::Background);
         }
-        let plan = b.finish(&self.caps);
+        let plan = b.finish(&self.guest.caps);
         self.svq = None;
-        for r in self.regions.values_mut() {
+        for r in self.guest.units.values_mut() {
             r.pieces.clear();
         }
-        self.xlate = RangeInclusiveMap::new();
-        self.refresh_flat();
-        self.mode = Mode::Completed;
+        self.guest.table.clear();
+        self.guest.table.publish();
+        self.guest.mode = Mode::Completed;
         Ok(plan)
     }
 }

@@ -16,14 +16,7 @@ impl IdentityPlanner {
             let (f, l) = i.bounds();
             let hits = s.overlapping(f, l);
             if hits.is_empty() || mode == Mode::Prepared {
-                let mut sizes: Vec<u64> = hits
-                    .iter()
-                    .map(|&(_, e)| match e {
-                        SvqEntry::Queue { .. } => s.layout.total(),
-                        SvqEntry::Buffer { idx, .. } => s.bufs[idx as usize].size,
-                        SvqEntry::Displaced { piece, .. } => piece.gpa.size(),
-                    })
-                    .collect();
+                let mut sizes: Vec<u64> = hits.iter().map(|(_, e)| s.entry_size(e)).collect();
                 sizes.sort_by_key(|&n| core::cmp::Reverse(n));
                 v.extend(sizes);
             } else {
@@ -34,8 +27,8 @@ impl IdentityPlanner {
         v
     }
 
-    /// Maps one new unit in SVQ or prepared mode (see the module docs).
-    #[allow(clippy::too_many_arguments)]
+    /// Maps new unit `r` (no pieces yet) in SVQ or prepared mode (see the
+    /// module docs), staging what moves in `staged`.
     pub(super) fn place_unit(
         &self,
         s: &mut SvqState,
@@ -43,10 +36,9 @@ impl IdentityPlanner {
         b: &mut PlanBuilder,
         staged: &mut BTreeMap<u64, Region>,
         r: &mut Region,
-        g: Span<Gpa>,
-        inside: Option<Span<Gpa>>,
-        outs: &[Span<Gpa>],
     ) -> Result<(), PlanError> {
+        let g = r.gpa;
+        let (inside, outs) = self.split(g);
         if let Some(i) = inside {
             let (f, l) = i.bounds();
             let hits = s.overlapping(f, l);
@@ -62,13 +54,7 @@ impl IdentityPlanner {
                     let freed = s.free(Span::trusted(at, last - at + 1));
                     debug_assert!(freed, "svq entries were allocated");
                     s.entries.remove(&at);
-                    match e {
-                        SvqEntry::Queue { .. } => s.unmap_queue(b, Phase::Prepare, at),
-                        SvqEntry::Buffer { idx, .. } => s.unmap_buffer(b, Phase::Prepare, idx, at),
-                        SvqEntry::Displaced { piece, .. } => {
-                            b.invalidate(Phase::Prepare, ASID, piece.iova)
-                        }
-                    }
+                    s.unmap_entry(b, Phase::Prepare, at, &e);
                 }
                 s.carve(f, l);
                 // Largest first: a small block placed first may
@@ -130,7 +116,7 @@ impl IdentityPlanner {
                 )?;
             }
         }
-        for &o in outs {
+        for o in outs {
             s.displace(
                 b,
                 Phase::Prepare,
@@ -159,10 +145,9 @@ impl IdentityPlanner {
                 perm,
                 pieces: SmallVec::new(),
             };
-            let (inside, outs) = self.split(g);
-            match (&mut svq, self.mode) {
+            match (&mut svq, self.guest.mode) {
                 (None, _) => {
-                    if let Some(i) = inside {
+                    if let (Some(i), _) = self.split(g) {
                         let piece = Self::identity(i);
                         Self::map_piece(&mut b, Phase::Prepare, &r, &piece);
                         r.pieces.push(piece);
@@ -172,20 +157,12 @@ impl IdentityPlanner {
                     // Greedy first (window, then holes, best fit); when that
                     // runs out, an exact search over every free range.
                     let saved = (s.clone(), b.clone(), staged.clone(), r.clone());
-                    match self.place_unit(s, mode, &mut b, &mut staged, &mut r, g, inside, &outs) {
+                    match self.place_unit(s, mode, &mut b, &mut staged, &mut r) {
                         Err(PlanError::OutOfIova { .. }) => {
                             (*s, b, staged, r) = saved;
+                            let (inside, outs) = self.split(g);
                             s.pending = Some(Self::unit_requests(s, mode, inside, &outs));
-                            self.place_unit(
-                                s,
-                                mode,
-                                &mut b,
-                                &mut staged,
-                                &mut r,
-                                g,
-                                inside,
-                                &outs,
-                            )?;
+                            self.place_unit(s, mode, &mut b, &mut staged, &mut r)?;
                             debug_assert!(s.forced.is_empty() && s.pending.is_none());
                         }
                         other => other?,
@@ -195,7 +172,7 @@ impl IdentityPlanner {
             r.pieces.sort();
             staged.insert(g.first().raw(), r);
         }
-        let plan = b.finish(&self.caps);
+        let plan = b.finish(&self.guest.caps);
         self.svq = svq;
         self.commit_regions(staged);
         Ok(plan)
@@ -204,16 +181,21 @@ impl IdentityPlanner {
     /// Unmaps the unit starting at `gpa`.
     pub(super) fn remove_unit(&mut self, gpa: Gpa) -> Result<Plan, PlanError> {
         let r = self
-            .regions
+            .guest
+            .units
             .get(&gpa.raw())
             .ok_or(PlanError::UnknownRegion { gpa: gpa.raw() })?;
         let mut b = PlanBuilder::new();
         for p in &r.pieces {
             b.invalidate(Phase::Prepare, ASID, p.iova);
         }
-        let plan = b.finish(&self.caps);
+        let plan = b.finish(&self.guest.caps);
         // Nothing below can fail: commit.
-        let r = self.regions.remove(&gpa.raw()).expect("looked up above");
+        let r = self
+            .guest
+            .units
+            .remove(&gpa.raw())
+            .expect("looked up above");
         if let Some(s) = &mut self.svq {
             // Every IOVA the region held is free again, identity ones too:
             // a region plugged there later finds its identity range free,
@@ -228,8 +210,8 @@ impl IdentityPlanner {
             s.release(r.gpa.first().raw(), r.gpa.last().raw());
         }
         let (f, l) = r.gpa.bounds();
-        self.xlate.remove(f..=l);
-        self.refresh_flat();
+        self.guest.table.remove(f, l);
+        self.guest.table.publish();
         Ok(plan)
     }
 }

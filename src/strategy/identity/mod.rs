@@ -48,7 +48,6 @@
 
 use std::collections::BTreeMap;
 
-use rangemap::RangeInclusiveMap;
 use smallvec::SmallVec;
 
 use crate::addr::{Address, Gpa, Hva, Iova, Span};
@@ -58,11 +57,8 @@ use crate::entry::Entry;
 use crate::error::PlanError;
 use crate::event::{HostBuffer, RegionSpec};
 use crate::plan::{Plan, PlanBuilder};
-use crate::strategy::shared::{
-    admit, fresh, guest_map, guest_unmap, in_mode, new_regions, removed_region, reset_phase,
-    reset_plan, valid_buffers, GuestMemory, UnitSpan,
-};
-use crate::strategy::xlate::{translate_with, Flat, Xlate};
+use crate::strategy::guest::{Guest, Unit};
+use crate::strategy::shared::{in_mode, reset_phase, reset_plan};
 use crate::strategy::{Piece, Placement, Segments, Strategy};
 use crate::svq::{areas, QueueLayout, SvqConfig, VringArea};
 
@@ -88,9 +84,13 @@ struct Region {
     pieces: SmallVec<[Piece; 2]>,
 }
 
-impl UnitSpan for Region {
+impl Unit for Region {
     fn span(&self) -> Span<Gpa> {
         self.gpa
+    }
+
+    fn hva(&self) -> Hva {
+        self.hva
     }
 }
 
@@ -103,28 +103,20 @@ impl Region {
 /// The identity planner. See the [module documentation](self).
 #[derive(Clone, Debug)]
 pub struct IdentityPlanner {
-    caps: DeviceCaps,
+    /// Caps, mode, guest regions (or a vIOMMU guest's maps) and the
+    /// translation table.
+    guest: Guest<Region>,
     /// The device range shrunk to whole pages.
     usable: (u64, u64),
     max_gpa: Option<u64>,
     /// The device's limit of entries per address space, when known.
     max_entries: Option<u64>,
     ring_asid: u32,
-    viommu: Option<GuestMemory>,
     /// Host buffers mapped with the shadow vrings.
     buffers: Vec<HostBuffer>,
     /// With an isolated control virtqueue: address space 1, where the host
     /// buffers live instead (mapped when declared, for the VM's life).
     cvq: Option<CvqSpace>,
-    mode: Mode,
-    /// What the guest's device addresses map, by first address: guest
-    /// regions, or with a vIOMMU the guest's maps.
-    regions: BTreeMap<u64, Region>,
-    xlate: RangeInclusiveMap<u64, Xlate>,
-    /// `xlate` as a sorted array `(first, last, xlate)`, rebuilt after every
-    /// change: `translate`, the per-descriptor hot path, is then a binary
-    /// search over contiguous memory instead of a B-tree walk.
-    flat: Flat,
     svq: Option<SvqState>,
 }
 
@@ -201,7 +193,7 @@ impl IdentityPlannerBuilder {
             None => u64::MAX,
         };
         Ok(IdentityPlanner {
-            caps,
+            guest: Guest::new(caps, self.viommu_last),
             usable: (first, last),
             max_gpa: self.max_gpa,
             max_entries: self.max_entries,
@@ -210,16 +202,11 @@ impl IdentityPlannerBuilder {
             } else {
                 GUEST_ASID
             },
-            viommu: self.viommu_last.map(GuestMemory::new),
             buffers: Vec::new(),
             cvq: caps
                 .cvq_isolated
                 .then(|| CvqSpace::new(first, last, p))
                 .flatten(),
-            mode: Mode::Passthrough,
-            regions: BTreeMap::new(),
-            xlate: RangeInclusiveMap::new(),
-            flat: Flat::default(),
             svq: None,
         })
     }
@@ -280,17 +267,18 @@ impl IdentityPlanner {
 
     /// Number of guest regions.
     pub fn region_count(&self) -> usize {
-        self.regions.len()
+        self.guest.units.len()
     }
 
     /// The effective `max_gpa` now: the exclusive end of the guest's device
     /// addresses (with a vIOMMU, `viommu_last + 1`).
     pub fn max_gpa(&self) -> u64 {
-        if let Some(v) = &self.viommu {
+        if let Some(v) = &self.guest.viommu {
             return v.last.saturating_add(1);
         }
         self.max_gpa.unwrap_or_else(|| {
-            self.regions
+            self.guest
+                .units
                 .values()
                 .next_back()
                 .map_or(0, |r| r.gpa.last().raw().saturating_add(1))
@@ -335,44 +323,27 @@ impl IdentityPlanner {
         staged: &'a BTreeMap<u64, Region>,
         gpa: u64,
     ) -> Option<&'a Region> {
-        staged.get(&gpa).or_else(|| self.regions.get(&gpa))
-    }
-
-    /// Rebuilds `flat` from `xlate`.
-    fn refresh_flat(&mut self) {
-        self.flat.firsts.clear();
-        self.flat.rest.clear();
-        for (r, x) in self.xlate.iter() {
-            self.flat.firsts.push(*r.start());
-            self.flat.rest.push((*r.end(), *x));
-        }
-        self.flat.epoch.bump();
+        staged.get(&gpa).or_else(|| self.guest.units.get(&gpa))
     }
 
     fn commit_regions(&mut self, staged: BTreeMap<u64, Region>) {
         for (k, r) in staged {
             let (f, l) = r.gpa.bounds();
-            self.xlate.remove(f..=l);
+            self.guest.table.remove(f, l);
             for p in &r.pieces {
                 let (pf, pl) = p.gpa.bounds();
                 let delta = p.iova.first().raw().wrapping_sub(pf);
-                self.xlate.insert(
-                    pf..=pl,
-                    Xlate {
-                        delta,
-                        perm: r.perm,
-                    },
-                );
+                self.guest.table.set(pf, pl, delta, r.perm);
             }
-            self.regions.insert(k, r);
+            self.guest.units.insert(k, r);
         }
-        self.refresh_flat();
+        self.guest.table.publish();
     }
 
     fn out_of_order(&self, event: &'static str) -> PlanError {
         PlanError::OutOfOrder {
             event,
-            mode: self.mode,
+            mode: self.guest.mode,
         }
     }
 }
@@ -387,66 +358,53 @@ impl Strategy for IdentityPlanner {
     }
 
     fn caps(&self) -> &DeviceCaps {
-        &self.caps
+        &self.guest.caps
     }
 
     fn mode(&self) -> Mode {
-        self.mode
+        self.guest.mode
     }
 
     fn add_regions(&mut self, specs: &[RegionSpec]) -> Result<Plan, PlanError> {
-        let Some(specs) = new_regions(
-            &self.caps,
-            self.mode,
-            self.viommu.as_mut(),
-            &self.regions,
-            specs,
-        )?
-        else {
+        let Some(specs) = self.guest.declare(specs)? else {
             return Ok(Plan::default());
         };
         let units = specs
             .into_iter()
             .map(|(g, spec)| (g, spec.hva, spec.perm()))
             .collect();
-        let mode = self.mode;
+        let mode = self.guest.mode;
         self.add_units(units).map(|p| in_mode(mode, p))
     }
 
     fn remove_region(&mut self, gpa: Gpa) -> Result<Plan, PlanError> {
-        if removed_region(
-            self.mode,
-            self.viommu.as_mut(),
-            &self.regions,
-            |u| u.hva,
-            gpa,
-        )? {
+        if self.guest.undeclare(gpa)? {
             return Ok(Plan::default());
         }
-        let mode = self.mode;
+        let mode = self.guest.mode;
         self.remove_unit(gpa).map(|p| in_mode(mode, p))
     }
     fn svq_prepare(&mut self, cfg: SvqConfig) -> Result<Plan, PlanError> {
-        admit(self.mode, EventKind::SvqPrepare)?;
+        self.guest.admit(EventKind::SvqPrepare)?;
         let (plan, s, staged) = self.setup_svq(cfg, Phase::Prepare)?;
         self.svq = Some(s);
         self.commit_regions(staged);
-        self.mode = Mode::Prepared;
+        self.guest.mode = Mode::Prepared;
         Ok(plan)
     }
 
     fn svq_switch(&mut self, cfg: Option<SvqConfig>) -> Result<Plan, PlanError> {
-        admit(self.mode, EventKind::SvqSwitch)?;
-        if self.mode == Mode::Prepared {
+        self.guest.admit(EventKind::SvqSwitch)?;
+        if self.guest.mode == Mode::Prepared {
             // Everything is mapped already: the switch itself is free.
-            self.mode = Mode::Svq;
+            self.guest.mode = Mode::Svq;
             return Ok(Plan::default());
         }
         let cfg = cfg.ok_or(PlanError::MissingSvqConfig)?;
         let (plan, s, staged) = self.setup_svq(cfg, Phase::Critical)?;
         self.svq = Some(s);
         self.commit_regions(staged);
-        self.mode = Mode::Svq;
+        self.guest.mode = Mode::Svq;
         Ok(plan)
     }
 
@@ -463,36 +421,36 @@ impl Strategy for IdentityPlanner {
         // hold again what the planner has mapped (while a destination waits
         // for the stream, before any downtime).
         Ok(reset_plan(
-            &self.caps,
+            &self.guest.caps,
             self.max_entries,
             &self.mapped(),
-            reset_phase(self.mode),
+            reset_phase(self.guest.mode),
         ))
     }
 
     fn incoming(&mut self, regions: &[RegionSpec]) -> Result<Plan, PlanError> {
-        fresh(self.mode, self.viommu.as_ref(), &self.regions)?;
+        self.guest.check_fresh()?;
         // Guest memory is mapped now, while the VMM waits for the stream:
         // nothing is left for the downtime.
         let plan = self.add_regions(regions)?;
-        self.mode = Mode::Incoming;
+        self.guest.mode = Mode::Incoming;
         Ok(plan)
     }
 
     fn switchover(&mut self) -> Result<Plan, PlanError> {
-        admit(self.mode, EventKind::Switchover)?;
+        self.guest.admit(EventKind::Switchover)?;
         // Guest memory was mapped while the stream ran: nothing to send.
         // What arrives from now on (a vIOMMU's maps, a reset's restore) is
         // planned as it comes, inside the downtime.
-        self.mode = Mode::Switchover;
+        self.guest.mode = Mode::Switchover;
         Ok(Plan::default())
     }
 
     fn start(&mut self) -> Result<Plan, PlanError> {
-        admit(self.mode, EventKind::Start)?;
+        self.guest.admit(EventKind::Start)?;
         // Everything the device needs is mapped (and restored after any
         // reset): the start sends nothing.
-        self.mode = Mode::Passthrough;
+        self.guest.mode = Mode::Passthrough;
         Ok(Plan::default())
     }
 
@@ -503,13 +461,13 @@ impl Strategy for IdentityPlanner {
         gpa: Gpa,
         perm: Perm,
     ) -> Result<Plan, PlanError> {
-        let mode = self.mode;
+        let mode = self.guest.mode;
         self.plan_viommu_map(giova, size, gpa, perm)
             .map(|p| in_mode(mode, p))
     }
 
     fn viommu_unmap(&mut self, giova: Iova, size: u64) -> Result<Plan, PlanError> {
-        let mode = self.mode;
+        let mode = self.guest.mode;
         self.plan_viommu_unmap(giova, size)
             .map(|p| in_mode(mode, p))
     }
@@ -519,9 +477,11 @@ impl Strategy for IdentityPlanner {
     }
 
     fn host_buffers(&mut self, bufs: &[HostBuffer]) -> Result<Plan, PlanError> {
-        valid_buffers(&self.caps, self.mode, bufs)?;
+        self.guest.check_buffers(bufs)?;
         if let Some(cvq) = &mut self.cvq {
-            return cvq.declare(bufs, &self.caps).map(|p| in_mode(self.mode, p));
+            return cvq
+                .declare(bufs, &self.guest.caps)
+                .map(|p| self.guest.in_mode(p));
         }
         self.buffers.extend_from_slice(bufs);
         Ok(Plan::default())
@@ -541,7 +501,7 @@ impl Strategy for IdentityPlanner {
 
     fn mapped(&self) -> Vec<(u32, Entry)> {
         let mut v = Vec::new();
-        for r in self.regions.values() {
+        for r in self.guest.units.values() {
             for p in &r.pieces {
                 v.push((
                     ASID,
@@ -563,7 +523,8 @@ impl Strategy for IdentityPlanner {
     }
 
     fn placements(&self) -> Vec<Placement> {
-        self.regions
+        self.guest
+            .units
             .values()
             .map(|r| Placement {
                 gpa: r.gpa,
@@ -586,20 +547,10 @@ impl Strategy for IdentityPlanner {
     }
 
     fn epoch(&self) -> Option<&crate::strategy::Epoch> {
-        Some(&self.flat.epoch)
+        Some(self.guest.table.epoch())
     }
 
     fn translate(&self, gpa: Gpa, len: u64) -> Result<Segments, PlanError> {
-        translate_with(
-            |a| self.flat.lookup(a),
-            gpa,
-            len,
-            |g| {
-                self.regions
-                    .range(..=g)
-                    .next_back()
-                    .is_some_and(|(_, r)| r.gpa.contains(Gpa(g)))
-            },
-        )
+        self.guest.translate(gpa, len)
     }
 }

@@ -11,28 +11,12 @@ impl IdentityPlanner {
         gpa: Gpa,
         perm: Perm,
     ) -> Result<Plan, PlanError> {
-        let (gi, hva) = guest_map(
-            &self.caps,
-            self.mode,
-            self.viommu.as_ref(),
-            &self.regions,
-            giova,
-            size,
-            gpa,
-            perm,
-        )?;
+        let (gi, hva) = self.guest.guest_map(giova, size, gpa, perm)?;
         self.add_units(vec![(gi, hva, perm)])
     }
 
     pub(super) fn plan_viommu_unmap(&mut self, giova: Iova, size: u64) -> Result<Plan, PlanError> {
-        let (span, hit) = guest_unmap(
-            &self.caps,
-            self.mode,
-            self.viommu.is_some(),
-            &self.regions,
-            giova,
-            size,
-        )?;
+        let (span, hit) = self.guest.guest_unmap(giova, size)?;
         let (f, l) = span.bounds();
         // The kernel drops whole entries: every entry of a cut map is
         // unmapped, and what stays mapped is mapped again at the same IOVAs
@@ -41,7 +25,7 @@ impl IdentityPlanner {
         let mut b = PlanBuilder::new();
         let mut keep: SmallVec<[Region; 2]> = SmallVec::new();
         for k in &hit {
-            let u = &self.regions[k];
+            let u = &self.guest.units[k];
             for p in &u.pieces {
                 b.invalidate(Phase::Prepare, ASID, p.iova);
             }
@@ -63,12 +47,12 @@ impl IdentityPlanner {
                 keep.push(nr);
             }
         }
-        let plan = b.finish(&self.caps);
+        let plan = b.finish(&self.guest.caps);
         // Nothing below can fail: commit.
         for k in &hit {
-            let u = self.regions.remove(k).expect("found above");
+            let u = self.guest.units.remove(k).expect("found above");
             let (cf, cl) = (u.gpa.first().raw().max(f), u.gpa.last().raw().min(l));
-            self.xlate.remove(cf..=cl);
+            self.guest.table.remove(cf, cl);
             if let Some(s) = &mut self.svq {
                 for p in &u.pieces {
                     if !p.is_identity() {

@@ -2,6 +2,8 @@
 //! holes, claims, and an exact search when greedy placement runs out).
 
 use super::*;
+use crate::addr::overlapping;
+use crate::alloc::{fit, Fit};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum SvqEntry {
@@ -51,27 +53,48 @@ pub(super) struct SvqState {
     pub(super) entries: BTreeMap<u64, SvqEntry>,
 }
 
+impl SvqEntry {
+    /// The entry's last IOVA.
+    pub(super) fn last(&self) -> u64 {
+        match self {
+            SvqEntry::Queue { last, .. } | SvqEntry::Buffer { last, .. } => *last,
+            SvqEntry::Displaced { piece, .. } => piece.iova.last().raw(),
+        }
+    }
+}
+
 impl SvqState {
     pub(super) fn entry_last(&self, first: u64, e: &SvqEntry) -> u64 {
-        match e {
-            SvqEntry::Queue { last, .. } | SvqEntry::Buffer { last, .. } => *last,
-            SvqEntry::Displaced { piece, .. } => {
-                debug_assert_eq!(piece.iova.first().raw(), first);
-                piece.iova.last().raw()
-            }
+        debug_assert!(
+            !matches!(e, SvqEntry::Displaced { piece, .. } if piece.iova.first().raw() != first),
+            "a displaced piece is keyed by its first IOVA"
+        );
+        e.last()
+    }
+
+    /// The entry at `at` unmapped: one INVALIDATE in its address space.
+    pub(super) fn unmap_entry(&self, b: &mut PlanBuilder, phase: Phase, at: u64, e: &SvqEntry) {
+        match *e {
+            SvqEntry::Queue { .. } => self.unmap_queue(b, phase, at),
+            SvqEntry::Buffer { idx, .. } => self.unmap_buffer(b, phase, idx, at),
+            SvqEntry::Displaced { piece, .. } => b.invalidate(phase, ASID, piece.iova),
+        }
+    }
+
+    /// The bytes the entry maps.
+    pub(super) fn entry_size(&self, e: &SvqEntry) -> u64 {
+        match *e {
+            SvqEntry::Queue { .. } => self.layout.total(),
+            SvqEntry::Buffer { idx, .. } => self.bufs[idx as usize].size,
+            SvqEntry::Displaced { piece, .. } => piece.gpa.size(),
         }
     }
 
     /// Entries overlapping `[f, l]`, by IOVA.
     pub(super) fn overlapping(&self, f: u64, l: u64) -> SmallVec<[(u64, SvqEntry); 4]> {
-        let mut out = SmallVec::new();
-        if let Some((&s, e)) = self.entries.range(..f).next_back() {
-            if self.entry_last(s, e) >= f {
-                out.push((s, *e));
-            }
-        }
-        out.extend(self.entries.range(f..=l).map(|(&s, e)| (s, *e)));
-        out
+        overlapping(&self.entries, |k, e| self.entry_last(k, e), f, l)
+            .map(|(k, e)| (k, *e))
+            .collect()
     }
 
     /// Allocates `size` bytes: best fit in the window, else best fit in the
@@ -103,12 +126,7 @@ impl SvqState {
         }
         // Last: free ranges of different allocators may touch (a claim next
         // to the window's free space): best fit over their union.
-        let merged = self.merged_free();
-        let best = merged
-            .iter()
-            .filter(|&&(f, l)| l - f >= size - 1)
-            .min_by_key(|&&(f, l)| (l - f, f));
-        if let Some(&(f, _)) = best {
+        if let Some(f) = fit(self.merged_free(), size, Fit::Best) {
             self.carve(f, f + (size - 1));
             return Ok(Span::trusted(f, size));
         }
@@ -199,10 +217,7 @@ impl SvqState {
         let mut cur = Some(f);
         let mut spans: SmallVec<[Span<Iova>; 4]> = SmallVec::new();
         for (at, e) in hits {
-            let el = match e {
-                SvqEntry::Queue { last, .. } | SvqEntry::Buffer { last, .. } => *last,
-                SvqEntry::Displaced { piece, .. } => piece.iova.last().raw(),
-            };
+            let el = e.last();
             if let Some(c) = cur.filter(|&c| c < *at) {
                 spans.push(Span::trusted(c, at - c));
             }
@@ -380,14 +395,14 @@ impl IdentityPlanner {
         cfg: SvqConfig,
         phase: Phase,
     ) -> Result<(Plan, SvqState, BTreeMap<u64, Region>), PlanError> {
-        let layout = cfg.layout(self.caps.page_size)?;
-        let p = self.caps.page_size;
+        let layout = cfg.layout(self.guest.caps.page_size)?;
+        let p = self.guest.caps.page_size;
         let (uf, ul) = self.usable;
         // (window, rest of the device range below it)
         let mut candidates: SmallVec<[(IovaAllocator, Option<IovaAllocator>); 2]> = SmallVec::new();
         if let Some(floor) = p.align_up(self.max_gpa().max(uf)) {
             if let Some(mut a) = IovaAllocator::new(floor, ul, p) {
-                for r in self.regions.values().rev() {
+                for r in self.guest.units.values().rev() {
                     if r.gpa.last().raw() < floor {
                         break;
                     }
@@ -397,7 +412,7 @@ impl IdentityPlanner {
                     .checked_sub(1)
                     .and_then(|below| IovaAllocator::new(uf, below, p));
                 if let Some(rest) = &mut rest {
-                    for r in self.regions.values() {
+                    for r in self.guest.units.values() {
                         if r.gpa.first().raw() >= floor {
                             break;
                         }
@@ -410,7 +425,7 @@ impl IdentityPlanner {
             }
         }
         if let Some(mut a) = IovaAllocator::new(uf, ul, p) {
-            for r in self.regions.values() {
+            for r in self.guest.units.values() {
                 a.carve(r.gpa.first().raw(), r.gpa.last().raw());
             }
             candidates.push((a, None));
@@ -483,7 +498,7 @@ impl IdentityPlanner {
             s.map_buffer(&mut b, phase, idx, f);
         }
         let mut staged = BTreeMap::new();
-        for (&k, r) in &self.regions {
+        for (&k, r) in &self.guest.units {
             let (_, outs) = self.split(r.gpa);
             if outs.is_empty() {
                 continue;
@@ -502,7 +517,7 @@ impl IdentityPlanner {
             nr.pieces.sort();
             staged.insert(k, nr);
         }
-        Ok((b.finish(&self.caps), staged))
+        Ok((b.finish(&self.guest.caps), staged))
     }
 
     /// Unmaps every svq entry except those in `skip`, in `phase`.
@@ -524,11 +539,7 @@ impl IdentityPlanner {
             if skip.contains_key(&f) {
                 continue;
             }
-            match e {
-                SvqEntry::Queue { .. } => s.unmap_queue(b, phase, f),
-                SvqEntry::Buffer { idx, .. } => s.unmap_buffer(b, phase, *idx, f),
-                SvqEntry::Displaced { piece, .. } => b.invalidate(phase, ASID, piece.iova),
-            }
+            s.unmap_entry(b, phase, f, e);
         }
     }
 }
@@ -605,14 +616,7 @@ fn pack(free: &[(u64, u64)], sizes: &[u64]) -> Option<Vec<Span<Iova>>> {
 
 /// The claims (`first -> last`) overlapping `[f, l]`, by address.
 fn claims_in(claims: &BTreeMap<u64, u64>, f: u64, l: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-    let before = claims
-        .range(..f)
-        .next_back()
-        .filter(|(_, &cl)| cl >= f)
-        .map(|(&a, &b)| (a, b));
-    before
-        .into_iter()
-        .chain(claims.range(f..=l).map(|(&a, &b)| (a, b)))
+    overlapping(claims, |_, &cl| cl, f, l).map(|(a, &b)| (a, b))
 }
 
 #[cfg(test)]

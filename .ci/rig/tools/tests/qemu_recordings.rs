@@ -2,7 +2,7 @@
 //! 10.2.2 on vdpa_sim_net) against the baseline, `QemuPlanner`: every step
 //! of every recording, message by message (type, asid, iova, size, perm,
 //! batch structure and order, host addresses relative to their region).
-//! Each difference left is one the baseline documents (`src/strategy/qemu.rs`,
+//! Each difference left is one the baseline documents (`src/strategy/qemu/mod.rs`,
 //! "Held to real QEMU"), and [`EXPECTED_KNOWN`] pins where each appears: a
 //! QEMU or baseline change that removes one fails here too.
 
@@ -301,7 +301,7 @@ fn every_dropped_batch_marker_fails_the_comparison() {
 #[test]
 fn every_known_difference_is_documented_in_the_baseline() {
     let doc = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../src/strategy/qemu.rs"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../src/strategy/qemu/mod.rs"),
     )
     .unwrap();
     for k in KNOWN {

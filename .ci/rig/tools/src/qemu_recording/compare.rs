@@ -6,7 +6,7 @@
 //! Where the baseline simplifies QEMU on purpose, the difference is a
 //! [`Known`] one: a rewrite of QEMU's messages into the baseline's shape,
 //! named after the QEMU function that causes it and listed in the
-//! baseline's documentation (`src/strategy/qemu.rs`). A step matches
+//! baseline's documentation (`src/strategy/qemu/mod.rs`). A step matches
 //! exactly, or matches once its known rewrites are applied (and the
 //! report says which); anything else is a mismatch.
 
