@@ -29,10 +29,7 @@ impl QemuPlanner {
             }
         }
         for (k, iova) in mapped {
-            let r = self.guest.units.get_mut(&k).expect("present");
-            r.iova = Some(iova);
-            let r = r.clone();
-            self.set_xlate(&r);
+            self.set_iova(k, Some(iova));
         }
         self.guest.mode = Mode::Passthrough;
         Ok(self.finish(ops))
@@ -83,6 +80,14 @@ impl QemuPlanner {
                 .table
                 .set(f, l, i.first().raw().wrapping_sub(f), r.perm);
         }
+    }
+
+    /// Unit `k` is mapped at `iova` now (`None`: not mapped).
+    pub(super) fn set_iova(&mut self, k: u64, iova: Option<Span<Iova>>) {
+        let r = self.guest.units.get_mut(&k).expect("a present unit");
+        r.iova = iova;
+        let r = r.clone();
+        self.set_xlate(&r);
     }
 
     pub(super) fn unmap_guest(&self) -> Vec<OpKind> {
@@ -274,10 +279,7 @@ impl QemuPlanner {
             maps.iter().map(|(_, _, k)| *k).collect(),
         );
         for (k, iova, _) in maps {
-            let r = self.guest.units.get_mut(&k).expect("present");
-            r.iova = Some(iova);
-            let r = r.clone();
-            self.set_xlate(&r);
+            self.set_iova(k, Some(iova));
         }
         self.guest.mode = Mode::Passthrough;
         Ok(self.finish(ops))

@@ -217,10 +217,7 @@ impl QemuPlanner {
             bufs,
         });
         for (k, i) in placed {
-            let r = self.guest.units.get_mut(&k).expect("present");
-            r.iova = Some(i);
-            let r = r.clone();
-            self.set_xlate(&r);
+            self.set_iova(k, Some(i));
         }
         self.prepared = None;
         self.guest.mode = Mode::Svq;
@@ -257,11 +254,9 @@ impl QemuPlanner {
         self.tree.clear();
         let keys: Vec<u64> = self.guest.units.keys().copied().collect();
         for k in keys {
-            let inr = self.in_range(&self.guest.units[&k].gpa);
-            let r = self.guest.units.get_mut(&k).expect("present");
-            r.iova = inr.then(|| Span::trusted(r.gpa.first().raw(), r.gpa.size()));
-            let r = r.clone();
-            self.set_xlate(&r);
+            let g = self.guest.units[&k].gpa;
+            let identity = Span::trusted(g.first().raw(), g.size());
+            self.set_iova(k, self.in_range(&g).then_some(identity));
         }
         self.guest.mode = Mode::Passthrough;
         Ok(self.finish(ops))
