@@ -10,8 +10,9 @@ use vdpa_iova_planner::{
     DeviceCaps, Event, Gpa, Hva, RegionSpec, Strategy, StrategyOptions, SvqConfig,
 };
 
-use crate::apply::{Applier, Limits, Mapping};
+use crate::apply::Applier;
 use crate::error::AdapterError;
+use crate::host::procfs::{Limits, Mapping};
 use crate::runner::StrategyKind;
 use crate::sink::MsgSink;
 use crate::uapi::MsgFormat;

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use vdpa_adapter::apply::{Applier, Limits, ModelDevice};
+use vdpa_adapter::apply::Applier;
 use vdpa_adapter::bench::{bench, BenchConfig};
 use vdpa_adapter::device::VhostVdpa;
+use vdpa_adapter::host::procfs::{self, Limits};
 use vdpa_adapter::memory::{Backing, Mem};
 use vdpa_adapter::output;
 use vdpa_adapter::report::{
@@ -17,6 +18,7 @@ use vdpa_adapter::report::{
 };
 use vdpa_adapter::scenario::{parse_num, Host};
 use vdpa_adapter::session::{run_on_device, DeviceRun, HostMemory, StepOutcome};
+use vdpa_adapter::sink::ModelDevice;
 use vdpa_adapter::uapi::MsgFormat;
 use vdpa_adapter::{run, AdapterError, Scenario, StrategyKind, DEFAULT_SCENARIO};
 
@@ -535,7 +537,7 @@ fn bench_cmd(
     let maps = (!caps.pinning)
         .then(|| std::fs::read_to_string("/proc/self/maps").ok())
         .flatten()
-        .map(|t| vdpa_adapter::apply::parse_maps(&t));
+        .map(|t| procfs::parse_maps(&t));
     let bar = if progress {
         indicatif::ProgressBar::new_spinner()
     } else {

@@ -9,9 +9,9 @@ use std::time::Duration;
 use vdpa_iova_planner::verify::replay::{self, StepError, Target};
 use vdpa_iova_planner::{DeviceCaps, Entry, Event, GuestView, Hva, Plan, RegionSpec, SvqConfig};
 
-use crate::apply::{parse_maps, Applier, ApplyError, ApplyReport, Limits, Mapping};
+use crate::apply::{Applier, ApplyError, ApplyReport};
 use crate::error::AdapterError;
-use crate::host::procfs;
+use crate::host::procfs::{self, parse_maps, Limits, Mapping};
 use crate::memory::{Backing, Mem};
 use crate::runner::StrategyKind;
 use crate::scenario::{layout_error, step_error, Host, Scenario};
