@@ -117,8 +117,8 @@ impl HostMemory {
         match available {
             Some(avail) if avail < needed => Err(AdapterError::HostMemory {
                 what,
-                needed: crate::report::bytes(needed),
-                available: crate::report::bytes(avail),
+                needed: crate::output::bytes(needed),
+                available: crate::output::bytes(avail),
             }),
             _ => Ok(()),
         }
