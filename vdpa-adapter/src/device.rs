@@ -16,6 +16,12 @@ use crate::host::sysfs;
 use crate::sink::MsgSink;
 use crate::uapi::{self, backend, ioctl as op, MsgFormat, MSG_LEN};
 
+/// The page size of the planner's view of every device ([`Probe::caps`]):
+/// vhost-vdpa's uAPI reports none, so the adapter plans in 4 KiB pages.
+/// Known before a device is opened, so that what a scenario needs on it can
+/// be counted first.
+pub const PAGE_SIZE: PageSize = PageSize::SIZE_4K;
+
 /// What `probe` learned about a device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Probe {
@@ -98,7 +104,7 @@ impl Probe {
         };
         Ok(DeviceCaps {
             range,
-            page_size: PageSize::SIZE_4K,
+            page_size: PAGE_SIZE,
             batching: has(backend::IOTLB_BATCH),
             address_spaces,
             desc_asid: has(backend::DESC_ASID),

@@ -11,7 +11,7 @@ use vdpa_adapter::apply::Applier;
 use vdpa_adapter::bench::{bench, BenchConfig};
 use vdpa_adapter::device::VhostVdpa;
 use vdpa_adapter::host::procfs::{self, Limits};
-use vdpa_adapter::memory::{Backing, Mem};
+use vdpa_adapter::memory::{svq_bytes, Backing, Mem};
 use vdpa_adapter::output::show::Show;
 use vdpa_adapter::output::{self, bytes, Format};
 use vdpa_adapter::scenario::{parse_num, Host};
@@ -331,7 +331,8 @@ fn apply_cmd(opts: ApplyOptions<'_>) -> Result<String, AdapterError> {
     let device = device.expect("clap requires --device without --dry-run");
     // Before the device is opened or any page allocated and tagged: a
     // 64 GiB scenario on a smaller host is refused here, not by the OOM killer.
-    HostMemory::new(Some(backing)).check_room(scn.steps_on(host))?;
+    HostMemory::new(Some(backing))
+        .check_room(scn.steps_on(host), vdpa_adapter::device::PAGE_SIZE)?;
     let mut d = VhostVdpa::open(device)?;
     let p = d.probe_without(withheld_features(no_persist))?;
     let caps = p.caps(pinning.unwrap_or_else(|| p.pins_memory()))?;
@@ -377,11 +378,8 @@ fn bench_cmd(
     };
     let mut guest = memory("guest memory", cfg.guest_mem)?;
     guest.tag_pages(0, 4096, vdpa_adapter::session::TAG_MAGIC);
-    let svq_bytes = cfg
-        .svq(vdpa_iova_planner::Hva(0))
-        .queue_bytes(caps.page_size)
-        .map_err(|e| AdapterError::device("bench", e.to_string()))?
-        * u64::from(cfg.queues);
+    let svq_bytes = svq_bytes(&cfg.svq(vdpa_iova_planner::Hva(0)), caps.page_size)
+        .map_err(|e| AdapterError::device("bench", e.to_string()))?;
     let svq = memory("vring buffers", svq_bytes)?;
     let maps = (!caps.pinning)
         .then(|| std::fs::read_to_string("/proc/self/maps").ok())
