@@ -116,7 +116,16 @@ impl HostMemory {
                         need(c.hva.0, n);
                     }
                 }
-                _ => {}
+                // No host memory of their own.
+                Event::Unplug(_)
+                | Event::SvqSwitch(None)
+                | Event::Failback
+                | Event::Complete
+                | Event::Switchover
+                | Event::Start
+                | Event::Reset
+                | Event::ViommuMap { .. }
+                | Event::ViommuUnmap { .. } => {}
             }
         }
         let needed = by_hva.values().fold(0u64, |a, &n| a.saturating_add(n));
@@ -181,7 +190,16 @@ impl HostMemory {
             ),
             Event::SvqPrepare(c) => Event::SvqPrepare(svq(self, c)?),
             Event::SvqSwitch(Some(c)) => Event::SvqSwitch(Some(svq(self, c)?)),
-            e => e.clone(),
+            // No host address to replace.
+            e @ (Event::Unplug(_)
+            | Event::SvqSwitch(None)
+            | Event::Failback
+            | Event::Complete
+            | Event::Switchover
+            | Event::Start
+            | Event::Reset
+            | Event::ViommuMap { .. }
+            | Event::ViommuUnmap { .. }) => e.clone(),
         })
     }
 
