@@ -12,7 +12,7 @@ use rustix::ioctl::{ioctl, Getter, NoArg, Setter, Updater};
 use vdpa_iova_planner::{DeviceCaps, DeviceRange, MapStyle, PageSize};
 
 use crate::error::AdapterError;
-use crate::host::sysfs;
+use crate::host::sysfs::{self, map_style_of};
 use crate::sink::MsgSink;
 use crate::uapi::{self, backend, ioctl as op, MsgFormat, MSG_LEN};
 
@@ -115,8 +115,6 @@ impl Probe {
         })
     }
 }
-
-pub use crate::host::sysfs::map_style_of;
 
 /// An open `/dev/vhost-vdpa-N` this process owns.
 #[derive(Debug)]
