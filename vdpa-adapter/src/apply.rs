@@ -17,11 +17,8 @@ use std::time::{Duration, Instant};
 use vdpa_iova_planner::kernel::{Applied, KernelIotlb, MsgType, RawMsg, Violation};
 use vdpa_iova_planner::{DeviceCaps, Op, OpKind, Phase, Plan};
 
-pub use crate::host::procfs::{first_unshared, parse_maps, Limits, Mapping};
-#[cfg(any(test, feature = "test-utils"))]
-pub use crate::sink::FaultyDevice;
-use crate::sink::MsgSink;
-pub use crate::sink::{tables, ModelDevice};
+use crate::host::procfs::{first_unshared, Limits, Mapping};
+use crate::sink::{tables, MsgSink};
 use crate::uapi::{self, MsgFormat, MSG_LEN};
 
 /// Why a plan did not go through.
@@ -172,6 +169,19 @@ impl<D: MsgSink> Applier<D> {
         limits: &Limits,
         maps: Option<&[Mapping]>,
     ) -> Result<(), ApplyError> {
+        self.checked_wire(plan, limits, maps).map(drop)
+    }
+
+    /// The checks of [`Applier::precheck`]; when they pass, every op of the
+    /// plan as the message that [`Applier::apply`] writes for it, so that
+    /// each is encoded once.
+    fn checked_wire(
+        &self,
+        plan: &Plan,
+        limits: &Limits,
+        maps: Option<&[Mapping]>,
+    ) -> Result<Vec<[u8; MSG_LEN]>, ApplyError> {
+        let mut wire = Vec::with_capacity(plan.ops().len());
         let mut trial = self.committed.clone().with_entry_limit(
             limits
                 .max_entries
@@ -187,12 +197,14 @@ impl<D: MsgSink> Applier<D> {
         let mut cur = start;
         let mut peak = start;
         for (i, op) in plan.ops().iter().enumerate() {
-            uapi::encode(&RawMsg::from(op), self.format)
-                .map_err(|source| ApplyError::Encode { op: i, source })?;
+            wire.push(
+                uapi::encode(&RawMsg::from(op), self.format)
+                    .map_err(|source| ApplyError::Encode { op: i, source })?,
+            );
             match trial.apply(op) {
                 Ok(Applied::Mapped(e)) => cur += e.iova.size(),
                 Ok(Applied::Unmapped(v)) => cur -= v.iter().map(|e| e.iova.size()).sum::<u64>(),
-                Ok(_) => {}
+                Ok(Applied::BatchBegun | Applied::BatchEnded) => {}
                 Err(Violation::EntryLimit { asid, limit }) => {
                     return Err(ApplyError::Entries {
                         op: i,
@@ -251,7 +263,7 @@ impl<D: MsgSink> Applier<D> {
                 }
             }
         }
-        Ok(())
+        Ok(wire)
     }
 
     /// Sends a plan, message by message.
@@ -272,18 +284,17 @@ impl<D: MsgSink> Applier<D> {
         limits: &Limits,
         maps: Option<&[Mapping]>,
     ) -> Result<ApplyReport, ApplyError> {
-        self.precheck(plan, limits, maps)?;
+        let wire = self.checked_wire(plan, limits, maps)?;
         let started = Instant::now();
         let mut work = self.committed.clone();
         let mut undo: Vec<Op> = Vec::new();
         let (mut crit_start, mut crit_end) = (None, None);
-        for (i, op) in plan.ops().iter().enumerate() {
-            let m = RawMsg::from(op);
+        for (i, (op, b)) in plan.ops().iter().zip(&wire).enumerate() {
             if op.phase == Phase::Critical && crit_start.is_none() {
                 crit_start = Some(Instant::now());
             }
-            if let Err(source) = self.send(&m) {
-                let cause = self.cause(&m, limits, &work);
+            if let Err(source) = self.write(b) {
+                let cause = self.cause(&RawMsg::from(op), limits, &work);
                 return Err(self.roll_back(i, op, source, cause, work, undo));
             }
             if op.phase == Phase::Critical {
@@ -308,7 +319,7 @@ impl<D: MsgSink> Applier<D> {
                         });
                     }
                 }
-                _ => {}
+                Applied::BatchBegun | Applied::BatchEnded => {}
             }
         }
         self.committed = work;
@@ -322,9 +333,15 @@ impl<D: MsgSink> Applier<D> {
         })
     }
 
+    /// Encodes and writes a message the pre-checks did not see (an undo).
     fn send(&mut self, m: &RawMsg) -> io::Result<()> {
         let b = uapi::encode(m, self.format).map_err(io::Error::other)?;
-        let n = self.dev.send(&b)?;
+        self.write(&b)
+    }
+
+    /// Writes one encoded message; a short write is an error.
+    fn write(&mut self, b: &[u8; MSG_LEN]) -> io::Result<()> {
+        let n = self.dev.send(b)?;
         if n != MSG_LEN {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -449,6 +466,8 @@ fn marker(asid: u32, kind: MsgType) -> RawMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::procfs::parse_maps;
+    use crate::sink::{FaultyDevice, ModelDevice};
     use vdpa_iova_planner::{
         DeviceRange, Entry, Event, Gpa, Hva, IdentityPlanner, RegionSpec, Strategy, SvqConfig,
     };

@@ -12,9 +12,15 @@ use rustix::ioctl::{ioctl, Getter, NoArg, Setter, Updater};
 use vdpa_iova_planner::{DeviceCaps, DeviceRange, MapStyle, PageSize};
 
 use crate::error::AdapterError;
-use crate::host::sysfs;
+use crate::host::sysfs::{self, map_style_of};
 use crate::sink::MsgSink;
 use crate::uapi::{self, backend, ioctl as op, MsgFormat, MSG_LEN};
+
+/// The page size of the planner's view of every device ([`Probe::caps`]):
+/// vhost-vdpa's uAPI reports none, so the adapter plans in 4 KiB pages.
+/// Known before a device is opened, so that what a scenario needs on it can
+/// be counted first.
+pub const PAGE_SIZE: PageSize = PageSize::SIZE_4K;
 
 /// What `probe` learned about a device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,7 +104,7 @@ impl Probe {
         };
         Ok(DeviceCaps {
             range,
-            page_size: PageSize::SIZE_4K,
+            page_size: PAGE_SIZE,
             batching: has(backend::IOTLB_BATCH),
             address_spaces,
             desc_asid: has(backend::DESC_ASID),
@@ -109,8 +115,6 @@ impl Probe {
         })
     }
 }
-
-pub use crate::host::sysfs::map_style_of;
 
 /// An open `/dev/vhost-vdpa-N` this process owns.
 #[derive(Debug)]

@@ -139,7 +139,9 @@ impl AdapterError {
                 | crate::apply::ApplyError::Entries { .. } => 4,
                 crate::apply::ApplyError::NotShared { .. }
                 | crate::apply::ApplyError::Encode { .. } => 2,
-                _ => 3,
+                crate::apply::ApplyError::WouldRefuse { .. }
+                | crate::apply::ApplyError::Refused { .. }
+                | crate::apply::ApplyError::RollbackFailed { .. } => 3,
             },
             AdapterError::Device { .. }
             | AdapterError::Memory { .. }

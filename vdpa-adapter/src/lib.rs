@@ -8,8 +8,8 @@
 //!
 //! With the default `cli` feature it also carries the command-line tool's
 //! parts: scenario files (`scenario`), planning runs checked against the
-//! kernel model (`runner`), their reports (`report`), runs on a device
-//! (`session`) and the benchmark (`bench`).
+//! kernel model (`runner`), runs on a device (`session`), the benchmark
+//! (`bench`), and everything the tool prints (`output`).
 
 pub mod apply;
 pub mod device;
@@ -23,10 +23,6 @@ pub mod uapi;
 pub mod bench;
 #[cfg(feature = "cli")]
 pub mod output;
-#[cfg(feature = "cli")]
-pub mod picture;
-#[cfg(feature = "cli")]
-pub mod report;
 #[cfg(feature = "cli")]
 pub mod runner;
 #[cfg(feature = "cli")]

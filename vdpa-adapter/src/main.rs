@@ -6,17 +6,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use vdpa_adapter::apply::{Applier, Limits, ModelDevice};
+use clap::{Args, Parser, Subcommand};
+use vdpa_adapter::apply::Applier;
 use vdpa_adapter::bench::{bench, BenchConfig};
 use vdpa_adapter::device::VhostVdpa;
-use vdpa_adapter::memory::{Backing, Mem};
-use vdpa_adapter::output;
-use vdpa_adapter::report::{
-    bytes, comparison_table, describe, detail_table, hex, json, SCHEMA_VERSION,
-};
+use vdpa_adapter::host::procfs::{self, Limits};
+use vdpa_adapter::memory::{svq_bytes, Backing, Mem};
+use vdpa_adapter::output::show::Show;
+use vdpa_adapter::output::{self, bytes, Format};
 use vdpa_adapter::scenario::{parse_num, Host};
 use vdpa_adapter::session::{run_on_device, DeviceRun, HostMemory, StepOutcome};
+use vdpa_adapter::sink::ModelDevice;
 use vdpa_adapter::uapi::MsgFormat;
 use vdpa_adapter::{run, AdapterError, Scenario, StrategyKind, DEFAULT_SCENARIO};
 
@@ -234,176 +234,14 @@ fn read_scenario(p: &Path) -> Result<(Scenario, String), AdapterError> {
     Ok((Scenario::parse(&text, &origin)?, origin))
 }
 
-/// `vdpa -j ARGS`, the netlink view of iproute2's tool, when it is installed
-/// and answers.
-fn vdpa_tool(args: &[&str]) -> Option<serde_json::Value> {
-    let out = std::process::Command::new("vdpa")
-        .arg("-j")
-        .args(args)
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-fn show_cmd(device: &str, format: Format) -> Result<String, AdapterError> {
-    use vdpa_adapter::host::sysfs;
-    let root = Path::new("/");
-    let d = sysfs::find_vdpa_device_in(root, device).ok_or_else(|| {
-        AdapterError::device(
-            device,
-            "no such vDPA device under /sys/bus/vdpa/devices (see `vdpa-adapter list`)",
-        )
-    })?;
-    let parent = d.parent.as_deref();
-    let style = parent.map_or(vdpa_iova_planner::MapStyle::SetMap, sysfs::map_style_of);
-    let pins = sysfs::pins_memory(parent);
-    let entries = sysfs::max_entries();
-    let sim = parent.is_some_and(sysfs::is_vdpa_sim);
-    let sim_params: Vec<(&str, Option<String>)> = if sim {
-        ["use_va", "batch_mapping", "max_iotlb_entries"]
-            .into_iter()
-            .map(|p| (p, sysfs::module_param_in(root, "vdpa_sim", p)))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let dev_view = vdpa_tool(&["dev", "show", &d.name]).map(|v| v["dev"][&d.name].clone());
-    let config =
-        vdpa_tool(&["dev", "config", "show", &d.name]).map(|v| v["config"][&d.name].clone());
-    let style_text = match style {
-        vdpa_iova_planner::MapStyle::SetMap => "set_map (the whole table is pushed at BATCH_END; forgotten at a reset without IOTLB_PERSIST)",
-        vdpa_iova_planner::MapStyle::DmaMap => "dma_map (each map programmed at once; forgotten at a reset without IOTLB_PERSIST)",
-        vdpa_iova_planner::MapStyle::Platform => "platform IOMMU (the kernel's IOMMU domain is the device's view)",
-    };
-    if format == Format::Json {
-        let v = serde_json::json!({
-            "schema_version": SCHEMA_VERSION,
-            "name": d.name,
-            "node": d.node.as_ref().map(|n| format!("/dev/{n}")),
-            "driver": d.driver,
-            "parent": d.parent,
-            "map_style": style.as_str(),
-            "pins_memory": pins,
-            "max_entries_per_address_space": entries,
-            "vdpa_sim_parameters": sim_params.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
-            "vdpa_dev": dev_view,
-            "vdpa_config": config,
-        });
-        let mut out = serde_json::to_string_pretty(&v).expect("serializes");
-        out.push('\n');
-        return Ok(out);
-    }
-    let mut out = format!(
-        "{}: {} (bus driver {})\n",
-        d.name,
-        d.node
-            .as_ref()
-            .map_or("no vhost-vdpa node".into(), |n| format!("/dev/{n}")),
-        d.driver.as_deref().unwrap_or("none")
-    );
-    out += &format!("parent driver:   {}\n", parent.unwrap_or("unknown"));
-    out += &format!("map style:       {style_text}\n");
-    out += &format!(
-        "pins memory:     {}\n",
-        match (pins, parent) {
-            (false, Some("vduse")) => "no (VDUSE maps host virtual addresses)".to_string(),
-            (false, _) => "no (use_va)".to_string(),
-            (true, _) => "yes (each map pins its pages)".to_string(),
-        }
-    );
-    out += &format!(
-        "table entries:   {}\n",
-        match entries {
-            Some(n) => format!("at most {n} per address space (vhost_vdpa max_iotlb_entries)"),
-            None => "no limit".into(),
-        }
-    );
-    for (k, v) in &sim_params {
-        out += &format!("vdpa_sim {k}: {}\n", v.as_deref().unwrap_or("-"));
-    }
-    let flat = |v: &serde_json::Value| -> String {
-        match v {
-            serde_json::Value::Object(m) => m
-                .iter()
-                .map(|(k, v)| match v {
-                    serde_json::Value::Array(a) => format!(
-                        "  {k}: {}",
-                        a.iter()
-                            .map(|x| x.as_str().map_or(x.to_string(), str::to_string))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    ),
-                    serde_json::Value::String(s) => format!("  {k}: {s}"),
-                    other => format!("  {k}: {other}"),
-                })
-                .collect::<Vec<_>>()
-                .join("\n"),
-            _ => String::new(),
-        }
-    };
-    match (&dev_view, &config) {
-        (None, None) => {
-            out += "vdpa netlink:    not available (install iproute2's `vdpa` for the management view: vqs, features)\n"
-        }
-        _ => {
-            if let Some(v) = &dev_view {
-                out += &format!("vdpa dev show:\n{}\n", flat(v));
-            }
-            if let Some(v) = &config {
-                out += &format!("vdpa dev config show:\n{}\n", flat(v));
-            }
-        }
-    }
-    out += "address spaces and vq groups: read by `probe` (it opens the device)\n";
-    Ok(out)
-}
-
 fn probe_cmd(device: &Path, format: Format) -> Result<String, AdapterError> {
     let mut d = VhostVdpa::open(device)?;
     let p = d.probe()?;
     let caps = p.caps(p.pins_memory())?;
     Ok(match format {
-        Format::Json => {
-            let v = serde_json::json!({
-                "schema_version": SCHEMA_VERSION,
-                "device": p.path.display().to_string(),
-                "device_id": p.device_id,
-                "parent": p.parent,
-                "backend_features_offered": hex(p.offered),
-                "backend_features_acked": hex(p.acked),
-                "iova_first": hex(p.range.0),
-                "iova_last": hex(p.range.1),
-                "address_spaces": p.address_spaces,
-                "vqs": p.vqs,
-                "groups": p.groups,
-                "vq_groups": p.vq_groups,
-                "pins_memory": caps.pinning,
-                "map_style": caps.map_style.as_str(),
-                "max_entries_per_address_space": p.max_entries,
-            });
-            format!(
-                "{}\n",
-                serde_json::to_string_pretty(&v).expect("serializes")
-            )
-        }
-        Format::Table => output::probe_table(&p, &caps),
+        Format::Json => output::probe::json(&p, &caps),
+        Format::Table => output::probe::table(&p, &caps),
     })
-}
-
-fn print_step(i: usize, o: &StepOutcome) {
-    outln!(
-        "{i:<4} {:<12} {:>8} msgs {:>15} pinned  critical: {:>4} msgs {:>15} pinned {:>10.3} ms  total {:>10.3} ms",
-        o.event,
-        o.messages,
-        bytes(o.pinned),
-        o.critical_messages,
-        bytes(o.critical_pinned),
-        o.critical.as_secs_f64() * 1e3,
-        o.total.as_secs_f64() * 1e3
-    );
 }
 
 /// The backend features `apply` must not ack: IOTLB_PERSIST with
@@ -416,10 +254,10 @@ fn withheld_features(no_persist: bool) -> u64 {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn apply_cmd(
-    scenario: &Path,
-    device: Option<&Path>,
+/// `apply`'s arguments, as the command line gave them.
+struct ApplyOptions<'a> {
+    scenario: &'a Path,
+    device: Option<&'a Path>,
     dry_run: bool,
     backing: Backing,
     strategy: StrategyKind,
@@ -427,7 +265,20 @@ fn apply_cmd(
     host: Host,
     no_persist: bool,
     format: Format,
-) -> Result<String, AdapterError> {
+}
+
+fn apply_cmd(opts: ApplyOptions<'_>) -> Result<String, AdapterError> {
+    let ApplyOptions {
+        scenario,
+        device,
+        dry_run,
+        backing,
+        strategy,
+        pinning,
+        host,
+        no_persist,
+        format,
+    } = opts;
     let (scn, origin) = read_scenario(scenario)?;
     if host.index() >= scn.host_count() {
         return Err(AdapterError::Scenario {
@@ -442,7 +293,7 @@ fn apply_cmd(
     let table = format == Format::Table;
     let on_step = |i: usize, o: &StepOutcome| {
         if table {
-            print_step(i, o);
+            outln!("{}", output::apply::step_line(i, o));
         }
     };
     if dry_run {
@@ -453,7 +304,7 @@ fn apply_cmd(
         let mut a = Applier::new(ModelDevice::new(&caps, format), caps, format);
         let mut mem = HostMemory::new(None);
         if table {
-            outln!("dry run on the kernel model: {}", describe(&caps));
+            outln!("{}", output::apply::heading(None, &caps));
         }
         let run = DeviceRun {
             scn: &scn,
@@ -474,18 +325,19 @@ fn apply_cmd(
         return Ok(if table {
             String::new()
         } else {
-            output::apply_json("kernel model", &caps, strategy, host, &steps)
+            output::apply::json("kernel model", &caps, strategy, host, &steps)
         });
     }
     let device = device.expect("clap requires --device without --dry-run");
     // Before the device is opened or any page allocated and tagged: a
     // 64 GiB scenario on a smaller host is refused here, not by the OOM killer.
-    HostMemory::new(Some(backing)).check_room(scn.steps_on(host))?;
+    HostMemory::new(Some(backing))
+        .check_room(scn.steps_on(host), vdpa_adapter::device::PAGE_SIZE)?;
     let mut d = VhostVdpa::open(device)?;
     let p = d.probe_without(withheld_features(no_persist))?;
     let caps = p.caps(pinning.unwrap_or_else(|| p.pins_memory()))?;
     if table {
-        outln!("{}: {}", device.display(), describe(&caps));
+        outln!("{}", output::apply::heading(Some(device), &caps));
     }
     let name = device.display().to_string();
     let mut mem = HostMemory::new(Some(backing));
@@ -503,7 +355,7 @@ fn apply_cmd(
     Ok(if table {
         String::new()
     } else {
-        output::apply_json(&name, &caps, strategy, host, &steps)
+        output::apply::json(&name, &caps, strategy, host, &steps)
     })
 }
 
@@ -526,16 +378,13 @@ fn bench_cmd(
     };
     let mut guest = memory("guest memory", cfg.guest_mem)?;
     guest.tag_pages(0, 4096, vdpa_adapter::session::TAG_MAGIC);
-    let svq_bytes = cfg
-        .svq(vdpa_iova_planner::Hva(0))
-        .queue_bytes(caps.page_size)
-        .map_err(|e| AdapterError::device("bench", e.to_string()))?
-        * u64::from(cfg.queues);
+    let svq_bytes = svq_bytes(&cfg.svq(vdpa_iova_planner::Hva(0)), caps.page_size)
+        .map_err(|e| AdapterError::device("bench", e.to_string()))?;
     let svq = memory("vring buffers", svq_bytes)?;
     let maps = (!caps.pinning)
         .then(|| std::fs::read_to_string("/proc/self/maps").ok())
         .flatten()
-        .map(|t| vdpa_adapter::apply::parse_maps(&t));
+        .map(|t| procfs::parse_maps(&t));
     let bar = if progress {
         indicatif::ProgressBar::new_spinner()
     } else {
@@ -561,22 +410,12 @@ fn bench_cmd(
     }?;
     bar.finish_and_clear();
     if format == Format::Json {
-        return Ok(output::bench_json(device, &caps, &cfg, backing, &rows));
+        return Ok(output::bench::json(device, &caps, &cfg, backing, &rows));
     }
-    let out = output::bench_table(device, &caps, &cfg, backing, &rows);
+    let out = output::bench::table(device, &caps, &cfg, backing, &rows);
     drop(svq);
     drop(guest);
     Ok(out)
-}
-
-/// `--format`.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
-    /// Text for people.
-    Table,
-    /// One JSON document (`schema_version` 2: addresses, sizes and byte
-    /// counts are strings, so 64-bit values survive JavaScript and `jq`).
-    Json,
 }
 
 fn plan(
@@ -617,7 +456,7 @@ fn plan(
                     source,
                 })
         };
-        for (name, body) in vdpa_adapter::picture::pictures(&scn.caps, &runs) {
+        for (name, body) in output::picture::pictures(&scn.caps, &runs) {
             write(&name, &body)?;
         }
     }
@@ -627,15 +466,12 @@ fn plan(
                 .into_iter()
                 .map(|k| run(&scn, &origin, k))
                 .collect::<Result<Vec<_>, _>>()?;
-            comparison_table(&scn.caps, &runs)
+            output::plan::comparison_table(&scn.caps, &runs)
         }
-        (Format::Table, Some(k)) => detail_table(&scn.caps, &run(&scn, &origin, k)?),
+        (Format::Table, Some(k)) => output::plan::detail_table(&scn.caps, &run(&scn, &origin, k)?),
         (Format::Json, k) => {
             let r = run(&scn, &origin, k.unwrap_or(StrategyKind::Identity))?;
-            let mut s =
-                serde_json::to_string_pretty(&json(&r)).expect("a JSON value always serializes");
-            s.push('\n');
-            s
+            output::document(&output::plan::json(&r))
         }
     })
 }
@@ -650,11 +486,17 @@ fn main() -> ExitCode {
             svg,
         } => plan(scenario, strategy, format, svg.as_deref()),
         Cmd::Probe { device, format } => probe_cmd(&device, format),
-        Cmd::List { format } => Ok(output::list(
-            &vdpa_adapter::host::sysfs::vdpa_devices(),
-            format == Format::Json,
-        )),
-        Cmd::Show { device, format } => show_cmd(&device, format),
+        Cmd::List { format } => {
+            let devs = vdpa_adapter::host::sysfs::vdpa_devices();
+            Ok(match format {
+                Format::Json => output::list::json(&devs),
+                Format::Table => output::list::table(&devs),
+            })
+        }
+        Cmd::Show { device, format } => Show::read(&device).map(|s| match format {
+            Format::Json => s.json(),
+            Format::Table => s.table(),
+        }),
         Cmd::Apply {
             scenario,
             device,
@@ -665,17 +507,17 @@ fn main() -> ExitCode {
             host,
             no_persist,
             format,
-        } => apply_cmd(
-            &scenario,
-            device.as_deref(),
+        } => apply_cmd(ApplyOptions {
+            scenario: &scenario,
+            device: device.as_deref(),
             dry_run,
-            backing.get(),
+            backing: backing.get(),
             strategy,
             pinning,
             host,
             no_persist,
             format,
-        ),
+        }),
         Cmd::Bench {
             device,
             guest_mem,

@@ -10,6 +10,25 @@ use std::os::fd::OwnedFd;
 
 use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
 use rustix::mm::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
+use vdpa_iova_planner::{PageSize, PlanError, SvqConfig};
+
+/// Bytes of host memory the shadow vrings of `c` take at `c.hva` on a
+/// device with pages of `page`: every queue's page-rounded areas, back to
+/// back. What the CLI allocates for them, and counts before it allocates.
+///
+/// # Errors
+/// The planner's refusal of `c` ([`SvqConfig::layout`]).
+pub fn svq_bytes(c: &SvqConfig, page: PageSize) -> Result<u64, PlanError> {
+    let per_queue = c.queue_bytes(page)?;
+    // queue_bytes checked that the whole block fits below 2^64.
+    per_queue
+        .checked_mul(u64::from(c.queues))
+        .ok_or(PlanError::Wraps {
+            kind: "hva",
+            first: c.hva.0,
+            size: per_queue,
+        })
+}
 
 /// How guest memory is backed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,5 +136,28 @@ impl Drop for Mem {
         // past `self`. The caller unmapped it from the device before dropping
         // (the applier's safety contract).
         let _ = unsafe { munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vdpa_iova_planner::Hva;
+
+    use super::*;
+
+    /// The vrings' memory follows the device's page: each queue's three
+    /// areas are rounded up to whole pages, so 64 KiB pages take more.
+    #[test]
+    fn svq_bytes_follow_the_page_size() {
+        let c = SvqConfig {
+            queues: 3,
+            queue_size: 256,
+            hva: Hva(0x7f00_0000_0000),
+        };
+        assert_eq!(svq_bytes(&c, PageSize::SIZE_4K), Ok(3 * 3 * 4096));
+        let big = PageSize::new(64 << 10).unwrap();
+        assert_eq!(svq_bytes(&c, big), Ok(3 * 3 * (64 << 10)));
+        assert_eq!(svq_bytes(&c, big), c.queue_bytes(big).map(|q| 3 * q));
+        assert!(svq_bytes(&SvqConfig { queues: 0, ..c }, PageSize::SIZE_4K).is_err());
     }
 }

@@ -576,7 +576,18 @@ impl Scenario {
                     }
                     w
                 }
-                _ => named.unwrap_or(running),
+                Event::Boot(_)
+                | Event::Hotplug(_)
+                | Event::Unplug(_)
+                | Event::SvqPrepare(_)
+                | Event::SvqSwitch(_)
+                | Event::Failback
+                | Event::Complete
+                | Event::Switchover
+                | Event::Reset
+                | Event::HostBuffers(_)
+                | Event::ViommuMap { .. }
+                | Event::ViommuUnmap { .. } => named.unwrap_or(running),
             };
             match &ev {
                 Event::Incoming(_) => {
@@ -604,7 +615,14 @@ impl Scenario {
                     perm,
                 } => maps[host.index()].map(giova.0, *size, gpa.0, *perm),
                 Event::ViommuUnmap { giova, size } => maps[host.index()].unmap(giova.0, *size),
-                _ => {}
+                Event::Boot(_)
+                | Event::SvqPrepare(_)
+                | Event::SvqSwitch(_)
+                | Event::Failback
+                | Event::Complete
+                | Event::Switchover
+                | Event::Reset
+                | Event::HostBuffers(_) => {}
             }
             // The destination waiting for this host's guest, if any.
             let mirror = waiting.filter(|_| migrations.last().is_some_and(|m| m.source == host));
@@ -629,7 +647,23 @@ impl Scenario {
                     memory[w.index()].retain(|r| r.gpa != *g);
                     vec![ev.clone()]
                 }
-                _ => Vec::new(),
+                // Nothing else on the source reaches a waiting destination
+                // (a vIOMMU's maps go with the stream, at `complete`).
+                (
+                    Event::Boot(_)
+                    | Event::SvqPrepare(_)
+                    | Event::SvqSwitch(_)
+                    | Event::Failback
+                    | Event::Incoming(_)
+                    | Event::Switchover
+                    | Event::Start
+                    | Event::Reset
+                    | Event::HostBuffers(_)
+                    | Event::ViommuMap { .. }
+                    | Event::ViommuUnmap { .. },
+                    Some(_),
+                )
+                | (_, None) => Vec::new(),
             };
             events.push(ev);
             hosts.push(host);

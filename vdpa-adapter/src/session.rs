@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use vdpa_iova_planner::verify::replay::{self, StepError, Target};
-use vdpa_iova_planner::{DeviceCaps, Entry, Event, GuestView, Hva, Plan, RegionSpec, SvqConfig};
+use vdpa_iova_planner::{
+    DeviceCaps, Entry, Event, GuestView, Hva, PageSize, Plan, RegionSpec, SvqConfig,
+};
 
-use crate::apply::{parse_maps, Applier, ApplyError, ApplyReport, Limits, Mapping};
+use crate::apply::{Applier, ApplyError, ApplyReport};
 use crate::error::AdapterError;
-use crate::host::procfs;
-use crate::memory::{Backing, Mem};
+use crate::host::procfs::{self, parse_maps, Limits, Mapping};
+use crate::memory::{svq_bytes, Backing, Mem};
 use crate::runner::StrategyKind;
 use crate::scenario::{layout_error, step_error, Host, Scenario};
 use crate::sink::MsgSink;
@@ -79,13 +81,19 @@ impl HostMemory {
     }
 
     /// Checks, before anything is allocated, that the host can give every
-    /// region and vring buffer of `events` real memory: `MemAvailable` for
-    /// memfd and anonymous memory, free huge pages for huge pages. Memory
-    /// shared by several events (one HVA) counts once, at its largest size.
+    /// region and vring buffer of `events` real memory on a device with
+    /// pages of `page` (the vring buffers' size depends on it): `MemAvailable`
+    /// for memfd and anonymous memory, free huge pages for huge pages.
+    /// Memory shared by several events (one HVA) counts once, at its
+    /// largest size.
     ///
     /// # Errors
     /// [`AdapterError::HostMemory`] naming what is needed and what is there.
-    pub fn check_room(&self, events: impl IntoIterator<Item = Event>) -> Result<(), AdapterError> {
+    pub fn check_room(
+        &self,
+        events: impl IntoIterator<Item = Event>,
+        page: PageSize,
+    ) -> Result<(), AdapterError> {
         let Some(b) = self.backing else {
             return Ok(());
         };
@@ -102,11 +110,22 @@ impl HostMemory {
                 Event::Hotplug(r) => need(r.hva.0, r.size),
                 Event::HostBuffers(bs) => bs.iter().for_each(|b| need(b.hva.0, b.size)),
                 Event::SvqPrepare(c) | Event::SvqSwitch(Some(c)) => {
-                    if let Ok(l) = c.layout(vdpa_iova_planner::PageSize::SIZE_4K) {
-                        need(c.hva.0, u64::from(c.queues).saturating_mul(l.total()));
+                    // A configuration the planner refuses needs nothing: the
+                    // run stops at it.
+                    if let Ok(n) = svq_bytes(&c, page) {
+                        need(c.hva.0, n);
                     }
                 }
-                _ => {}
+                // No host memory of their own.
+                Event::Unplug(_)
+                | Event::SvqSwitch(None)
+                | Event::Failback
+                | Event::Complete
+                | Event::Switchover
+                | Event::Start
+                | Event::Reset
+                | Event::ViommuMap { .. }
+                | Event::ViommuUnmap { .. } => {}
             }
         }
         let needed = by_hva.values().fold(0u64, |a, &n| a.saturating_add(n));
@@ -117,8 +136,8 @@ impl HostMemory {
         match available {
             Some(avail) if avail < needed => Err(AdapterError::HostMemory {
                 what,
-                needed: crate::report::bytes(needed),
-                available: crate::report::bytes(avail),
+                needed: crate::output::bytes(needed),
+                available: crate::output::bytes(avail),
             }),
             _ => Ok(()),
         }
@@ -136,10 +155,12 @@ impl HostMemory {
             })
         };
         let svq = |me: &mut Self, c: &SvqConfig| -> Result<SvqConfig, AdapterError> {
-            let bytes = c
-                .queue_bytes(vdpa_iova_planner::PageSize::new(page).expect("device page"))
-                .unwrap_or(page)
-                .saturating_mul(u64::from(c.queues));
+            // A configuration the planner will refuse still gets a page per
+            // queue, so that the planner, not the allocation, says why.
+            let bytes = PageSize::new(page)
+                .ok()
+                .and_then(|p| svq_bytes(c, p).ok())
+                .unwrap_or(page.saturating_mul(u64::from(c.queues)));
             Ok(SvqConfig {
                 hva: me.real(c.hva, bytes, None)?,
                 ..*c
@@ -169,7 +190,16 @@ impl HostMemory {
             ),
             Event::SvqPrepare(c) => Event::SvqPrepare(svq(self, c)?),
             Event::SvqSwitch(Some(c)) => Event::SvqSwitch(Some(svq(self, c)?)),
-            e => e.clone(),
+            // No host address to replace.
+            e @ (Event::Unplug(_)
+            | Event::SvqSwitch(None)
+            | Event::Failback
+            | Event::Complete
+            | Event::Switchover
+            | Event::Start
+            | Event::Reset
+            | Event::ViommuMap { .. }
+            | Event::ViommuUnmap { .. }) => e.clone(),
         })
     }
 

@@ -14,7 +14,7 @@ use vdpa_iova_planner::{DeviceCaps, Entry};
 use crate::uapi::{self, ioctl as op, MsgFormat, MSG_LEN};
 
 /// Where a plan's messages go: a real device, or (for dry runs and tests)
-/// the kernel model behind [`crate::apply::ModelDevice`].
+/// the kernel model behind [`ModelDevice`].
 pub trait MsgSink {
     /// Writes one 72-byte message; returns the bytes the kernel took.
     ///

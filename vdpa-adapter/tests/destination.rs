@@ -151,7 +151,7 @@ kind = "start"
     assert_eq!(q.stopped.as_ref().map(|s| s.event), Some("host_buffers"));
     // The downtime table: identity's destination window holds the two maps;
     // QEMU, stopped before either host's window, shows none.
-    let table = vdpa_adapter::report::comparison_table(&scn.caps, &[r, q]);
+    let table = vdpa_adapter::output::plan::comparison_table(&scn.caps, &[r, q]);
     let cells = |window: &str| -> Vec<String> {
         let line = table
             .lines()
@@ -338,7 +338,7 @@ fn the_downtime_table_counts_the_paused_reset() {
         .into_iter()
         .map(|k| run(&scn, "test.toml", k).unwrap())
         .collect();
-    let table = vdpa_adapter::report::comparison_table(&scn.caps, &runs);
+    let table = vdpa_adapter::output::plan::comparison_table(&scn.caps, &runs);
     let line = table
         .lines()
         .find(|l| l.starts_with("destination start"))
@@ -520,7 +520,7 @@ fn a_vm_migrates_twice() {
     assert_eq!(c.last().unwrap().placements.len(), 3);
     // The tables name the hosts.
     let runs = [id, q];
-    let table = vdpa_adapter::report::comparison_table(&scn.caps, &runs);
+    let table = vdpa_adapter::output::plan::comparison_table(&scn.caps, &runs);
     for want in [
         "source stop-and-copy",
         "destination start",
@@ -535,7 +535,7 @@ fn a_vm_migrates_twice() {
             .any(|l| l.contains(" dst2 ") && l.contains("start")),
         "{table}"
     );
-    let json = vdpa_adapter::report::json(&runs[0]);
+    let json = vdpa_adapter::output::plan::json(&runs[0]);
     assert_eq!(json["migrations"][1]["destination"], "destination 2");
     assert_eq!(json["migrations"][1]["source"], "destination");
 }

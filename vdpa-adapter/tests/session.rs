@@ -3,10 +3,12 @@
 //! against this process's real /proc/self/maps, private anonymous memory is
 //! refused before anything is sent.
 
-use vdpa_adapter::apply::{Applier, Limits, ModelDevice};
+use vdpa_adapter::apply::Applier;
+use vdpa_adapter::host::procfs::Limits;
 use vdpa_adapter::memory::Backing;
 use vdpa_adapter::scenario::Host;
 use vdpa_adapter::session::{run_on_device, DeviceRun, HostMemory};
+use vdpa_adapter::sink::ModelDevice;
 use vdpa_adapter::uapi::MsgFormat;
 use vdpa_adapter::{AdapterError, Scenario, StrategyKind};
 

@@ -12,9 +12,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-use vdpa_adapter::apply::{tables, Applier, ApplyError, Limits};
+use vdpa_adapter::apply::{Applier, ApplyError};
 use vdpa_adapter::device::VhostVdpa;
+use vdpa_adapter::host::procfs::Limits;
 use vdpa_adapter::memory::{Backing, Mem};
+use vdpa_adapter::sink::tables;
 use vdpa_iova_planner::{Event, Gpa, Hva, IdentityPlanner, RegionSpec, Strategy};
 
 const MIB: u64 = 1 << 20;

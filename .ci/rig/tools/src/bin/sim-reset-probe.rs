@@ -23,8 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::ExitCode;
 
-use vdpa_adapter::apply::{Applier, Limits};
+use vdpa_adapter::apply::Applier;
 use vdpa_adapter::device::VhostVdpa;
+use vdpa_adapter::host::procfs::Limits;
 use vdpa_adapter::memory::{Backing, Mem};
 use vdpa_adapter::uapi::backend;
 use vdpa_iova_planner::{Event, Gpa, Hva, IdentityPlanner, MapStyle, RegionSpec, Strategy};

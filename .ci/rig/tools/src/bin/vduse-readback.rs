@@ -17,8 +17,9 @@
 
 use std::process::{Command, ExitCode};
 
-use vdpa_adapter::apply::{Applier, Limits};
+use vdpa_adapter::apply::Applier;
 use vdpa_adapter::device::VhostVdpa;
+use vdpa_adapter::host::procfs::Limits;
 use vdpa_adapter::memory::Backing;
 use vdpa_adapter::scenario::Host;
 use vdpa_adapter::session::HostMemory;

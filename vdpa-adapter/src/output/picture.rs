@@ -19,7 +19,7 @@ use svg::node::element::{Definitions, Group, Line, Marker, Path, Rectangle, Text
 use svg::Document;
 use vdpa_iova_planner::{DeviceCaps, OpKind, Phase};
 
-use crate::report::bytes;
+use super::bytes;
 use crate::runner::{RunReport, StepReport};
 
 const LEFT: f64 = 150.0;
@@ -312,7 +312,7 @@ pub fn step_svg(caps: &DeviceCaps, runs: &[RunReport], step: usize) -> String {
             let (iova, above) = match op.kind {
                 OpKind::Update { iova, .. } => (iova, true),
                 OpKind::Invalidate { iova } => (iova, false),
-                _ => continue,
+                OpKind::BatchBegin | OpKind::BatchEnd => continue,
             };
             let color = if op.phase == Phase::Critical {
                 "#e03030"

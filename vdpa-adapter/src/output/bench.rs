@@ -1,113 +1,23 @@
-//! What the CLI prints, apart from `plan`'s tables ([`crate::report`]):
-//! `probe`, `apply`, `bench` and `list`, as text and as JSON
-//! (`schema_version` [`SCHEMA_VERSION`]).
+//! What `bench` prints: the SVQ switch and failback, and with `migration`
+//! the downtime windows, per strategy, as tables or one JSON document.
 
 use std::path::Path;
 
 use serde_json::json;
 use vdpa_iova_planner::DeviceCaps;
 
+use super::{bytes, dec, describe, document, SCHEMA_VERSION};
 use crate::bench::{stats, BenchConfig, BenchRow};
-use crate::device::Probe;
-use crate::host::sysfs::VdpaDevice;
 use crate::memory::Backing;
-use crate::report::{bytes, dec, describe, SCHEMA_VERSION};
-use crate::runner::StrategyKind;
-use crate::scenario::Host;
-use crate::session::StepOutcome;
-
-/// The text of `probe`: what the device offers and what the planner sees.
-pub fn probe_table(p: &Probe, caps: &DeviceCaps) -> String {
-    use crate::uapi::backend as b;
-    let names = [
-        (b::IOTLB_MSG_V2, "IOTLB_MSG_V2"),
-        (b::IOTLB_BATCH, "IOTLB_BATCH"),
-        (b::IOTLB_ASID, "IOTLB_ASID"),
-        (b::SUSPEND, "SUSPEND"),
-        (b::RESUME, "RESUME"),
-        (b::ENABLE_AFTER_DRIVER_OK, "ENABLE_AFTER_DRIVER_OK"),
-        (b::DESC_ASID, "DESC_ASID"),
-        (b::IOTLB_PERSIST, "IOTLB_PERSIST"),
-    ];
-    let mut out = format!(
-        "device:          {} (virtio id {}, parent {})\n",
-        p.path.display(),
-        p.device_id,
-        p.parent.as_deref().unwrap_or("unknown")
-    );
-    out += &format!("IOVA range:      [{:#x}, {:#x}]\n", p.range.0, p.range.1);
-    out += &format!(
-        "address spaces:  {}, virtqueues {}, groups {} {:?}\n",
-        p.address_spaces, p.vqs, p.groups, p.vq_groups
-    );
-    out += &format!(
-        "table entries:   {}\n",
-        match p.max_entries {
-            Some(n) if caps.pinning => format!(
-                "at most {n} per address space (vhost_vdpa max_iotlb_entries); a pinned map takes one per physically contiguous run"
-            ),
-            Some(n) => format!("at most {n} per address space (vhost_vdpa max_iotlb_entries)"),
-            None => "no limit".into(),
-        }
-    );
-    out += &format!(
-        "backend features offered {:#x}, acked {:#x}:\n",
-        p.offered, p.acked
-    );
-    for (bit, name) in names {
-        let o = p.offered & (1 << bit) != 0;
-        let a = p.acked & (1 << bit) != 0;
-        out += &format!(
-            "  {name:<24} {}\n",
-            match (o, a) {
-                (true, true) => "offered, acked",
-                (true, false) => "offered, not used",
-                _ => "not offered",
-            }
-        );
-    }
-    out += &format!("planner view:    {}\n", describe(caps));
-    out
-}
-
-/// The JSON document of `apply`: the device, then per step what was sent
-/// and how long the critical phase took.
-pub fn apply_json(
-    device: &str,
-    caps: &DeviceCaps,
-    kind: StrategyKind,
-    host: Host,
-    steps: &[StepOutcome],
-) -> String {
-    let v = json!({
-        "schema_version": SCHEMA_VERSION,
-        "device": device,
-        "device_view": describe(caps),
-        "strategy": format!("{kind:?}").to_lowercase(),
-        "host": host.name(),
-        "steps": steps.iter().map(|o| json!({
-            "event": o.event,
-            "messages": o.messages,
-            "critical_messages": o.critical_messages,
-            "pinned_bytes": dec(o.pinned),
-            "critical_pinned_bytes": dec(o.critical_pinned),
-            "critical_ms": o.critical.as_secs_f64() * 1e3,
-            "total_ms": o.total.as_secs_f64() * 1e3,
-        })).collect::<Vec<_>>(),
-    });
-    let mut out = serde_json::to_string_pretty(&v).expect("a JSON value always serializes");
-    out.push('\n');
-    out
-}
 
 /// The JSON document of `bench`: per strategy, each measured window's
 /// critical phase (median, min, max in ms) and what it sent.
-pub fn bench_json(
+pub fn json(
     device: &Path,
     caps: &DeviceCaps,
     cfg: &BenchConfig,
     backing: Backing,
-    rows: &[crate::bench::BenchRow],
+    rows: &[BenchRow],
 ) -> String {
     let window = |v: &[std::time::Duration]| {
         let (m, lo, hi) = stats(v);
@@ -159,15 +69,13 @@ pub fn bench_json(
         },
         "strategies": strategies,
     });
-    let mut out = serde_json::to_string_pretty(&v).expect("a JSON value always serializes");
-    out.push('\n');
-    out
+    document(&v)
 }
 
 /// The text of `bench`: the SVQ switch and failback table, and with
 /// `migration` the downtime table (its header line starts with "migration
 /// downtime", where readers of the first table stop).
-pub fn bench_table(
+pub fn table(
     device: &Path,
     caps: &DeviceCaps,
     cfg: &BenchConfig,
@@ -256,69 +164,12 @@ pub fn bench_table(
     out
 }
 
-/// The text or JSON of `list`.
-pub fn list(devs: &[VdpaDevice], json: bool) -> String {
-    match json {
-        true => {
-            let v = json!({
-                "schema_version": SCHEMA_VERSION,
-                "devices": devs.iter().map(|d| json!({
-                    "name": d.name,
-                    "node": d.node.as_ref().map(|n| format!("/dev/{n}")),
-                    "driver": d.driver,
-                    "parent": d.parent,
-                })).collect::<Vec<_>>(),
-            });
-            let mut out = serde_json::to_string_pretty(&v).expect("serializes");
-            out.push('\n');
-            out
-        }
-        false => {
-            if devs.is_empty() {
-                return "no vDPA device (none under /sys/bus/vdpa/devices)\n".into();
-            }
-            let mut out = format!(
-                "{:<12} {:<22} {:<14} {}\n",
-                "name", "node", "driver", "parent"
-            );
-            for d in devs {
-                out += &format!(
-                    "{:<12} {:<22} {:<14} {}\n",
-                    d.name,
-                    d.node.as_ref().map_or("-".into(), |n| format!("/dev/{n}")),
-                    d.driver.as_deref().unwrap_or("-"),
-                    d.parent.as_deref().unwrap_or("unknown")
-                );
-            }
-            out
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use vdpa_iova_planner::MapStyle;
-
     use super::*;
-
-    fn probe() -> Probe {
-        Probe {
-            path: "/dev/vhost-vdpa-0".into(),
-            device_id: 1,
-            offered: (1 << 1) | (1 << 2) | (1 << 3) | (1 << 8),
-            acked: (1 << 1) | (1 << 2),
-            range: (0, u64::MAX),
-            address_spaces: 2,
-            vqs: 3,
-            groups: 2,
-            vq_groups: vec![0, 0, 1],
-            parent: Some("vdpa_sim".into()),
-            max_entries: Some(2048),
-            map_style: MapStyle::SetMap,
-        }
-    }
+    use crate::runner::StrategyKind;
 
     fn rows() -> Vec<BenchRow> {
         let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect();
@@ -354,36 +205,12 @@ mod tests {
         }
     }
 
-    /// The probe's text names every fact, backend features by name with
-    /// what was offered and acked.
-    #[test]
-    fn probe_text_names_every_fact() {
-        let p = probe();
-        let caps = p.caps(true).unwrap();
-        let t = probe_table(&p, &caps);
-        for want in [
-            "/dev/vhost-vdpa-0",
-            "parent",
-            "vdpa_sim",
-            "[0x0, 0xffffffffffffffff]",
-            "at most 2048 per address space",
-            "IOTLB_MSG_V2             offered, acked",
-            "IOTLB_BATCH              offered, acked",
-            "IOTLB_ASID               offered, not used",
-            "IOTLB_PERSIST            offered, not used",
-            "SUSPEND                  not offered",
-            "planner view:",
-        ] {
-            assert!(t.contains(want), "{want:?} missing from:\n{t}");
-        }
-    }
-
     /// The bench's text: medians, spreads, pinned bytes and the ratio of
     /// the two strategies, and the downtime table only with `migration`.
     #[test]
     fn bench_text_gives_medians_spreads_and_ratios() {
         let rows = rows();
-        let t = bench_table(
+        let t = table(
             Path::new("/dev/vhost-vdpa-0"),
             &DeviceCaps::default(),
             &cfg(false),
@@ -402,7 +229,7 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("migration downtime"));
-        let t = bench_table(
+        let t = table(
             Path::new("/dev/vhost-vdpa-0"),
             &DeviceCaps::default(),
             &cfg(true),
@@ -421,7 +248,7 @@ mod tests {
     /// downtime window sent, 64-bit byte counts as strings.
     #[test]
     fn bench_json_carries_every_window() {
-        let j: serde_json::Value = serde_json::from_str(&bench_json(
+        let j: serde_json::Value = serde_json::from_str(&json(
             Path::new("/dev/vhost-vdpa-0"),
             &DeviceCaps::default(),
             &cfg(true),
@@ -445,7 +272,7 @@ mod tests {
             q["sent_in_downtime"]["destination_start"]["pinned_bytes"],
             "1073741824"
         );
-        let no_migration: serde_json::Value = serde_json::from_str(&bench_json(
+        let no_migration: serde_json::Value = serde_json::from_str(&json(
             Path::new("/dev/vhost-vdpa-0"),
             &DeviceCaps::default(),
             &cfg(false),
@@ -455,25 +282,5 @@ mod tests {
         .unwrap();
         assert!(no_migration["strategies"][1]["destination_start"].is_null());
         assert_eq!(no_migration["backing"], "memfd");
-    }
-
-    /// `list`'s text and JSON.
-    #[test]
-    fn list_shows_every_device() {
-        let devs = vec![VdpaDevice {
-            name: "vdpa0".into(),
-            driver: Some("vhost_vdpa".into()),
-            node: Some("vhost-vdpa-0".into()),
-            parent: Some("mlx5_core".into()),
-        }];
-        let t = list(&devs, false);
-        assert!(
-            t.contains("vdpa0        /dev/vhost-vdpa-0      vhost_vdpa     mlx5_core"),
-            "{t}"
-        );
-        let j: serde_json::Value = serde_json::from_str(&list(&devs, true)).unwrap();
-        assert_eq!(j["devices"][0]["node"], "/dev/vhost-vdpa-0");
-        assert_eq!(j["devices"][0]["parent"], "mlx5_core");
-        assert!(list(&[], false).starts_with("no vDPA device"));
     }
 }

@@ -1,38 +1,14 @@
-//! Human and machine output of `plan`.
+//! What `plan` prints: the comparison of strategies, one strategy's every
+//! operation, and the JSON document of one run.
 
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
-use vdpa_iova_planner::{DeviceCaps, MapStyle, OpKind};
+use vdpa_iova_planner::{DeviceCaps, OpKind};
 
+use super::{bytes, dec, describe, hex, SCHEMA_VERSION};
 use crate::runner::RunReport;
 use crate::scenario::Host;
-
-/// `4096` -> `"4 KiB"`, `64 GiB + 204 KiB` -> `"64 GiB+204 KiB"`: exact
-/// whole units, with the remainder in the next unit that fits, so a plan
-/// that pins a few vring pages more than another never prints the same.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let unit = |n: u64| {
-        (0..UNITS.len())
-            .rev()
-            .find(|&u| n >> (10 * u) > 0)
-            .unwrap_or(0)
-    };
-    let u = unit(n);
-    let whole = n >> (10 * u);
-    let rest = n - (whole << (10 * u));
-    if rest == 0 {
-        return format!("{whole} {}", UNITS[u]);
-    }
-    let r = unit(rest);
-    let rv = rest as f64 / (1u64 << (10 * r)) as f64;
-    if rv.fract() == 0.0 {
-        format!("{whole} {}+{rv:.0} {}", UNITS[u], UNITS[r])
-    } else {
-        format!("{whole} {}+{rv:.1} {}", UNITS[u], UNITS[r])
-    }
-}
 
 /// A strategy's column heading in the critical-phase tables.
 fn critical_head(strategy: &str) -> String {
@@ -60,42 +36,6 @@ fn ratio(ours: u64, theirs: u64) -> String {
         (0, _) => "inf".to_string(),
         (a, b) => format!("{:.1}x", b as f64 / a as f64),
     }
-}
-
-/// One line describing the device.
-pub fn describe(caps: &DeviceCaps) -> String {
-    format!(
-        "IOVA range {}, {} pages, {}, {} address space{}{}, {}{}{}",
-        caps.range,
-        bytes(caps.page_size.get()),
-        if caps.batching {
-            "batching"
-        } else {
-            "no batching"
-        },
-        caps.address_spaces,
-        if caps.address_spaces == 1 { "" } else { "s" },
-        if caps.cvq_isolated {
-            " (control queue isolated)"
-        } else {
-            ""
-        },
-        if caps.pinning {
-            "pins memory"
-        } else {
-            "no pinning (use_va)"
-        },
-        if caps.persist {
-            ", maps persist across reset"
-        } else {
-            ""
-        },
-        match caps.map_style {
-            MapStyle::SetMap => "",
-            MapStyle::DmaMap => ", maps programmed one by one (dma_map)",
-            MapStyle::Platform => ", platform IOMMU",
-        },
-    )
 }
 
 /// The comparison table: per step, the critical phase of every strategy,
@@ -339,7 +279,7 @@ pub fn detail_table(caps: &DeviceCaps, run: &RunReport) -> String {
                 OpKind::Invalidate { iova } => {
                     format!("invalidate {iova} ({})", bytes(iova.size()))
                 }
-                k => k.as_str().to_string(),
+                k @ (OpKind::BatchBegin | OpKind::BatchEnd) => k.as_str().to_string(),
             };
             let _ = writeln!(out, "  {:<10} asid {} {body}", op.phase.as_str(), op.asid);
         }
@@ -373,27 +313,6 @@ pub fn detail_table(caps: &DeviceCaps, run: &RunReport) -> String {
     out
 }
 
-/// Version of every JSON document the CLI prints (`"schema_version"`).
-/// Version 2: 64-bit quantities are strings (see [`hex`] and [`dec`]).
-/// Version 3: `plan`'s steps name any number of hosts (`"destination 2"`),
-/// say whether the scenario wrote them (`"implied"` for a migration's
-/// `switchover` and the vIOMMU maps it carries), and list the host buffers
-/// mapped after each step (`"host_buffers"`: asid, iova, size, perm, hva);
-/// the document lists the migrations.
-pub const SCHEMA_VERSION: u32 = 3;
-
-/// An address or size as a JSON string, `"0x7f0000000000"`: 64-bit values
-/// above 2^53 do not survive JavaScript's numbers (nor `jq`'s), so every
-/// address and size is a hex string.
-pub fn hex(n: u64) -> Value {
-    Value::String(format!("{n:#x}"))
-}
-
-/// A byte count as a JSON string of decimal digits, for the same reason.
-pub fn dec(n: u64) -> Value {
-    Value::String(n.to_string())
-}
-
 /// The JSON document of one run (the format the README documents).
 pub fn json(run: &RunReport) -> Value {
     let steps: Vec<Value> = run
@@ -416,7 +335,7 @@ pub fn json(run: &RunReport) -> Value {
                             o["iova"] = hex(iova.first().0);
                             o["size"] = hex(iova.size());
                         }
-                        _ => {}
+                        OpKind::BatchBegin | OpKind::BatchEnd => {}
                     }
                     o
                 })
@@ -460,19 +379,4 @@ pub fn json(run: &RunReport) -> Value {
         .map(|m| json!({"source": m.source.name(), "destination": m.destination.name()}))
         .collect();
     json!({"schema_version": SCHEMA_VERSION, "name": run.name, "strategy": run.strategy, "migrations": migrations, "steps": steps, "stopped": stopped})
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bytes;
-
-    #[test]
-    fn byte_formatting() {
-        assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(4096), "4 KiB");
-        assert_eq!(bytes(64 << 30), "64 GiB");
-        assert_eq!(bytes((64 << 30) + 17 * 12288), "64 GiB+204 KiB");
-        assert_eq!(bytes((1 << 30) + 1536), "1 GiB+1.5 KiB");
-        assert!(bytes(u64::MAX).starts_with("16383 PiB+"));
-    }
 }
