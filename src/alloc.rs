@@ -104,33 +104,19 @@ impl IovaAllocator {
     }
 
     /// Allocates `size` bytes (a non-zero multiple of the page size) from the
-    /// smallest hole that fits, at that hole's lowest address
-    /// ([`Fit::Best`]).
+    /// smallest hole that fits, at that hole's lowest address: [`Fit::Best`],
+    /// answered by the length index in O(log n) (the same answer as [`fit`]
+    /// over [`IovaAllocator::free_ranges`], which walks them all).
     pub fn alloc(&mut self, size: u64) -> Option<Span<Iova>> {
-        self.take(size, Fit::Best)
-    }
-
-    /// Allocates `size` bytes (a non-zero multiple of the page size) where
-    /// `policy` puts them in the free holes. [`Fit::Best`] is answered by
-    /// the length index in O(log n); the other policies walk the holes by
-    /// address.
-    pub(crate) fn take(&mut self, size: u64, policy: Fit) -> Option<Span<Iova>> {
         if size == 0 || !self.page.is_aligned(size) {
             return None;
         }
-        if policy == Fit::Best {
-            // The smallest hole that holds it, lowest first: the index's
-            // order is that policy's.
-            let &(len_m1, f) = self.by_len.range((size - 1, 0)..).next()?;
-            let l = f + len_m1;
-            self.remove_hole(f, l);
-            if len_m1 > size - 1 {
-                self.insert_hole(f + size, l);
-            }
-            return Some(Span::trusted(f, size));
+        let &(len_m1, f) = self.by_len.range((size - 1, 0)..).next()?;
+        let l = f + len_m1;
+        self.remove_hole(f, l);
+        if len_m1 > size - 1 {
+            self.insert_hole(f + size, l);
         }
-        let f = fit(self.free_bounds(), size, policy)?;
-        self.carve(f, f + (size - 1));
         Some(Span::trusted(f, size))
     }
 
@@ -373,6 +359,18 @@ mod tests {
             [(0x1000, 0x2fff), (0x6000, 0x8fff), (0x1_0000, 0x1_ffff)]
         );
         assert_eq!(gaps([], 0x5000, 0x4fff).count(), 0, "an empty range");
+        let v: Vec<_> = gaps([(0x0, 0xfff), (0x2000, 0x2fff)], 0x5000, 0x8fff).collect();
+        assert_eq!(
+            v,
+            [(0x5000, 0x8fff)],
+            "entries wholly below lo are passed over"
+        );
+        let v: Vec<_> = gaps([(0x0, 0x5000), (0x7000, 0x7fff)], 0x5000, 0x8fff).collect();
+        assert_eq!(
+            v,
+            [(0x5001, 0x6fff), (0x8000, 0x8fff)],
+            "an entry ending at lo"
+        );
         assert_eq!(gaps([(0, u64::MAX)], 0, u64::MAX).count(), 0, "all taken");
         let v: Vec<_> = gaps([(0x1000, u64::MAX)], 0, u64::MAX).collect();
         assert_eq!(v, [(0, 0xfff)], "ends at 2^64 - 1 without wrapping");
@@ -391,11 +389,15 @@ mod tests {
     }
 
     /// The length index answers best fit exactly as the policy over the
-    /// holes by address does, and first fit takes the lowest hole that
-    /// holds the request, through any sequence of allocations and frees.
+    /// holes by address does, and the free space stays exactly what a page
+    /// bitmap says, through any sequence of allocations and frees.
     #[test]
-    fn the_index_and_the_walk_agree() {
-        let mut a = IovaAllocator::new(0, 0x3ff_ffff, P).unwrap();
+    fn the_index_the_walk_and_a_bitmap_agree() {
+        const PAGES: u64 = 1024;
+        let mut a = IovaAllocator::new(0, PAGES * P.get() - 1, P).unwrap();
+        // Page 0 is never handed out.
+        let mut used = vec![false; PAGES as usize];
+        used[0] = true;
         let mut live: Vec<Span<Iova>> = Vec::new();
         let mut x = 0x2545_f491_4f6c_dd1du64;
         for step in 0..4000 {
@@ -404,23 +406,29 @@ mod tests {
             x ^= x << 17;
             let size = ((x >> 8) % 16 + 1) * P.get();
             if x % 3 == 0 && !live.is_empty() {
-                let i = (x >> 20) as usize % live.len();
-                assert!(a.free(live.swap_remove(i)));
-                continue;
+                let s = live.swap_remove((x >> 20) as usize % live.len());
+                assert!(a.free(s));
+                for p in s.first().0 / P.get()..=s.last().0 / P.get() {
+                    used[p as usize] = false;
+                }
+            } else {
+                let want = fit(a.free_bounds(), size, Fit::Best);
+                let got = a.alloc(size);
+                assert_eq!(got.map(|s| s.first().0), want, "step {step}: {size:#x}");
+                if let Some(s) = got {
+                    for p in s.first().0 / P.get()..=s.last().0 / P.get() {
+                        assert!(!used[p as usize], "step {step}: page {p} handed out twice");
+                        used[p as usize] = true;
+                    }
+                    live.push(s);
+                }
             }
-            let policy = if x % 5 == 0 { Fit::First } else { Fit::Best };
-            let want = fit(a.free_bounds(), size, policy);
-            if policy == Fit::First {
-                let lowest = a.free_bounds().find(|&(f, l)| l - f >= size - 1);
-                assert_eq!(want, lowest.map(|(f, _)| f), "step {step}");
-            }
-            let got = a.take(size, policy);
-            assert_eq!(
-                got.map(|s| s.first().0),
-                want,
-                "step {step}: {policy:?} {size:#x}"
-            );
-            live.extend(got);
+            let taken = (0..PAGES)
+                .filter(|&p| used[p as usize])
+                .map(|p| (p * P.get(), (p + 1) * P.get() - 1));
+            let model: Vec<(u64, u64)> = gaps(taken, 0, PAGES * P.get() - 1).collect();
+            let holes: Vec<(u64, u64)> = a.free_bounds().collect();
+            assert_eq!(holes, model, "step {step}");
         }
     }
 }
