@@ -145,6 +145,19 @@ impl SvqConfig {
         self.layout(page).map(|l| l.total())
     }
 
+    /// Bytes of host memory the vrings take: every queue's block, back to
+    /// back from [`SvqConfig::hva`]. The one count of it (the adapter's
+    /// room check and the C ABI's `vdpa_iova_svq_size` use it).
+    ///
+    /// # Errors
+    /// As [`SvqConfig::layout`], which also checks that the whole block
+    /// fits below 2^64.
+    pub fn host_bytes(&self, page: PageSize) -> Result<u64, PlanError> {
+        // layout() checked total * queues as a span: no overflow.
+        self.layout(page)
+            .map(|l| l.total() * u64::from(self.queues))
+    }
+
     /// Host address of queue `vq`'s descriptor table.
     pub(crate) fn queue_hva(&self, l: &QueueLayout, vq: u32) -> Hva {
         Hva(self.hva.raw() + u64::from(vq) * l.total())
@@ -276,6 +289,12 @@ mod tests {
             c(3, MAX_QUEUE_SIZE).queue_bytes(p),
             Ok(0x8_0000 + 0x1_1000 + 0x4_1000)
         );
+        assert_eq!(
+            c(3, MAX_QUEUE_SIZE).host_bytes(p),
+            Ok(3 * (0x8_0000 + 0x1_1000 + 0x4_1000)),
+            "every queue's block, back to back"
+        );
+        assert!(c(0, 256).host_bytes(p).is_err());
         assert_eq!(c(2, 256).queue_bytes(p), Ok(3 * 4096));
         assert!(c(0, 256).queue_bytes(p).is_err());
     }

@@ -430,7 +430,7 @@ impl Harness {
             }
         }
         if let (Event::SvqPrepare(c) | Event::SvqSwitch(Some(c)), true) = (ev, shared) {
-            let Ok(layout) = c.layout(caps.page_size) else {
+            let Ok(rings) = c.host_bytes(caps.page_size) else {
                 return;
             };
             let buffers = if caps.cvq_isolated {
@@ -438,7 +438,7 @@ impl Harness {
             } else {
                 self.model.buffers.iter().sum::<u64>()
             };
-            let mut total = u64::from(c.queues) * layout.total() + buffers;
+            let mut total = rings + buffers;
             for p in self.planner.placements() {
                 let (_, outs) = split(p.gpa.first().0, p.gpa.size());
                 total += outs.iter().sum::<u64>();

@@ -19,15 +19,7 @@ use vdpa_iova_planner::{PageSize, PlanError, SvqConfig};
 /// # Errors
 /// The planner's refusal of `c` ([`SvqConfig::layout`]).
 pub fn svq_bytes(c: &SvqConfig, page: PageSize) -> Result<u64, PlanError> {
-    let per_queue = c.queue_bytes(page)?;
-    // queue_bytes checked that the whole block fits below 2^64.
-    per_queue
-        .checked_mul(u64::from(c.queues))
-        .ok_or(PlanError::Wraps {
-            kind: "hva",
-            first: c.hva.0,
-            size: per_queue,
-        })
+    c.host_bytes(page)
 }
 
 /// How guest memory is backed.

@@ -3,7 +3,7 @@
 
 use core::ffi::{c_char, c_int};
 
-use ::vdpa_iova_planner::{Gpa, PageSize, PlanError, Strategy};
+use ::vdpa_iova_planner::{Gpa, PageSize, Strategy};
 
 #[cfg(doc)]
 use super::vdpa_iova_svq_prepare;
@@ -192,15 +192,7 @@ pub unsafe extern "C" fn vdpa_iova_svq_size(
         // SAFETY: the caller promises a non-NULL config is readable.
         let c = svq_config(unsafe { as_ref(config, "config") }?);
         let page = PageSize::new(page_size)?;
-        let per_queue = c.queue_bytes(page)?;
-        // queue_bytes checked that the whole block fits below 2^64.
-        let total = per_queue
-            .checked_mul(u64::from(c.queues))
-            .ok_or(PlanError::Wraps {
-                kind: "hva",
-                first: c.hva.0,
-                size: per_queue,
-            })?;
+        let total = c.host_bytes(page)?;
         // SAFETY: the caller promises a non-NULL bytes is writable.
         unsafe { write(bytes, "bytes", total) }?;
         Ok(0)

@@ -252,12 +252,12 @@ fn first_difference(rec: &[Msg], base: &[Msg]) -> Option<String> {
 /// The baseline refusing an event (with the step).
 pub fn baseline(sc: &Scenario) -> Result<Vec<Vec<Msg>>, String> {
     let mut q = QemuPlanner::new(sc.caps).map_err(|e| format!("{}: baseline: {e}", sc.name))?;
-    let layout = sc
+    let bytes = sc
         .svq
-        .layout(sc.caps.page_size)
+        .host_bytes(sc.caps.page_size)
         .map_err(|e| format!("{}: shadow virtqueues: {e}", sc.name))?;
     let block = sc.svq.hva.raw();
-    let rings = Some((block, block + layout.total() * u64::from(sc.svq.queues) - 1));
+    let rings = Some((block, block + bytes - 1));
     let mut regions = sc.regions.clone();
     let mut entries: BTreeMap<(u32, u64, u64), Host> = BTreeMap::new();
     let mut out = Vec::new();
