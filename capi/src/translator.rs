@@ -8,11 +8,11 @@
 //! intermediate `Result` of the library's error type to copy, and every
 //! failure is recorded out of line.
 //!
-//! A translator starts with a [`vdpa_iova_translator_hint`]: its last hit,
-//! a small snapshot whole, and the epoch they hold for, which the header's
-//! inline `vdpa_iova_translator_translate_inline` reads to answer a
-//! descriptor in one entry without a call. Every call into the library that
-//! moves the last hit rewrites the hint.
+//! A translator starts with a [`vdpa_iova_translator_hint`]: a small
+//! snapshot whole and the epoch it holds for, which the header's inline
+//! `vdpa_iova_translator_translate_inline` reads to answer a descriptor in
+//! one entry without a call. Nothing on the data path writes the hint; a
+//! refresh rewrites it.
 
 use core::ffi::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
