@@ -263,6 +263,8 @@ fn refused(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::ModelDevice;
+    use vdpa_iova_planner::PageSize;
 
     /// The identity strategy is told where guest memory ends, not only
     /// where the regions booted so far end: the window goes above it all.
@@ -286,5 +288,74 @@ mod tests {
         s.svq_prepare(cfg.svq(Hva(1 << 41))).unwrap();
         let w = s.window().expect("identity has a window");
         assert!(w.first().0 >= cfg.guest_mem, "{w:?}");
+    }
+
+    /// The whole bench on the kernel model: every measured step of every
+    /// repeat is recorded for both strategies, and the costs read from the
+    /// plans are the ones each strategy is known for.
+    #[test]
+    fn bench_on_the_kernel_model_records_every_measured_step() {
+        let cfg = BenchConfig {
+            guest_mem: 4 << 20,
+            queues: 1,
+            regions: 2,
+            repeats: 2,
+            migration: true,
+        };
+        let caps = DeviceCaps::default();
+        let page = 4096u64;
+        let rings = crate::memory::svq_bytes(&cfg.svq(Hva(0)), PageSize::SIZE_4K).unwrap();
+        // Memory of this process, as bench's contract asks (the model
+        // device never touches it), page aligned.
+        let guest = vec![0u8; (cfg.guest_mem + page) as usize];
+        let vrings = vec![0u8; (rings + page) as usize];
+        let aligned = |p: *const u8| (p as u64).next_multiple_of(page);
+        let format = MsgFormat::V2 { asid: true };
+        let mut dev = ModelDevice::new(&caps, format);
+        // SAFETY: both buffers live until the end of the test, and each
+        // holds the bytes the bench names from its aligned start.
+        let rows = unsafe {
+            bench(
+                &mut dev,
+                caps,
+                format,
+                &cfg,
+                (aligned(guest.as_ptr()), aligned(vrings.as_ptr())),
+                None,
+                |_| {},
+            )
+        }
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        for r in &rows {
+            let counts = [
+                r.switch.len(),
+                r.failback.len(),
+                r.stop_and_copy.len(),
+                r.start.len(),
+            ];
+            // The completed migration's source switches too.
+            assert_eq!(counts, [4, 2, 2, 2], "{:?}", r.strategy);
+        }
+        let (id, qemu) = (&rows[0], &rows[1]);
+        assert_eq!(
+            (id.strategy, qemu.strategy),
+            (StrategyKind::Identity, StrategyKind::Qemu)
+        );
+        // Identity: nothing pinned while stopped, nothing in the downtime.
+        assert_eq!(id.critical_pinned, (0, 0));
+        assert_eq!(id.downtime, [(0, 0, 0); 2]);
+        // QEMU: all guest memory pinned again at the switch (with the
+        // vrings) and the failback, unpinned at the stop-and-copy, pinned
+        // at the start.
+        assert_eq!(qemu.critical_pinned, (cfg.guest_mem + rings, cfg.guest_mem));
+        assert_eq!(
+            qemu.downtime[0].2,
+            cfg.guest_mem + rings,
+            "{:?}",
+            qemu.downtime
+        );
+        assert_eq!(qemu.downtime[1].1, cfg.guest_mem, "{:?}", qemu.downtime);
+        assert!(qemu.downtime.iter().all(|d| d.0 > 0));
     }
 }
