@@ -52,6 +52,10 @@ mod tests {
         assert_eq!(bytes(64 << 30), "64 GiB");
         assert_eq!(bytes((64 << 30) + 17 * 12288), "64 GiB+204 KiB");
         assert_eq!(bytes((1 << 30) + 1536), "1 GiB+1.5 KiB");
+        // The remainder in bytes, and in a unit above KiB.
+        assert_eq!(bytes(4096 + 100), "4 KiB+100 B");
+        assert_eq!(bytes((1 << 40) + (3 << 29)), "1 TiB+1.5 GiB");
+        assert_eq!(bytes((1 << 30) + (3 << 20)), "1 GiB+3 MiB");
         assert!(bytes(u64::MAX).starts_with("16383 PiB+"));
     }
 }
