@@ -4,6 +4,7 @@
 # Compares the criterion benchmarks of two commits in one run, interleaved:
 #
 #   benches/ab-compare.sh [-r ROUNDS] [-f FILTER] BASE [NEW]
+#   benches/ab-compare.sh -i BASE [NEW]
 #
 # Builds `benches/planner.rs` against the library of BASE and of NEW
 # (default: the working tree) in their own target directories; the bench
@@ -15,18 +16,26 @@
 # every benchmark, the median over the rounds of criterion's point estimate
 # on each side and NEW / BASE (below 1.00: NEW is faster), and the load
 # average before and after. Builds stay in target/ab-compare/ for next time.
+#
+# -i counts instructions instead (valgrind's cachegrind): every operation of
+# `examples/ab_ops.rs` (NEW's code on both sides) run N times and 0 times,
+# the difference over N, for each side. A count does not move with the
+# machine's load the way a time does; it does not see cache misses or
+# branch mispredictions either, so it complements the timed run.
 set -euo pipefail
 rounds=3
+instructions=0
 filter='translate/planner|translate/translator|alloc_churn/iova_allocator|plan/'
-while getopts r:f:h o; do
+while getopts r:f:ih o; do
     case $o in
     r) rounds=$OPTARG ;;
+    i) instructions=1 ;;
     f) filter=$OPTARG ;;
-    *) sed -n '3,17p' "$0"; exit 2 ;;
+    *) sed -n '3,24p' "$0"; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
-(($# >= 1 && $# <= 2)) || { sed -n '3,17p' "$0"; exit 2; }
+(($# >= 1 && $# <= 2)) || { sed -n '3,24p' "$0"; exit 2; }
 root=$(git rev-parse --show-toplevel)
 work=$root/target/ab-compare
 mkdir -p "$work"
@@ -51,6 +60,54 @@ for l in sys.stdin:
     if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="planner" and m.get("executable"):
         print(m["executable"])' | tail -n1
 }
+
+if ((instructions)); then
+    command -v valgrind >/dev/null || { echo "ab-compare: -i needs valgrind" >&2; exit 1; }
+    ops_bin() {
+        local rev=$1 dir tgt
+        if [[ $rev == - ]]; then
+            dir=$root tgt=$work/target-new
+        else
+            dir=$work/src-$(git rev-parse --short "$rev")
+            tgt=$work/target-base
+            [[ -d $dir ]] || git -C "$root" worktree add -q --detach "$dir" "$rev"
+            cp "$root/examples/ab_ops.rs" "$dir/examples/ab_ops.rs"
+        fi
+        (cd "$dir" && CARGO_TARGET_DIR=$tgt cargo build -q --release --example ab_ops) >&2
+        echo "$tgt/release/examples/ab_ops"
+    }
+    base_ops=$(ops_bin "$1")
+    new_ops=$(ops_bin "${2:--}")
+    ir() {
+        valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null "$@" 2>&1 |
+            sed -n 's/.*I *refs: *//p' | tr -d ,
+    }
+    printf '%-44s %14s %14s %9s\n' operation "base instr" "new instr" new/base
+    declare -A per
+    for op in $("$new_ops" list); do
+        case $op in
+        translat*) n=20000 ;;
+        alloc*) n=5000 ;;
+        */1024) n=20 ;;
+        *) n=50 ;;
+        esac
+        for side in base new; do
+            bin=${side}_ops
+            a=$(ir "${!bin}" "$op" 0)
+            b=$(ir "${!bin}" "$op" "$n")
+            per[$side/$op]=$(((b - a) / n))
+        done
+        printf '%-44s %14d %14d %9s\n' "$op" "${per[base/$op]}" "${per[new/$op]}" \
+            "$(python3 -c "print(f'{${per[new/$op]}/${per[base/$op]}:.2f}')")"
+        if [[ $op == *+clone-only* ]]; then
+            plan=${op/+clone-only/}
+            bp=$((per[base/$plan] - per[base/$op])) np=$((per[new/$plan] - per[new/$op]))
+            printf '%-44s %14d %14d %9s\n' "  ${plan} (the plan alone)" "$bp" "$np" \
+                "$(python3 -c "print(f'{$np/$bp:.2f}' if $bp else '-')")"
+        fi
+    done
+    exit 0
+fi
 
 base_bin=$(build "$1")
 new_bin=$(build "${2:--}")
