@@ -104,9 +104,10 @@ impl IovaAllocator {
     }
 
     /// Allocates `size` bytes (a non-zero multiple of the page size) from the
-    /// smallest hole that fits, at that hole's lowest address: [`Fit::Best`],
-    /// answered by the length index in O(log n) (the same answer as [`fit`]
-    /// over [`IovaAllocator::free_ranges`], which walks them all).
+    /// smallest hole that fits, at that hole's lowest address (the crate's
+    /// best-fit policy), answered by the length index in O(log n): the
+    /// same answer as that policy over [`IovaAllocator::free_ranges`],
+    /// which walks them all.
     pub fn alloc(&mut self, size: u64) -> Option<Span<Iova>> {
         if size == 0 || !self.page.is_aligned(size) {
             return None;

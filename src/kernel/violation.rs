@@ -53,7 +53,7 @@ pub enum Violation {
         existing: Entry,
     },
     /// UPDATE into an address space that already holds as many entries as
-    /// the kernel allows (ENOSPC; see [`KernelIotlb::with_entry_limit`]).
+    /// the kernel allows (ENOSPC; see [`KernelIotlb::with_entry_limit`](super::KernelIotlb::with_entry_limit)).
     EntryLimit {
         /// Asid of the message.
         asid: u32,
