@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use vdpa_iova_planner::{
     DeviceCaps, Event, Gpa, Hva, IdentityPlanner, Iova, Perm, PlanError, RegionSpec, Strategy,
+    StrategyKind, StrategyOptions,
 };
 
 fn region(gpa: u64, size: u64, hva: u64) -> RegionSpec {
@@ -20,31 +21,43 @@ fn region(gpa: u64, size: u64, hva: u64) -> RegionSpec {
 
 /// Rule: with a vIOMMU, a region can be unplugged unless a live guest map
 /// reaches its host memory; a map of the region whose host memory ends
-/// right before it (adjacent HVAs) does not hold it.
+/// right before it (adjacent HVAs) does not hold it. Both strategies.
 #[test]
 fn unplug_is_refused_only_for_memory_a_guest_map_reaches() {
-    let mut p = IdentityPlanner::builder(DeviceCaps::default())
-        .viommu((1 << 40) - 1)
-        .build()
+    let options = StrategyOptions {
+        viommu_last: Some((1 << 40) - 1),
+        ..StrategyOptions::default()
+    };
+    for kind in [
+        StrategyKind::Identity {
+            separate_vring_asid: false,
+        },
+        StrategyKind::Qemu,
+    ] {
+        let mut p = kind.build(DeviceCaps::default(), &options).unwrap();
+        // B's host memory starts where A's ends.
+        let a = region(0, 4 * MIB, 0x7000_0000_0000);
+        let b = region(GIB, 4 * MIB, 0x7000_0000_0000 + 4 * MIB);
+        p.apply(&Event::Boot(vec![a, b])).unwrap();
+        // A guest map of A's last page.
+        p.apply(&Event::ViommuMap {
+            giova: Iova(0x10_0000_0000),
+            size: 0x1000,
+            gpa: Gpa(4 * MIB - 0x1000),
+            perm: Perm::Rw,
+        })
         .unwrap();
-    // B's host memory starts where A's ends.
-    let a = region(0, 4 * MIB, 0x7000_0000_0000);
-    let b = region(GIB, 4 * MIB, 0x7000_0000_0000 + 4 * MIB);
-    p.apply(&Event::Boot(vec![a, b])).unwrap();
-    // A guest map of A's last page.
-    p.apply(&Event::ViommuMap {
-        giova: Iova(0x10_0000_0000),
-        size: 0x1000,
-        gpa: Gpa(4 * MIB - 0x1000),
-        perm: Perm::Rw,
-    })
-    .unwrap();
-    assert!(matches!(
-        p.apply(&Event::Unplug(Gpa(0))),
-        Err(PlanError::RegionInUse { .. })
-    ));
-    p.apply(&Event::Unplug(Gpa(GIB)))
-        .expect("no guest map reaches B's host memory");
+        assert!(
+            matches!(
+                p.apply(&Event::Unplug(Gpa(0))),
+                Err(PlanError::RegionInUse { .. })
+            ),
+            "{}",
+            p.name()
+        );
+        p.apply(&Event::Unplug(Gpa(GIB)))
+            .unwrap_or_else(|e| panic!("{}: no guest map reaches B's host memory: {e}", p.name()));
+    }
 }
 
 fn setmap_unbatched(first: u64, last: u64) -> DeviceCaps {
