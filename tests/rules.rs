@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use vdpa_iova_planner::{
-    DeviceCaps, Event, Gpa, Hva, IdentityPlanner, Iova, Perm, PlanError, RegionSpec, Strategy,
-    StrategyKind, StrategyOptions,
+    DeviceCaps, Event, Gpa, Hva, IdentityPlanner, Iova, Perm, PlanError, RegionSpec, StrategyKind,
+    StrategyOptions,
 };
 
 fn region(gpa: u64, size: u64, hva: u64) -> RegionSpec {
