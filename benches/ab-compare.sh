@@ -40,19 +40,27 @@ root=$(git rev-parse --show-toplevel)
 work=$root/target/ab-compare
 mkdir -p "$work"
 
+# "DIR TARGET_DIR" of a commit's tree (or of the working tree for "-"),
+# with the working tree's bench code in it: both sides measure the same work.
+tree() {
+    local rev=$1 dir
+    if [[ $rev == - ]]; then
+        echo "$root $work/target-new"
+        return
+    fi
+    dir=$work/src-$(git rev-parse --short "$rev")
+    [[ -d $dir ]] || git -C "$root" worktree add -q --detach "$dir" "$rev"
+    mkdir -p "$dir/benches/common"
+    for f in benches/planner.rs benches/common/mod.rs examples/ab_ops.rs; do
+        cp "$root/$f" "$dir/$f"
+    done
+    echo "$dir $work/target-base"
+}
+
 # The bench binary of a commit (or of the working tree for "-").
 build() {
-    local rev=$1 dir tgt
-    if [[ $rev == - ]]; then
-        dir=$root tgt=$work/target-new
-    else
-        dir=$work/src-$(git rev-parse --short "$rev")
-        tgt=$work/target-base
-        if [[ ! -d $dir ]]; then
-            git -C "$root" worktree add -q --detach "$dir" "$rev"
-        fi
-        cp "$root/benches/planner.rs" "$dir/benches/planner.rs"
-    fi
+    local dir tgt
+    read -r dir tgt < <(tree "$1")
     (cd "$dir" && CARGO_TARGET_DIR=$tgt cargo bench --bench planner --no-run --message-format=json 2>/dev/null) |
         python3 -c 'import json,sys
 for l in sys.stdin:
@@ -64,15 +72,8 @@ for l in sys.stdin:
 if ((instructions)); then
     command -v valgrind >/dev/null || { echo "ab-compare: -i needs valgrind" >&2; exit 1; }
     ops_bin() {
-        local rev=$1 dir tgt
-        if [[ $rev == - ]]; then
-            dir=$root tgt=$work/target-new
-        else
-            dir=$work/src-$(git rev-parse --short "$rev")
-            tgt=$work/target-base
-            [[ -d $dir ]] || git -C "$root" worktree add -q --detach "$dir" "$rev"
-            cp "$root/examples/ab_ops.rs" "$dir/examples/ab_ops.rs"
-        fi
+        local dir tgt
+        read -r dir tgt < <(tree "$1")
         (cd "$dir" && CARGO_TARGET_DIR=$tgt cargo build -q --release --example ab_ops) >&2
         echo "$tgt/release/examples/ab_ops"
     }

@@ -24,10 +24,12 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use vdpa_iova_planner::{
     DeviceCaps, Event, Gpa, Hva, IdentityPlanner, IovaAllocator, PageSize, RegionSpec, Strategy,
-    SvqConfig, Translator,
+    Translator,
 };
 
-const MIB: u64 = 1 << 20;
+#[path = "common/mod.rs"]
+mod common;
+use common::{regions, svq, Lcg, MIB};
 
 /// Whether criterion's filter (the first argument that is neither a flag
 /// nor a flag's value) can select benchmark `id`. The set-up of a
@@ -73,38 +75,6 @@ fn wanted(id: &str) -> bool {
         return true;
     }
     f.split('|').any(|alt| id.contains(alt))
-}
-
-/// A tiny deterministic generator (no dependency, same sequence every run).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 11
-    }
-}
-
-/// `n` regions of 2 MiB, 4 MiB apart (as many DIMMs or virtio-mem blocks).
-fn regions(n: u64) -> Vec<RegionSpec> {
-    (0..n)
-        .map(|i| RegionSpec {
-            gpa: Gpa(i * 4 * MIB),
-            size: 2 * MIB,
-            hva: Hva(0x1000_0000_0000 + i * 2 * MIB),
-            readonly: false,
-        })
-        .collect()
-}
-
-fn svq(queues: u32) -> SvqConfig {
-    SvqConfig {
-        queues,
-        queue_size: 256,
-        hva: Hva(0x7e00_0000_0000),
-    }
 }
 
 /// The second baseline, a Rust imitation of QEMU's SVQ translation (the

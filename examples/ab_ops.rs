@@ -14,10 +14,12 @@ use std::hint::black_box;
 
 use vdpa_iova_planner::{
     DeviceCaps, Event, Gpa, Hva, IdentityPlanner, IovaAllocator, PageSize, QemuPlanner, RegionSpec,
-    Strategy, SvqConfig, Translator,
+    Strategy, Translator,
 };
 
-const MIB: u64 = 1 << 20;
+#[path = "../benches/common/mod.rs"]
+mod common;
+use common::{regions, svq, Lcg, MIB};
 
 /// Every operation, by name.
 const OPS: &[&str] = &[
@@ -40,38 +42,6 @@ const OPS: &[&str] = &[
     "plan/qemu_hotplug_svq/256",
     "plan/qemu_hotplug_svq+clone-only/256",
 ];
-
-/// A deterministic generator, the benches' own.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 11
-    }
-}
-
-fn regions(n: u64) -> Vec<RegionSpec> {
-    (0..n)
-        .map(|i| RegionSpec {
-            gpa: Gpa(i * 4 * MIB),
-            size: 2 * MIB,
-            hva: Hva(0x1000_0000_0000 + i * 2 * MIB),
-            readonly: false,
-        })
-        .collect()
-}
-
-fn svq(queues: u32) -> SvqConfig {
-    SvqConfig {
-        queues,
-        queue_size: 256,
-        hva: Hva(0x7e00_0000_0000),
-    }
-}
 
 fn hot() -> RegionSpec {
     RegionSpec {
