@@ -578,6 +578,29 @@ The Rust API, from `cargo bench --bench planner -- translate` (criterion means, 
 second, Rust-only baseline: an imitation of QEMU's walk over a `LinkedList`, which runs about 3x \
 faster than QEMU's real GTree walk (above).\n";
 
+/// The line from which `BENCHMARKS.md` is written by hand (the real QEMU
+/// runs: their rigs print tables, but what a run was and what it showed is
+/// prose); everything from it on is kept as it is.
+const HAND_WRITTEN: &str = "<!-- From here on BENCHMARKS.md is written by hand from rig runs; \
+benchmarks_report keeps it as it is. -->";
+
+/// The hand-written tail of the current `BENCHMARKS.md`, marker included.
+/// A file without the marker has its generated part only: refuse to
+/// regenerate over it rather than drop what cannot be computed again.
+fn hand_written(repo: &Path) -> String {
+    let path = repo.join("BENCHMARKS.md");
+    let Ok(old) = std::fs::read_to_string(&path) else {
+        return format!("\n{HAND_WRITTEN}\n");
+    };
+    match old.find(HAND_WRITTEN) {
+        Some(at) => format!("\n{}", &old[at..]),
+        None => panic!(
+            "{} has no line `{HAND_WRITTEN}`: its hand-written sections would be lost",
+            path.display()
+        ),
+    }
+}
+
 fn main() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let crit = criterion_results(&repo.join("target/criterion"));
@@ -738,6 +761,7 @@ fn main() {
             );
         }
     }
+    md.push_str(&hand_written(&repo));
     std::fs::write(repo.join("BENCHMARKS.md"), md).unwrap();
     println!(
         "wrote BENCHMARKS.md and benchmarks.svg ({} criterion results)",
